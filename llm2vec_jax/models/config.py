@@ -1,0 +1,230 @@
+"""Model configuration: one frozen, validated dataclass for the Llama family (Llama 2/3/3.1,
+Mistral), built from and written back to a Hugging Face ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+class ConfigError(ValueError):
+    """A model configuration we cannot (or will not) represent faithfully."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling; ``rope_type`` follows transformers' names."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(
+                f"rope_scaling.rope_type={self.rope_type!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            )
+        if self.factor <= 0:
+            raise ConfigError(f"rope_scaling.factor must be > 0, got {self.factor}")
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any] | None) -> "RopeScaling":
+        if not d:
+            return cls()
+        rope_type = d.get("rope_type", d.get("type", "default"))
+        if rope_type == "default":
+            return cls()
+        known = {"rope_type", "type", "factor", "low_freq_factor", "high_freq_factor",
+                 "original_max_position_embeddings", "rope_theta"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"rope_scaling has fields we do not implement: {unknown}")
+        kwargs = {k: d[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                    "original_max_position_embeddings") if k in d}
+        return cls(rope_type=rope_type, **kwargs)
+
+    def to_hf(self) -> dict | None:
+        if self.rope_type == "default":
+            return None
+        if self.rope_type == "linear":
+            return {"rope_type": "linear", "factor": self.factor}
+        return {"rope_type": "llama3", "factor": self.factor,
+                "low_freq_factor": self.low_freq_factor,
+                "high_freq_factor": self.high_freq_factor,
+                "original_max_position_embeddings": self.original_max_position_embeddings}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture plus the runtime choices that change the computation.
+
+    Architecture fields mirror the HF names' meaning; ``dtype`` is the compute dtype,
+    ``param_dtype`` the storage dtype, ``causal`` the default attention mode (overridable per
+    call), ``attention_dropout`` the attention-probability dropout rate used only when a dropout
+    rng is passed, ``remat`` the gradient-checkpointing policy of the scanned layer.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    model_type: str = "llama"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    initializer_range: float = 0.02
+    # runtime choices
+    causal: bool = True
+    attention_dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"model_type={self.model_type!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-family decoders)"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads={self.num_heads} is not divisible by num_kv_heads="
+                f"{self.num_kv_heads} (grouped-query attention needs whole groups)"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window must be positive or None, got {self.sliding_window}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ConfigError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in SUPPORTED_DTYPES:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; choose one of {SUPPORTED_DTYPES}")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"remat={self.remat!r}; choose one of {REMAT_POLICIES}")
+
+    @property
+    def num_groups(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- Hugging Face config.json ------------------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any] | str | os.PathLike, **overrides) -> "ModelConfig":
+        """Build from an HF config dict, a ``config.json`` path, or a checkpoint directory."""
+        if not isinstance(hf, Mapping):
+            path = os.fspath(hf)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no config.json at {path!r}: is this an HF checkpoint directory?")
+            with open(path, encoding="utf-8") as f:
+                hf = json.load(f)
+        model_type = hf.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"model_type={model_type!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-family decoders)"
+            )
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"hidden_act={act!r} is not supported; Llama/Mistral use 'silu'")
+        if hf.get("pretraining_tp", 1) != 1:
+            raise ConfigError(f"pretraining_tp={hf['pretraining_tp']} is not supported; only 1")
+        heads = hf["num_attention_heads"]
+        hidden = hf["hidden_size"]
+        head_dim = hf.get("head_dim") or hidden // heads
+        # transformers 5 keeps rope_theta inside rope_parameters; 4.x keeps both top-level.
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling")
+        rope_theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
+        sliding = hf.get("sliding_window") if model_type == "mistral" else None
+        eos = hf.get("eos_token_id")
+        kwargs = dict(
+            model_type=model_type,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            rope_scaling=RopeScaling.from_hf(rope),
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            sliding_window=sliding,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            pad_token_id=hf.get("pad_token_id"),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+            attention_dropout=float(hf.get("attention_dropout", 0.0)),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict:
+        """An HF ``config.json`` dict that transformers loads as the same architecture."""
+        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}[self.model_type]
+        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+        hf = {
+            "architectures": [arch],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling.to_hf(),
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "attention_dropout": self.attention_dropout,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "initializer_range": self.initializer_range,
+            "torch_dtype": self.param_dtype,
+        }
+        if self.model_type == "llama":
+            hf["mlp_bias"] = self.mlp_bias
+            hf["pretraining_tp"] = 1
+        else:
+            hf["sliding_window"] = self.sliding_window
+        return hf
