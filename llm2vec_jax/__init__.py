@@ -1,0 +1,6 @@
+"""llm2vec-jax: LLM2Vec (arXiv 2404.05961) in JAX/Flax."""
+
+from .models import ModelConfig, load_hf_checkpoint
+
+__all__ = ["ModelConfig", "load_hf_checkpoint"]
+__version__ = "0.1.0"

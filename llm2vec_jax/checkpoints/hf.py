@@ -1,0 +1,336 @@
+"""Hugging Face checkpoints in and out, through ONE name table.
+
+``HF_NAMES`` maps each of our weights (see ``models.transformer.weight_specs``) to its HF
+tensor name; the layout change between the two is derived from the projection's einsum:
+HF stores ``nn.Linear`` weights as [out, in] with heads flattened, we store [in..., out...]
+with heads as their own axes. Import applies ``to_ours``, export the inverse ``to_hf``.
+
+Import streams: shapes are checked from the safetensors headers before any data is read,
+then each of our (possibly sharded) arrays is assembled with ``jax.make_array_from_callback``,
+which reads, per device shard, only the layer tensors it needs, one at a time. Safetensors
+only: no pickle, no remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from ..models.config import ModelConfig
+from ..models.transformer import PROJECTIONS, Transformer, WeightSpec, abstract_model, weight_specs
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "tokenizer.model", "chat_template.jinja")
+# Buffers some exporters save that carry no learned weights.
+IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
+
+HF_NAMES: dict[str, str] = {
+    "embed": "model.embed_tokens.weight",
+    "final_norm": "model.norm.weight",
+    "lm_head": "lm_head.weight",
+    "attn_norm": "model.layers.{i}.input_layernorm.weight",
+    "mlp_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "q": "model.layers.{i}.self_attn.q_proj.weight",
+    "k": "model.layers.{i}.self_attn.k_proj.weight",
+    "v": "model.layers.{i}.self_attn.v_proj.weight",
+    "o": "model.layers.{i}.self_attn.o_proj.weight",
+    "gate": "model.layers.{i}.mlp.gate_proj.weight",
+    "up": "model.layers.{i}.mlp.up_proj.weight",
+    "down": "model.layers.{i}.mlp.down_proj.weight",
+    **{f"{p}_bias": f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo"},
+    **{f"{p}_bias": f"model.layers.{{i}}.mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model it claims to be."""
+
+
+def _input_rank(name: str) -> int:
+    """How many leading axes of our weight are the projection's input (1, or 2 for o: N, H)."""
+    x_sub, w_sub = PROJECTIONS[name].split("->")[0].split(",")
+    return sum(ch in x_sub for ch in w_sub)
+
+
+def to_ours(name: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """One layer's HF tensor → our layout of ``shape`` (without the L axis)."""
+    if name in PROJECTIONS:  # [out, in] -> [in..., out...]
+        return np.ascontiguousarray(tensor.T).reshape(shape)
+    return tensor.reshape(shape)
+
+
+def to_hf(name: str, array: np.ndarray) -> np.ndarray:
+    """One layer's weight in our layout → the HF tensor."""
+    if name in PROJECTIONS:
+        rank = _input_rank(name)
+        fan_in = math.prod(array.shape[:rank])
+        return np.ascontiguousarray(array.reshape(fan_in, -1).T)
+    if name.endswith("_bias"):
+        return array.reshape(-1)
+    return array
+
+
+def hf_tensor_names(config: ModelConfig) -> dict[str, list[str]]:
+    """Our weight name → its HF tensor names (one per layer for stacked weights)."""
+    specs = weight_specs(config)
+    names = {name: [HF_NAMES[name]] for name in specs["top"]}
+    for name in specs["layers"]:
+        names[name] = [HF_NAMES[name].format(i=i) for i in range(config.num_layers)]
+    return names
+
+
+# -- locating files -------------------------------------------------------------------------
+
+def resolve_checkpoint_dir(path_or_id: str | os.PathLike) -> str:
+    """A local checkpoint directory, downloading a hub id (``org/name``) when not local."""
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(f"{path!r} is a file; expected an HF checkpoint directory "
+                              "(for a .gguf file run: python -m llm2vec_jax.convert gguf FILE OUT_DIR)")
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*",
+                                                       "*.jinja"])
+    raise FileNotFoundError(f"checkpoint directory {path!r} does not exist (nor is it a hub id "
+                            "like 'meta-llama/Llama-3.1-8B')")
+
+
+def _safetensors_files(directory: str) -> dict[str, str]:
+    """HF tensor name → file, from model.safetensors or the sharded index."""
+    index = os.path.join(directory, SAFE_INDEX)
+    single = os.path.join(directory, SAFE_SINGLE)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return {k: os.path.join(directory, v) for k, v in weight_map.items()}
+    if os.path.isfile(single):
+        with _open(single) as f:
+            return {k: single for k in f.keys()}
+    found = sorted(os.listdir(directory))
+    hint = " (PyTorch .bin checkpoints are not loaded: no pickle; re-save with safe_serialization)" \
+        if any(n.endswith(".bin") for n in found) else ""
+    raise FileNotFoundError(f"no {SAFE_SINGLE} or {SAFE_INDEX} in {directory!r}{hint}")
+
+
+def _open(path: str):
+    try:
+        return safe_open(path, framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read safetensors file {path!r} (corrupt or truncated?): {e}") from e
+
+
+class _Reader:
+    """Opens each safetensors file once and reads tensors on demand."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files = files
+        self._handles: dict[str, object] = {}
+
+    def _handle(self, key: str):
+        path = self.files[key]
+        if path not in self._handles:
+            self._handles[path] = _open(path).__enter__()
+        return self._handles[path]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._handle(key).get_slice(key).get_shape())
+
+    def read(self, key: str) -> np.ndarray:
+        try:
+            return self._handle(key).get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"cannot read tensor {key!r} from {self.files[key]!r} "
+                                  f"(corrupt or truncated file?): {e}") from e
+
+
+def _check_names_and_shapes(config: ModelConfig, reader: _Reader) -> None:
+    specs = {**weight_specs(config)["top"], **weight_specs(config)["layers"]}
+    expected = hf_tensor_names(config)
+    wanted = {key for keys in expected.values() for key in keys}
+    present = set(reader.files)
+    missing = sorted(wanted - present)
+    unexpected = sorted(k for k in present - wanted if not k.endswith(IGNORED_HF_SUFFIXES)
+                        and not (k == HF_NAMES["lm_head"] and config.tie_word_embeddings))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}"
+                        + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}"
+                        + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
+    for name, keys in expected.items():
+        layer_shape = specs[name].shape[1:] if name in weight_specs(config)["layers"] else specs[name].shape
+        want = to_hf(name, np.empty(layer_shape, np.int8)).shape
+        for key in keys:
+            if key in present and reader.shape(key) != want:
+                problems.append(f"{key} has shape {list(reader.shape(key))}, expected {list(want)}")
+    if problems:
+        raise CheckpointError("checkpoint does not match config.json: " + "; ".join(problems))
+
+
+def _load_array(name: str, spec: WeightSpec, keys: list[str], stacked: bool, reader: _Reader,
+                dtype, sharding: jax.sharding.Sharding) -> jax.Array:
+    """Assemble one of our weights directly into ``sharding``, reading per shard."""
+    last: dict[str, np.ndarray] = {}
+
+    def layer_tensor(key: str, shape) -> np.ndarray:
+        # Shards of one weight usually need the same layers in turn: keep the last one.
+        if key not in last:
+            last.clear()
+            last[key] = to_ours(name, reader.read(key), shape).astype(dtype)
+        return last[key]
+
+    def callback(index: tuple[slice, ...]) -> np.ndarray:
+        if not stacked:
+            return layer_tensor(keys[0], spec.shape)[index]
+        layer_ids = range(*index[0].indices(spec.shape[0]))
+        return np.stack([layer_tensor(keys[i], spec.shape[1:])[index[1:]] for i in layer_ids])
+
+    return jax.make_array_from_callback(spec.shape, sharding, callback)
+
+
+ShardingFn = Callable[[WeightSpec], jax.sharding.Sharding]
+
+
+def load_hf_checkpoint(path: str | os.PathLike, dtype: str = "float32", *,
+                       compute_dtype: str | None = None, sharding_fn: ShardingFn | None = None,
+                       **config_overrides) -> Transformer:
+    """Load a Llama/Mistral HF checkpoint (local dir or hub id) into our model.
+
+    ``dtype`` is the parameter dtype (and compute dtype unless ``compute_dtype`` is given);
+    ``sharding_fn`` maps a weight's spec to its sharding (default: first local device);
+    ``config_overrides`` go to ``ModelConfig`` (e.g. ``causal=False``, ``remat="full"``).
+    """
+    directory = resolve_checkpoint_dir(path)
+    config = ModelConfig.from_hf(directory, param_dtype=dtype, dtype=compute_dtype or dtype,
+                                 **config_overrides)
+    reader = _Reader(_safetensors_files(directory))
+    _check_names_and_shapes(config, reader)
+    if sharding_fn is None:
+        device = jax.local_devices()[0]
+        sharding_fn = lambda spec: jax.sharding.SingleDeviceSharding(device)  # noqa: E731
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    specs = weight_specs(config)
+    names = hf_tensor_names(config)
+    arrays: dict = {"layers": {}}
+    for group, target in (("top", arrays), ("layers", arrays["layers"])):
+        for name, spec in specs[group].items():
+            target[name] = _load_array(name, spec, names[name], group == "layers", reader,
+                                       np_dtype, sharding_fn(spec))
+    return merge_params(abstract_model(config), arrays)
+
+
+def merge_params(model: Transformer, arrays: dict) -> Transformer:
+    """Put concrete arrays (a nested dict as ``param_arrays`` returns) into an (abstract) model."""
+    graphdef, state = nnx.split(model)
+    nnx.replace_by_pure_dict(state, arrays)
+    return nnx.merge(graphdef, state)
+
+
+def param_arrays(model: Transformer) -> dict:
+    """The base weights as a nested dict {name: array, "layers": {name: array}}."""
+    specs = weight_specs(model.config)
+    return {**{n: getattr(model, n)[...] for n in specs["top"]},
+            "layers": {n: getattr(model.layers, n)[...] for n in specs["layers"]}}
+
+
+# -- export ---------------------------------------------------------------------------------
+
+def _hf_tensors(model: Transformer) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, numpy tensor) pairs, one layer at a time (gathered from any sharding)."""
+    config = model.config
+    arrays = param_arrays(model)
+    names = hf_tensor_names(config)
+    for name in weight_specs(config)["top"]:
+        yield names[name][0], to_hf(name, np.asarray(jax.device_get(arrays[name])))
+    for name in weight_specs(config)["layers"]:
+        stacked = arrays["layers"][name]
+        for i, key in enumerate(names[name]):
+            yield key, to_hf(name, np.asarray(jax.device_get(stacked[i])))
+
+
+def save_hf_checkpoint(model: Transformer, out_dir: str | os.PathLike, *,
+                       tokenizer_dir: str | os.PathLike | None = None,
+                       max_shard_bytes: int = 4 * 2 ** 30, overwrite: bool = False) -> str:
+    """Write a standard HF checkpoint (config.json, safetensors, tokenizer files) to out_dir.
+
+    Written into a temporary sibling directory and renamed at the end, so an interrupted
+    export never leaves a directory that looks complete.
+    """
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir!r} exists and is not empty; pass overwrite=True "
+                              "(or --overwrite) to replace it")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    try:
+        _write_safetensors(_hf_tensors(model), tmp, max_shard_bytes)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(model.config.to_hf(), f, indent=2)
+        if tokenizer_dir is not None:
+            for name in TOKENIZER_FILES:
+                src = os.path.join(tokenizer_dir, name)
+                if os.path.isfile(src):
+                    shutil.copy2(src, tmp)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], directory: str,
+                       max_shard_bytes: int) -> None:
+    """One model.safetensors, or numbered shards + index when over ``max_shard_bytes``."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    written: list[str] = []
+
+    def flush():
+        nonlocal size
+        if not shards[-1]:
+            return
+        name = f"shard-{len(written) + 1:05d}.safetensors"
+        save_file(shards[-1], os.path.join(directory, name), metadata={"format": "pt"})
+        written.append(name)
+        weight_map.update({k: name for k in shards[-1]})
+        shards[-1] = {}
+        size = 0
+
+    weight_map: dict[str, str] = {}
+    for key, tensor in tensors:
+        if size and size + tensor.nbytes > max_shard_bytes:
+            flush()
+        shards[-1][key] = tensor
+        size += tensor.nbytes
+    flush()
+    if len(written) == 1:
+        os.rename(os.path.join(directory, written[0]), os.path.join(directory, SAFE_SINGLE))
+        return
+    total = len(written)
+    renames = {old: f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i, old in enumerate(written)}
+    for old, new in renames.items():
+        os.rename(os.path.join(directory, old), os.path.join(directory, new))
+    index = {"metadata": {"total_size": sum(os.path.getsize(os.path.join(directory, n))
+                                            for n in renames.values())},
+             "weight_map": {k: renames[v] for k, v in weight_map.items()}}
+    with open(os.path.join(directory, SAFE_INDEX), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)

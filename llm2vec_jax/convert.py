@@ -1,0 +1,47 @@
+"""Checkpoint conversion from the command line.
+
+  python -m llm2vec_jax.convert gguf FILE.gguf OUT_DIR      # llama.cpp GGUF -> HF checkpoint
+  python -m llm2vec_jax.convert export IN_DIR OUT_DIR       # HF -> our params -> HF (round trip)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llm2vec_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gguf = sub.add_parser("gguf", help="convert a llama.cpp GGUF file to an HF checkpoint dir")
+    gguf.add_argument("file")
+    gguf.add_argument("out_dir")
+    gguf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gguf.add_argument("--overwrite", action="store_true")
+    export = sub.add_parser("export", help="load an HF checkpoint into our model and write it back")
+    export.add_argument("in_dir", help="HF checkpoint directory or hub id")
+    export.add_argument("out_dir")
+    export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    export.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "gguf":
+            from .checkpoints.gguf import convert_gguf
+            out = convert_gguf(args.file, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)
+        else:
+            from .checkpoints.hf import load_hf_checkpoint, resolve_checkpoint_dir, save_hf_checkpoint
+            source = resolve_checkpoint_dir(args.in_dir)
+            model = load_hf_checkpoint(source, dtype=args.dtype)
+            out = save_hf_checkpoint(model, args.out_dir, tokenizer_dir=source,
+                                     overwrite=args.overwrite)
+    except (ValueError, OSError) as e:  # our errors are ValueError/OSError subclasses
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Attention masks (the causal flag, padding, Mistral's sliding window) and grouped-query
+attention.
+
+Dimensions: B batch, S query length, T key length, N query heads, K kv heads, G = N/K query
+heads per kv head, H head dim.
+
+Masks are boolean "may attend" arrays built from an ``attention_mask`` [B, T] (1 = token,
+0 = pad), so left padding, right padding and batch size 1 all go through the same code.
+A query row with no allowed key (a pad position in causal mode with left padding) gets a
+uniform distribution instead of NaN: masked logits are the dtype's finite minimum, not -inf.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
+                      sliding_window: int | None = None) -> jnp.ndarray:
+    """[B, 1, S, S] bool: query s may attend key t.
+
+    Bidirectional mode ignores ``sliding_window``, as the PyTorch llm2vec reference does (its
+    bidirectional mask builder drops the window); causal mode honours it like HF Mistral:
+    key t is visible from query s when ``s - sliding_window < t <= s``.
+    """
+    seq = attention_mask.shape[-1]
+    allowed = attention_mask.astype(bool)[:, None, None, :]  # padded keys never visible
+    if causal:
+        query = jnp.arange(seq)[:, None]
+        key = jnp.arange(seq)[None, :]
+        visible = key <= query
+        if sliding_window is not None:
+            visible &= key > query - sliding_window
+        allowed = allowed & visible[None, None]
+    return allowed
+
+
+def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
+                            allowed: jnp.ndarray, *, dropout_rate: float = 0.0,
+                            dropout_rng: jax.Array | None = None) -> jnp.ndarray:
+    """softmax(q kᵀ / √H) v with GQA; q [B,S,N,H], k/v [B,T,K,H], allowed [B,1,S,T].
+
+    Logits and softmax in float32. Dropout (on the attention probabilities, as HF's
+    ``attention_dropout``) only when ``dropout_rng`` is given.
+    """
+    batch, seq, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("bskgh,btkh->bkgst", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (head_dim ** -0.5)
+    logits = jnp.where(allowed[:, :, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgst,btkh->bskgh", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(batch, seq, heads, head_dim).astype(q.dtype)
