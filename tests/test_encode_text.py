@@ -1,0 +1,459 @@
+"""Tokenization, pooling and bucketing against the PyTorch llm2vec 0.2.3 fixtures (no model)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm2vec_jax import encode as enc
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REF = SHARED / "reference" / "smollm2"
+POOLED_MODES_IN_FIXTURES = ("mean", "weighted_mean", "eos_token", "last_token")
+
+needs_ref = pytest.mark.skipif(not (REF / "reference_fixtures.npz").exists(),
+                               reason="shared/reference fixtures not present")
+
+
+@pytest.fixture(scope="module")
+def fx():
+    return np.load(REF / "reference_fixtures.npz")
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return json.loads((REF / "reference_fixtures.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(REF / "hf_config_and_tokenizer")
+
+
+@pytest.fixture(scope="module")
+def bos_tok():
+    """The SmolLM2 tokenizer, changed to prepend <|im_start|> as BOS (like Llama's <s>)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer.from_file(str(REF / "hf_config_and_tokenizer" / "tokenizer.json"))
+    t.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", unk_token="<|endoftext|>")
+
+
+def _inputs(meta, kind):
+    if kind == "plain":
+        return list(meta["texts"])
+    return [[meta["instruction"], t] for t in meta["texts"]]
+
+
+def _left_to_right(x, attention_mask):
+    """Move each left-padded row's real tokens to the front (works for [B,S] and [B,S,D])."""
+    out = np.zeros_like(x)
+    for i, m in enumerate(attention_mask):
+        n = int(m.sum())
+        out[i, :n] = x[i, x.shape[1] - n:]
+        if x.ndim == 3:
+            out[i, n:] = x[i, :x.shape[1] - n][::-1]  # keep pads non-zero: must not matter
+    return out
+
+
+def _assert_rows_close(got, want):
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() >= 0.99999, cos
+    assert np.abs(got - want).max(axis=1).max() <= 1e-3
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+@needs_ref
+@pytest.mark.parametrize("kind", ["plain", "instr"])
+def test_strings_match_reference(tok, meta, kind):
+    got = enc.build_strings(tok, _inputs(meta, kind), max_length=512, doc_max_length=400)
+    assert got == meta[f"converted_strings_{kind}"]
+
+
+@needs_ref
+@pytest.mark.parametrize("kind", ["plain", "instr"])
+def test_tokenize_left_matches_reference_bit_for_bit(tok, fx, meta, kind):
+    f = enc.tokenize(tok, _inputs(meta, kind), max_length=512, doc_max_length=400,
+                     skip_instruction=True, padding_side="left")
+    for key in ("input_ids", "attention_mask", "embed_mask"):
+        assert f[key].dtype == np.int32
+        np.testing.assert_array_equal(f[key], fx[f"feat/{kind}/{key}"], err_msg=key)
+
+
+@needs_ref
+@pytest.mark.parametrize("kind", ["plain", "instr"])
+def test_right_padding_same_row_content(tok, meta, kind):
+    kw = dict(max_length=512, doc_max_length=400, skip_instruction=True)
+    left = enc.tokenize(tok, _inputs(meta, kind), padding_side="left", **kw)
+    right = enc.tokenize(tok, _inputs(meta, kind), padding_side="right", **kw)
+    for i in range(len(meta["texts"])):
+        lm, rm = left["attention_mask"][i] > 0, right["attention_mask"][i] > 0
+        assert lm.sum() == rm.sum()
+        for key in ("input_ids", "embed_mask"):
+            np.testing.assert_array_equal(left[key][i][lm], right[key][i][rm])
+        assert (right["input_ids"][i][~rm] == tok.eos_token_id).all()
+        assert rm[: rm.sum()].all()  # real tokens first
+
+
+@needs_ref
+def test_fixture_hidden_inputs_are_the_plain_features(fx):
+    for key in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(fx[f"hidden/{key}"], fx[f"feat/plain/{key}"])
+
+
+@needs_ref
+def test_instruction_tokens_attended_not_pooled(tok, fx, meta):
+    f = enc.tokenize(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
+                     padding_side="right")
+    n_instr = len(tok(meta["instruction"], add_special_tokens=False)["input_ids"])
+    for i in range(len(meta["texts"])):
+        assert f["attention_mask"][i, :n_instr].all()
+        assert not f["embed_mask"][i, :n_instr].any()
+    # skip_instruction=False pools everything attended
+    g = enc.tokenize(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
+                     skip_instruction=False)
+    np.testing.assert_array_equal(g["embed_mask"], g["attention_mask"])
+
+
+@needs_ref
+def test_eos_token_mode_appends_literal_eos_text(tok, meta):
+    # Reference quirk: Llama-config models get " </s>" as *text*; SmolLM2 tokenizes it as 3
+    # ordinary tokens, which are part of the pooled text.
+    suffix = tok(" </s>", add_special_tokens=False)["input_ids"]
+    assert len(suffix) == 3
+    plain = enc.tokenize(tok, meta["texts"], max_length=512, doc_max_length=400,
+                         padding_side="left")
+    eos = enc.tokenize(tok, meta["texts"], max_length=512, doc_max_length=400,
+                       padding_side="left", pooling_mode="eos_token", model_type="llama")
+    np.testing.assert_array_equal(eos["input_ids"][:, -3:], np.tile(suffix, (4, 1)))
+    np.testing.assert_array_equal(eos["input_ids"][:, :-3], plain["input_ids"])
+    np.testing.assert_array_equal(eos["embed_mask"].sum(1), plain["embed_mask"].sum(1) + 3)
+    # Without a model type (or for other pooling modes) nothing is appended.
+    same = enc.tokenize(tok, meta["texts"], max_length=512, doc_max_length=400,
+                        padding_side="left", pooling_mode="eos_token")
+    np.testing.assert_array_equal(same["input_ids"], plain["input_ids"])
+
+
+def test_prepare_for_tokenization_wrappers():
+    p = enc.prepare_for_tokenization
+    assert p(" x ", pooling_mode="eos_token", model_type="mistral") == "x </s>"
+    assert p("x", pooling_mode="eos_token", model_type="qwen2") == "x<|endoftext|>"
+    assert p("x", pooling_mode="mean", model_type="llama") == "x"
+    assert p(" x", name_or_path="meta-llama/Llama-2-7b-chat-hf") == "[INST] x [/INST]"
+    assert (p("x", pooling_mode="eos_token", model_type="llama",
+              name_or_path="meta-llama/Meta-Llama-3-8B-Instruct")
+            == "<|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>")
+    assert (p("x ", pooling_mode="eos_token", model_type="llama",
+              name_or_path="meta-llama/Meta-Llama-3-8B") == "x<|end_of_text|>")
+
+
+def test_join_instruction_quirks():
+    assert enc.join_instruction("", "t") == enc.SEPARATOR + "t"
+    assert enc.join_instruction("  Do it:  ", "t") == "Do it: " + enc.SEPARATOR + "t"
+    # whitespace-only instruction is truthy in the reference -> leading space survives
+    assert enc.join_instruction("   ", "t") == " " + enc.SEPARATOR + "t"
+
+
+def test_normalize_inputs():
+    assert enc.normalize_inputs("a") == [("", "a")]
+    assert enc.normalize_inputs(["a", ("i", "b"), ["i", "c", 7]]) == [
+        ("", "a"), ("i", "b"), ("i", "c")]
+    with pytest.raises(TypeError, match="#1"):
+        enc.normalize_inputs(["a", ["only-one"]])
+
+
+class WordTokenizer:
+    """One token per whitespace word; mimics the HF call signature used by encode.py."""
+
+    eos_token_id = 0
+    bos_token_id = None
+
+    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None):
+        single = isinstance(texts, str)
+        out = []
+        for t in [texts] if single else texts:
+            ids = [len(w) + 1 for w in t.split()]
+            if truncation and max_length is not None:
+                ids = ids[:max_length]
+            out.append(ids)
+        return {"input_ids": out[0] if single else out}
+
+
+def test_doc_max_length_by_whole_words_with_capped_measure():
+    text = " ".join(f"w{i}" for i in range(30))
+    calls = []
+    tok = WordTokenizer()
+    orig = tok.__call__
+
+    class Spy(WordTokenizer):
+        def __call__(self, texts, **kw):
+            calls.append(texts)
+            return orig(texts, **kw)
+
+    out = enc.truncate_document(Spy(), text, max_length=20, doc_max_length=10)
+    # measured min(30, 20)=20 -> keep int(30*10/20)=15 words -> 15 > 10 -> keep int(15*10/15)=10
+    assert out == " ".join(f"w{i}" for i in range(10))
+    assert len(calls) == 3
+    # doc_max_length >= max_length: the capped measure never exceeds it, nothing is cut
+    assert enc.truncate_document(tok, text, max_length=20, doc_max_length=20) == text
+    # whitespace is only normalized when a cut happens
+    messy = "a  b\n c"
+    assert enc.truncate_document(tok, messy, max_length=10, doc_max_length=5) == messy
+    assert enc.truncate_document(tok, messy, max_length=10, doc_max_length=2) == "a b"
+
+
+@needs_ref
+def test_doc_max_length_real_tokenizer_only_touches_text(tok):
+    text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod. " * 6
+    s = enc.build_strings(tok, [["Represent this:", text]], max_length=512, doc_max_length=20)[0]
+    instr, doc = s.split(enc.SEPARATOR)
+    assert instr == "Represent this: "
+    assert len(tok(doc, add_special_tokens=False)["input_ids"]) <= 20
+    assert text.split()[: len(doc.split())] == doc.split()
+
+
+@needs_ref
+def test_max_length_truncation_slides_mask_onto_instruction(tok, meta):
+    instr = meta["instruction"]
+    n_instr = len(tok(instr, add_special_tokens=False)["input_ids"])  # 8
+    long_text = meta["texts"][1]  # 21 tokens alone
+    f = enc.tokenize(tok, [[instr, long_text]], max_length=12, doc_max_length=400)
+    assert f["input_ids"].shape == (1, 12)
+    # reference: n = min(21, 12) = 12 trailing positions pooled -> instruction included
+    assert f["embed_mask"].sum() == 12 and n_instr < 12
+
+
+@needs_ref
+def test_empty_text_and_pad_to(tok):
+    f = enc.tokenize(tok, ["", "Short one."], max_length=32, doc_max_length=400, pad_to=16)
+    assert f["input_ids"].shape == (2, 16)
+    assert f["attention_mask"][0].sum() == 0 and f["embed_mask"][0].sum() == 0
+    assert (f["input_ids"][0] == tok.eos_token_id).all()
+    with pytest.raises(ValueError, match="pad_to"):
+        enc.tokenize(tok, ["Short one."], max_length=32, doc_max_length=400, pad_to=2)
+
+
+@needs_ref
+def test_separator_inside_text_is_removed(tok):
+    # the reference removes every separator from the row but pools only parts[1]
+    rows = enc.tokenize_strings(tok, [enc.SEPARATOR + "one" + enc.SEPARATOR + " two three"],
+                                max_length=32)
+    assert rows[0].input_ids == tuple(tok("one two three")["input_ids"])
+    assert rows[0].n_pooled == len(tok("one", add_special_tokens=False)["input_ids"])
+
+
+# --------------------------------------------------------------------------- pooling modes
+
+
+@needs_ref
+def test_pooling_matches_reference_fixtures(fx):
+    hidden = fx["hidden/bidirectional"]
+    am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
+    _assert_rows_close(enc.pool(hidden, am, em, "mean"), fx["feat/plain/mean_pooled_in_input_order"])
+    for mode in ("mean", "weighted_mean", "last_token"):
+        _assert_rows_close(enc.pool(hidden, am, em, mode), fx[f"enc/{mode}/plain"])
+
+
+@needs_ref
+def test_eos_token_pooling_is_last_position(fx):
+    # enc/eos_token/plain came from the " </s>"-suffixed input (different hidden states: see
+    # test_eos_token_mode_appends_literal_eos_text); with the same hidden states eos_token
+    # pools exactly what last_token pools.
+    hidden = fx["hidden/bidirectional"]
+    am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
+    np.testing.assert_array_equal(np.asarray(enc.pool(hidden, am, em, "eos_token")),
+                                  fx["enc/last_token/plain"])
+    assert not np.allclose(fx["enc/eos_token/plain"], fx["enc/last_token/plain"], atol=1e-2)
+
+
+@needs_ref
+@pytest.mark.parametrize("mode", POOLED_MODES_IN_FIXTURES)
+def test_pooling_left_equals_right_on_fixtures(fx, mode):
+    hidden = fx["hidden/bidirectional"]
+    am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
+    left = np.asarray(enc.pool(hidden, am, em, mode))
+    right = np.asarray(enc.pool(_left_to_right(hidden, am), _left_to_right(am, am),
+                                _left_to_right(em, am), mode))
+    np.testing.assert_allclose(right, left, rtol=0, atol=1e-6)
+
+
+@needs_ref
+def test_simcse_path_quirk_pools_padding(fx):
+    # The reference's training collators have no separator: mean over every column.
+    hidden = fx["hidden/bidirectional"]
+    ones = np.ones(hidden.shape[:2], np.int32)
+    _assert_rows_close(enc.pool(hidden, ones, ones, "mean"), fx["simcse_path/pooled_no_separator"])
+
+
+def _tiny_case():
+    """Two rows, S=5, D=2; row 0: 3 real tokens (first one is instruction), row 1: 5 real."""
+    rng = np.random.default_rng(0)
+    real = [rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(5, 2)).astype(np.float32)]
+    n_pooled = [2, 4]
+    return real, n_pooled
+
+
+def _pad(real, n_pooled, side, s=5):
+    b, d = len(real), real[0].shape[1]
+    hidden = np.full((b, s, d), np.nan, np.float32)  # pad states must never leak in
+    am = np.zeros((b, s), np.int32)
+    em = np.zeros((b, s), np.int32)
+    for i, (h, k) in enumerate(zip(real, n_pooled)):
+        n = len(h)
+        st = s - n if side == "left" else 0
+        hidden[i, st:st + n] = h
+        am[i, st:st + n] = 1
+        em[i, st + n - k:st + n] = 1
+    return hidden, am, em
+
+
+def _expected(real, n_pooled, mode):
+    out = []
+    for h, k in zip(real, n_pooled):
+        pooled = h[len(h) - k:]
+        if mode == "mean":
+            out.append(pooled.mean(0))
+        elif mode == "weighted_mean":
+            w = np.arange(1, k + 1, dtype=np.float64)
+            out.append((pooled * (w / w.sum())[:, None]).sum(0))
+        elif mode in ("eos_token", "last_token"):
+            out.append(h[-1])
+        elif mode == "bos_token":
+            out.append(h[0])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("mode", enc.POOLING_MODES)
+def test_pooling_tiny_hand_case(mode, side):
+    real, k = _tiny_case()
+    hidden, am, em = _pad(real, k, side)
+    got = np.asarray(enc.pool(hidden, am, em, mode))
+    assert got.dtype == np.float32 and got.shape == (2, 2)
+    np.testing.assert_allclose(got, _expected(real, k, mode), rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_mean_hand_numbers():
+    # 3 pooled tokens with values 1, 2, 3 -> weights 1/6, 2/6, 3/6 -> 14/6
+    hidden = np.array([[[9.0], [1.0], [2.0], [3.0]]], np.float32)
+    am = np.array([[1, 1, 1, 1]])
+    em = np.array([[0, 1, 1, 1]])
+    np.testing.assert_allclose(np.asarray(enc.pool(hidden, am, em, "weighted_mean")),
+                               [[14 / 6]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(enc.pool(hidden, am, em, "mean")), [[2.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", enc.POOLING_MODES)
+def test_pooling_empty_row_gives_zeros(mode):
+    hidden = np.ones((1, 3, 2), np.float32)
+    zeros = np.zeros((1, 3), np.int32)
+    np.testing.assert_array_equal(np.asarray(enc.pool(hidden, zeros, zeros, mode)), 0.0)
+
+
+def test_unknown_pooling_mode_lists_valid_ones():
+    with pytest.raises(ValueError, match="weighted_mean") as e:
+        enc.pool(np.zeros((1, 1, 1)), np.ones((1, 1)), np.ones((1, 1)), "max")
+    assert all(m in str(e.value) for m in enc.POOLING_MODES)
+
+
+@needs_ref
+def test_bos_token_needs_a_bos_adding_tokenizer(tok, bos_tok):
+    assert not enc.tokenizer_adds_bos(tok)
+    with pytest.raises(ValueError, match="BOS"):
+        enc.tokenize(tok, ["x"], max_length=8, doc_max_length=8, pooling_mode="bos_token")
+    with pytest.raises(ValueError, match="BOS"):
+        enc.check_pooling_mode("bos_token", tok)
+    assert enc.tokenizer_adds_bos(bos_tok)
+
+
+@needs_ref
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_bos_tokenizer_rows_and_bos_pooling(bos_tok, meta, side):
+    f = enc.tokenize(bos_tok, meta["texts"][:3], max_length=64, doc_max_length=400,
+                     padding_side=side, pooling_mode="bos_token")
+    for i in range(3):
+        m = f["attention_mask"][i] > 0
+        ids = f["input_ids"][i][m]
+        assert ids[0] == bos_tok.bos_token_id
+        # BOS attended, not pooled (embed count = text tokens without specials)
+        assert f["embed_mask"][i][m][0] == 0 and f["embed_mask"][i][m][1:].all()
+    # hidden = input ids as a 1-d feature: bos_token pooling must pick the BOS id
+    hidden = f["input_ids"][..., None].astype(np.float32)
+    got = np.asarray(enc.pool(hidden, f["attention_mask"], f["embed_mask"], "bos_token"))
+    np.testing.assert_array_equal(got[:, 0], bos_tok.bos_token_id)
+
+
+# --------------------------------------------------------------------------- bucketing
+
+
+def test_default_buckets():
+    assert enc.default_buckets(512) == (16, 32, 64, 128, 256, 512)
+    assert enc.default_buckets(100) == (16, 32, 64, 100)
+    assert enc.default_buckets(8) == (8,)
+
+
+def test_plan_batches_restores_order_and_bounds_shapes():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 129, size=203)
+    plan = enc.plan_batches(lengths, batch_size=16, max_length=128)
+    seen = np.concatenate(plan.batches)
+    assert sorted(seen.tolist()) == list(range(203))  # every row exactly once
+    for idx, width in plan:
+        assert len(idx) <= 16
+        assert lengths[idx].max() <= width
+        assert width in enc.default_buckets(128)
+    assert len(set(plan.widths)) <= len(enc.default_buckets(128))
+    assert list(plan.widths) == sorted(plan.widths, reverse=True)
+    # "embeddings" computed per batch in plan order, restored to input order
+    fake = np.concatenate([lengths[idx] * 10 + idx for idx in plan.batches])
+    np.testing.assert_array_equal(fake[plan.restore], lengths * 10 + np.arange(203))
+
+
+def test_plan_batches_errors_and_custom_buckets():
+    with pytest.raises(ValueError, match="fits no bucket"):
+        enc.plan_batches([5, 70], batch_size=4, max_length=64)
+    plan = enc.plan_batches([3, 40, 17], batch_size=2, max_length=64, buckets=(24, 48))
+    assert plan.widths == (48, 24)
+    assert len(enc.plan_batches([], batch_size=4, max_length=8)) == 0
+
+
+@needs_ref
+def test_bucketed_batches_reproduce_unbucketed_rows(tok, meta):
+    texts = meta["texts"] + [[meta["instruction"], t] for t in meta["texts"]]
+    rows = enc.tokenize_rows(tok, texts, max_length=64, doc_max_length=400)
+    full = enc.collate(rows, pad_id=tok.eos_token_id, padding_side="right")
+    plan = enc.plan_batches([len(r) for r in rows], batch_size=3, max_length=64)
+    parts = []
+    for idx, f in enc.rows_as_batches(rows, plan, pad_id=tok.eos_token_id):
+        assert f["input_ids"].shape[1] in enc.default_buckets(64)
+        parts.append(f)
+    width = full["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask", "embed_mask"):
+        padded = [np.pad(p[key], ((0, 0), (0, width - p[key].shape[1])),
+                         constant_values=tok.eos_token_id if key == "input_ids" else 0)
+                  if p[key].shape[1] < width else p[key][:, :width] for p in parts]
+        cat = np.concatenate(padded)[plan.restore]
+        np.testing.assert_array_equal(cat, full[key])
+
+
+def test_pool_is_jittable_with_static_mode():
+    import jax
+
+    real, k = _tiny_case()
+    hidden, am, em = _pad(real, k, "left")
+    jitted = jax.jit(enc.pool, static_argnames="mode")
+    for mode in enc.POOLING_MODES:
+        np.testing.assert_allclose(np.asarray(jitted(hidden, am, em, mode=mode)),
+                                   _expected(real, k, mode), rtol=1e-6, atol=1e-6)
