@@ -1,0 +1,233 @@
+"""Text sources: every kind becomes a plain iterator of strings, already sharded per process.
+
+Kinds (``text_source(kind, ...)`` dispatches on the name):
+
+- ``"file"``: a UTF-8 text file, one record per line (newline stripped, other whitespace
+  kept: WikiText headings start with a space and the reference's ``datasets`` "text" loader
+  keeps it too).
+- ``"dir"``: every ``*.txt`` file of a directory, in sorted file-name order, read as one
+  stream of lines (so the record numbering, and hence sharding, does not depend on how the
+  text happens to be split into files).
+- ``"hf"``: a Hugging Face ``datasets`` dataset (``load_dataset(name, config, split=...)``,
+  e.g. ``wikitext`` / ``wikitext-103-raw-v1``), ``text_field`` column. ``datasets`` is
+  imported only here, so the package does not depend on it.
+- ``"tfds"``: a TensorFlow Datasets dataset prepared in ``array_record`` format, opened with
+  ``tfds.data_source`` (random access, no TensorFlow needed), ``text_field`` feature.
+
+Sharding rule (the same for every kind): records are numbered 0, 1, 2, ... in source order,
+counting every record, blank ones included, and process ``p`` of ``P`` gets exactly the
+records with ``index % P == p``. Strided rather than contiguous shards keep processes
+balanced to within one record without knowing the length up front (files, streaming
+datasets); random-access sources (tfds, map-style ``datasets``) fetch only their own
+records, line-based ones read past the others' lines.
+
+Blank (whitespace-only) records are skipped by default: WikiText has an empty row between
+paragraphs, and neither MNTP line-by-line mode (the reference drops them too) nor SimCSE
+wants them. In grouped MNTP mode the reference tokenizes them, which only adds tokens when
+the tokenizer adds BOS/EOS; pass ``skip_blank=False`` to keep them.
+
+A source that yields no text for this process raises ``ValueError("no text found in ...")``
+when its iterator is exhausted, instead of silently training on nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+SOURCE_KINDS = ("file", "dir", "hf", "tfds")
+
+
+class SourceError(ValueError):
+    """A text source that cannot be read as asked (unknown kind, no text, bad shard)."""
+
+
+def _check_shard(process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise SourceError(f"bad shard: process_index={process_index}, "
+                          f"process_count={process_count}")
+
+
+def _filtered(records: Iterable[tuple[int, Any]], *, describe: str, skip_blank: bool,
+              decode: Callable[[Any], str] = lambda x: x) -> Iterator[str]:
+    """Yield decoded records (already restricted to this shard), then fail if none had text."""
+    found = False
+    for _, record in records:
+        text = decode(record)
+        if skip_blank and not text.strip():
+            continue
+        found = True
+        yield text
+    if not found:
+        raise SourceError(f"no text found in {describe}")
+
+
+def _shard_of(items: Iterable[Any], process_index: int, process_count: int):
+    for i, item in enumerate(items):
+        if i % process_count == process_index:
+            yield i, item
+
+
+def _shard_desc(process_index: int, process_count: int) -> str:
+    return "" if process_count == 1 else f" (shard {process_index} of {process_count})"
+
+
+def _lines(paths: list[Path]) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+
+def text_file_source(path: str | os.PathLike, *, process_index: int = 0,
+                     process_count: int = 1, skip_blank: bool = True) -> Iterator[str]:
+    """Lines of one UTF-8 text file (this process's shard)."""
+    _check_shard(process_index, process_count)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    return _filtered(_shard_of(_lines([path]), process_index, process_count),
+                     describe=f"{path}{_shard_desc(process_index, process_count)}",
+                     skip_blank=skip_blank)
+
+
+def text_dir_source(path: str | os.PathLike, *, process_index: int = 0,
+                    process_count: int = 1, skip_blank: bool = True,
+                    pattern: str = "*.txt") -> Iterator[str]:
+    """Lines of every ``pattern`` file in a directory (sorted by name), as one stream."""
+    _check_shard(process_index, process_count)
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"text directory not found: {path}")
+    files = sorted(p for p in path.glob(pattern) if p.is_file())
+    if not files:
+        raise SourceError(f"no text found in {path}: no {pattern} files")
+    return _filtered(_shard_of(_lines(files), process_index, process_count),
+                     describe=f"{path} ({len(files)} files)"
+                              f"{_shard_desc(process_index, process_count)}",
+                     skip_blank=skip_blank)
+
+
+def _decode(value: Any) -> str:
+    # tfds Text features come back as UTF-8 bytes (numpy bytes scalars included).
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    if hasattr(value, "item"):
+        return _decode(value.item())
+    if not isinstance(value, str):
+        raise SourceError(f"text field holds {type(value).__name__}, not text")
+    return value
+
+
+def _field(text_field: str, describe: str):
+    def get(record: Any) -> str:
+        try:
+            value = record[text_field]
+        except (KeyError, TypeError, IndexError):
+            keys = list(record.keys()) if hasattr(record, "keys") else type(record).__name__
+            raise SourceError(f"{describe}: no text field {text_field!r} (has {keys})") from None
+        return _decode(value)
+    return get
+
+
+def hf_source(name: str, config: str | None = None, split: str = "train", *,
+              text_field: str = "text", streaming: bool = False,
+              process_index: int = 0, process_count: int = 1, skip_blank: bool = True,
+              **load_kwargs) -> Iterator[str]:
+    """A Hugging Face ``datasets`` split, e.g. ``hf_source("wikitext", "wikitext-103-raw-v1")``.
+
+    ``load_kwargs`` go to ``datasets.load_dataset`` (``cache_dir``, ``data_files``, ...).
+    Map-style datasets are sharded with ``Dataset.shard(contiguous=False)``, which is the
+    strided rule above; streaming ones are filtered while iterating.
+    """
+    _check_shard(process_index, process_count)
+    try:
+        import datasets  # noqa: F401  (optional dependency, imported on use)
+    except ImportError as e:
+        raise ImportError("the 'hf' text source needs `pip install datasets`") from e
+    ds = datasets.load_dataset(name, config, split=split, streaming=streaming, **load_kwargs)
+    describe = (f"hf dataset {name}" + (f"/{config}" if config else "") + f" split {split}"
+                + _shard_desc(process_index, process_count))
+    get = _field(text_field, describe)
+    if streaming:
+        records = _shard_of(ds, process_index, process_count)
+    else:
+        if process_count > 1:
+            ds = ds.shard(num_shards=process_count, index=process_index, contiguous=False)
+        # Reading the one column in slices is far faster than row dicts.
+        records = enumerate(_column(ds, text_field, describe))
+        get = _decode
+    return _filtered(records, describe=describe, skip_blank=skip_blank, decode=get)
+
+
+def _column(ds, text_field: str, describe: str, chunk: int = 1000) -> Iterator[Any]:
+    names = getattr(ds, "column_names", None)
+    if names is not None and text_field not in names:
+        raise SourceError(f"{describe}: no text field {text_field!r} (has {names})")
+    for start in range(0, len(ds), chunk):
+        yield from ds[start:start + chunk][text_field]
+
+
+def tfds_source(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+                text_field: str = "text", process_index: int = 0, process_count: int = 1,
+                skip_blank: bool = True, download: bool = False, **kwargs) -> Iterator[str]:
+    """A TFDS dataset in ``array_record`` format via ``tfds.data_source`` (no TensorFlow).
+
+    ``name`` may carry a config/version (``"wikipedia/20230601.en"``). ``download=False`` by
+    default so a missing dataset is an error rather than a silent multi-GB preparation;
+    ``kwargs`` go to ``tfds.data_source`` (``builder_kwargs``, ``decoders``, ...).
+    Only this process's indices are read (random access).
+    """
+    _check_shard(process_index, process_count)
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError("the 'tfds' text source needs "
+                          "`pip install tensorflow-datasets array_record`") from e
+    source = tfds.data_source(name, split=split, data_dir=None if data_dir is None
+                              else os.fspath(data_dir), download=download, **kwargs)
+    describe = f"tfds dataset {name} split {split}{_shard_desc(process_index, process_count)}"
+    records = ((i, source[i]) for i in range(process_index, len(source), process_count))
+    return _filtered(records, describe=describe, skip_blank=skip_blank,
+                     decode=_field(text_field, describe))
+
+
+def text_source(kind: str, name_or_path: str | os.PathLike, **kwargs) -> Iterator[str]:
+    """Dispatch on ``kind`` (one of ``SOURCE_KINDS``); keyword arguments go to that reader.
+
+    ``kind="auto"`` picks "file" or "dir" for an existing local path.
+    """
+    if kind == "auto":
+        p = Path(name_or_path)
+        if p.is_dir():
+            kind = "dir"
+        elif p.is_file():
+            kind = "file"
+        else:
+            raise FileNotFoundError(f"no such file or directory: {p} (for hub datasets pass "
+                                    "kind='hf' or kind='tfds')")
+    readers = {"file": text_file_source, "dir": text_dir_source,
+               "hf": hf_source, "tfds": tfds_source}
+    if kind not in readers:
+        raise SourceError(f"unknown text source kind {kind!r}; expected one of "
+                          f"{', '.join(SOURCE_KINDS)} or 'auto'")
+    return readers[kind](name_or_path, **kwargs)
+
+
+def read_sentences(path: str | os.PathLike, *, process_index: int = 0,
+                   process_count: int = 1, max_sentences: int | None = None) -> list[str]:
+    """One sentence per line (SimCSE's wiki1m format), stripped, blank lines skipped.
+
+    The reference ``Wiki1M`` loader strips each line and keeps everything, blank lines
+    included (an empty query/positive pair); wiki1m has none, so skipping them only
+    matters for other files. Duplicates are kept, as in the reference.
+    ``max_sentences`` caps this process's list (after sharding).
+    """
+    out = []
+    for text in text_file_source(path, process_index=process_index,
+                                 process_count=process_count):
+        out.append(text.strip())
+        if max_sentences is not None and len(out) >= max_sentences:
+            break
+    return out

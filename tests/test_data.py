@@ -1,0 +1,364 @@
+"""Text sources and the MNTP data pipeline (llm2vec_jax.data)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm2vec_jax.data import (
+    IGNORE_INDEX,
+    MNTPBatchIterator,
+    MNTPCollator,
+    SourceError,
+    group_texts,
+    hf_source,
+    mntp_batches,
+    predict_bound,
+    read_sentences,
+    set_mask_token,
+    text_dir_source,
+    text_file_source,
+    text_source,
+    tfds_source,
+    tokenize_lines,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = SHARED / "data"
+TOKENIZER_DIR = SHARED / "reference" / "smollm2" / "hf_config_and_tokenizer"
+WIKITEXT = DATA / "wikitext103" / "wiki.test.raw.txt"
+WIKI1M = DATA / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data missing: {path}")
+    return path
+
+
+@pytest.fixture
+def tokenizer():
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(_need(TOKENIZER_DIR)))
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def test_text_file_lines_and_sharding(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text(" = Heading = \nfirst\n\n  \nsecond\nthird\n", encoding="utf-8")
+    assert list(text_file_source(f)) == [" = Heading = ", "first", "second", "third"]
+    # Records (blank ones included) 0..5; process p of 2 gets the indices ≡ p (mod 2).
+    assert list(text_file_source(f, process_index=0, process_count=2)) == [" = Heading = ", "second"]
+    assert list(text_file_source(f, process_index=1, process_count=2)) == ["first", "third"]
+    assert list(text_file_source(f, skip_blank=False))[2:4] == ["", "  "]
+
+
+def test_shards_partition_the_real_file():
+    path = _need(WIKITEXT)
+    full = list(text_file_source(path))
+    shards = [list(text_file_source(path, process_index=p, process_count=3)) for p in range(3)]
+    assert sorted(sum(shards, [])) == sorted(full)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1  # no blank lines in this file
+    assert full[0] == " = Robert Boulter = "
+
+
+def test_text_dir_sorted_stream(tmp_path):
+    (tmp_path / "b.txt").write_text("b1\nb2\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("a1\n", encoding="utf-8")
+    (tmp_path / "skip.json").write_text("{}", encoding="utf-8")
+    assert list(text_dir_source(tmp_path)) == ["a1", "b1", "b2"]
+    # Sharding numbers records across files, not within each file.
+    assert list(text_dir_source(tmp_path, process_index=1, process_count=2)) == ["b1"]
+    assert list(text_source("auto", tmp_path)) == ["a1", "b1", "b2"]
+    assert list(text_source("auto", tmp_path / "a.txt")) == ["a1"]
+
+
+def test_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        text_file_source(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError):
+        text_dir_source(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        text_source("auto", tmp_path / "missing")
+    with pytest.raises(SourceError, match="no text found"):
+        text_dir_source(tmp_path)  # no *.txt
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="no text found in .*blank.txt"):
+        list(text_file_source(blank))
+    one = tmp_path / "one.txt"
+    one.write_text("only\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"no text found .*shard 1 of 2"):
+        list(text_file_source(one, process_index=1, process_count=2))
+    with pytest.raises(SourceError, match="unknown text source kind 'csv'"):
+        text_source("csv", one)
+    with pytest.raises(SourceError, match="bad shard"):
+        text_file_source(one, process_index=2, process_count=2)
+
+
+def test_read_sentences_wiki1m():
+    path = _need(WIKI1M)
+    sents = read_sentences(path)
+    assert len(sents) == 11914
+    assert all(s == s.strip() and s for s in sents)
+    assert read_sentences(path, max_sentences=5) == sents[:5]
+    assert read_sentences(path, process_index=1, process_count=4)[:2] == [sents[1], sents[5]]
+
+
+def _tiny_tfds(data_dir: Path, texts: list[str]) -> None:
+    """Write a tiny array_record TFDS dataset ("tiny_text") without TensorFlow."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+
+    class TinyText(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            # DatasetInfo directly: dataset_info_from_configs wants a package dir of metadata.
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(
+                    {"content": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(texts)}
+
+        def _generate_examples(self, items):
+            for i, t in enumerate(items):
+                yield i, {"content": t, "id": i}
+
+    TinyText(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+
+
+def test_tfds_array_record_source(tmp_path):
+    texts = [f"sentence {i} – ünïcödé" for i in range(10)] + ["   "]
+    _tiny_tfds(tmp_path, texts)
+    got = list(tfds_source("tiny_text", split="train", data_dir=tmp_path, text_field="content"))
+    # TFDS shuffles examples on write; the content must survive, decoded from UTF-8 bytes.
+    assert sorted(got) == sorted(texts[:10])
+    shards = [list(tfds_source("tiny_text", split="train", data_dir=tmp_path,
+                               text_field="content", process_index=p, process_count=3))
+              for p in range(3)]
+    assert sorted(sum(shards, [])) == sorted(got)
+    assert list(text_source("tfds", "tiny_text", split="train[:3]", data_dir=tmp_path,
+                            text_field="content")) == got[:3]
+    with pytest.raises(SourceError, match="no text field 'text'"):
+        list(tfds_source("tiny_text", split="train", data_dir=tmp_path))
+
+
+def test_hf_datasets_source(tmp_path):
+    pytest.importorskip("datasets")
+    f = tmp_path / "t.txt"
+    f.write_text("a\n\nb\nc\nd\n", encoding="utf-8")
+    kw = dict(data_files={"train": str(f)}, cache_dir=str(tmp_path / "cache"))
+    assert list(hf_source("text", split="train", **kw)) == ["a", "b", "c", "d"]
+    # Same strided rule as files: records 0..4 = a, "", b, c, d.
+    assert list(hf_source("text", split="train", process_index=0, process_count=2, **kw)) == ["a", "b", "d"]
+    assert list(hf_source("text", split="train", streaming=True,
+                          process_index=1, process_count=2, **kw)) == ["c"]
+    with pytest.raises(SourceError, match="no text field 'body'"):
+        list(hf_source("text", split="train", text_field="body", **kw))
+
+
+# ---------------------------------------------------------------------------- tokenization
+
+
+def test_group_texts_matches_reference_chunking(tokenizer):
+    texts = list(text_file_source(_need(WIKITEXT)))[:50]
+    ex = group_texts(texts, tokenizer, 64)
+    flat = [t for seq in tokenizer(texts)["input_ids"] for t in seq]
+    n = len(flat) // 64
+    assert ex.input_ids.shape == (n, 64) and ex.input_ids.dtype == np.int32
+    np.testing.assert_array_equal(ex.input_ids.ravel(), flat[:n * 64])
+    assert ex.attention_mask.all() and not ex.special_tokens_mask.any()  # SmolLM2 adds none
+    # Reference quirk: a tail dropped every 1,000 (here 7) texts loses some chunks.
+    assert len(group_texts(texts, tokenizer, 64, group_size=7)) < n
+
+
+def test_group_texts_marks_added_special_tokens(tokenizer):
+    tokenizer.add_bos_token = True  # a Llama-style tokenizer adding BOS to every text
+    enc = tokenizer(["hello world", "foo"], return_special_tokens_mask=True)
+    if enc["input_ids"][0][0] != tokenizer.bos_token_id:
+        pytest.skip("this transformers version ignores add_bos_token on GPT2Tokenizer")
+    ex = group_texts(["hello world", "foo", "bar baz"], tokenizer, 4)
+    flat_ids, flat_sp = ex.input_ids.ravel(), ex.special_tokens_mask.ravel()
+    np.testing.assert_array_equal(flat_sp, flat_ids == tokenizer.bos_token_id)
+
+
+def test_tokenize_lines_pads_and_truncates(tokenizer):
+    ex = tokenize_lines(["Hello world, it's 2024!", "", "  ", "a " * 100], tokenizer, 16)
+    assert ex.input_ids.shape == (2, 16)
+    np.testing.assert_array_equal(ex.input_ids[0, :11],
+                                  [19556, 905, 28, 357, 506, 216, 34, 32, 34, 36, 17])
+    assert (ex.input_ids[0, 11:] == tokenizer.pad_token_id).all()
+    np.testing.assert_array_equal(ex.attention_mask[0], [1] * 11 + [0] * 5)
+    np.testing.assert_array_equal(ex.special_tokens_mask[0], [0] * 11 + [1] * 5)
+    assert ex.attention_mask[1].all()  # truncated to 16
+    left = tokenize_lines(["Hello world"], tokenizer, 4, padding_side="left")
+    np.testing.assert_array_equal(left.attention_mask[0], [0, 0, 1, 1])
+
+
+def test_mask_token_types(tokenizer):
+    assert set_mask_token(tokenizer, "blank") == 79
+    import transformers
+    t = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    assert set_mask_token(t, "eos") == t.eos_token_id == 2
+    t = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    n = len(t)
+    assert set_mask_token(t, "mask") == n and len(t) == n + 1
+    assert MNTPCollator.from_tokenizer(t, "mask").vocab_size == n + 1
+    with pytest.raises(ValueError, match="mask_token_type"):
+        set_mask_token(t, "star")
+
+
+# ---------------------------------------------------------------------------- masking
+
+
+def _batch(B=8, S=64, seed=0, special_cols=(), pad_from=None):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(100, 1000, size=(B, S)).astype(np.int32)
+    attn = np.ones((B, S), np.int32)
+    special = np.zeros((B, S), bool)
+    for c in special_cols:
+        special[:, c] = True
+    if pad_from is not None:
+        attn[:, pad_from:] = 0
+        special[:, pad_from:] = True
+    return ids, attn, special
+
+
+def test_collator_invariants():
+    ids, attn, special = _batch(B=8, S=64, special_cols=(0, 10), pad_from=50)
+    col = MNTPCollator(mask_token_id=79, vocab_size=1000, mlm_probability=0.3)
+    out = col(ids, attn, special, np.random.default_rng(1))
+    masked = out["labels"] != IGNORE_INDEX
+    assert not masked[special].any()  # added special tokens and padding never masked
+    np.testing.assert_array_equal(out["labels"][masked], ids[masked])
+    np.testing.assert_array_equal(out["input_ids"][~masked], ids[~masked])
+    np.testing.assert_array_equal(out["attention_mask"], attn)
+    # predict_* list exactly the masked (b, i), i >= 1, predicted from flat b*S + i - 1.
+    M = predict_bound(8, 64, 0.3)
+    assert out["predict_index"].shape == out["predict_labels"].shape == (M,)
+    assert all(v.dtype == np.int32 for v in out.values())
+    b, i = np.nonzero(masked[:, 1:])
+    k = b.size
+    np.testing.assert_array_equal(out["predict_index"][:k], b * 64 + i)
+    np.testing.assert_array_equal(out["predict_labels"][:k], ids[b, i + 1])
+    assert (out["predict_labels"][k:] == IGNORE_INDEX).all()
+    # Same rng seed, same batch.
+    again = col(ids, attn, special, np.random.default_rng(1))
+    for key in out:
+        np.testing.assert_array_equal(out[key], again[key])
+
+
+def test_collator_statistics():
+    B, S, p = 64, 256, 0.2
+    ids, attn, special = _batch(B, S)
+    ids[:] = 5  # so "unchanged" and "random" are distinguishable from the mask id
+    col = MNTPCollator(mask_token_id=79, vocab_size=1000, mlm_probability=p)
+    out = col(ids, attn, special, np.random.default_rng(0))
+    masked = out["labels"] != IGNORE_INDEX
+    n = masked.sum()
+    assert abs(n / (B * S) - p) < 4 * math.sqrt(p * (1 - p) / (B * S))
+    to_mask = (out["input_ids"] == 79) & masked
+    kept = (out["input_ids"] == 5) & masked
+    rand = masked & ~to_mask & ~kept
+    assert abs(to_mask.sum() / n - 0.8) < 0.03
+    assert abs(kept.sum() / n - 0.1) < 0.02  # (random ids can also hit 5 or 79: 2/1000)
+    assert abs(rand.sum() / n - 0.1) < 0.02
+    full = MNTPCollator(79, 1000, mlm_probability=p, all_mask=True)(
+        ids, attn, special, np.random.default_rng(0))
+    fm = full["labels"] != IGNORE_INDEX
+    assert (full["input_ids"][fm] == 79).all() and (full["input_ids"][~fm] == 5).all()
+
+
+def test_predict_bound_and_overflow_bucket():
+    assert predict_bound(8, 512, 0.2) % 64 == 0
+    n = 8 * 512
+    assert predict_bound(8, 512, 0.2) >= n * 0.2 + 6 * math.sqrt(n * 0.2 * 0.8)
+    assert predict_bound(1, 4, 0.5) == 4  # capped at B*S
+    # p = 1 masks everything: the count exceeds the 6-sigma bound of a small p only if we
+    # lie about p, so force it: a collator told p=0.01 but fed all-eligible tokens at p=1.
+    ids, attn, special = _batch(B=4, S=128)
+    col = MNTPCollator(79, 1000, mlm_probability=1.0)
+    col.predict_bound = lambda B, S: predict_bound(B, S, 0.01)
+    out = col(ids, attn, special, np.random.default_rng(0))
+    k = 4 * 127  # every position but position 0 of each row is scored
+    assert (out["predict_labels"] != IGNORE_INDEX).sum() == k
+    assert out["predict_index"].shape[0] >= k and out["predict_index"].shape[0] % 64 == 0
+
+
+# ---------------------------------------------------------------------------- iterator
+
+
+def _examples(tokenizer, S=32):
+    return group_texts(list(text_file_source(_need(WIKITEXT)))[:40], tokenizer, S)
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_iterator_resume_is_exact(tokenizer):
+    ex = _examples(tokenizer)
+    col = MNTPCollator.from_tokenizer(tokenizer, "blank")
+    make = lambda: MNTPBatchIterator(ex, col, 8, seed=3)
+    per_epoch = len(ex) // 8
+    assert per_epoch >= 3
+    ref = [next(it) for it in [make()] for _ in range(2 * per_epoch + 3)]
+    # Interrupt at several points (mid-epoch and at an epoch boundary), save as JSON, resume.
+    for stop in (1, per_epoch, per_epoch + 2):
+        it = make()
+        for _ in range(stop):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))
+        fresh = make()
+        fresh.set_state(state)
+        for k in range(stop, len(ref)):
+            _same(next(fresh), ref[k])
+    # Epochs reshuffle; every sequence appears at most once per epoch.
+    first = np.concatenate([b["labels"] for b in ref[:per_epoch]])
+    assert first.shape == (per_epoch * 8, 32)
+    it = make()
+    with pytest.raises(ValueError, match="num_examples"):
+        it.set_state({**state, "num_examples": len(ex) + 1})
+
+
+def test_iterator_epochs_and_order(tokenizer):
+    ex = _examples(tokenizer)
+    col = MNTPCollator(79, len(tokenizer), mlm_probability=0.0)  # no masking: see raw rows
+    it = MNTPBatchIterator(ex, col, 4, shuffle=False, num_epochs=2)
+    batches = list(it)
+    per_epoch = len(ex) // 4
+    assert len(batches) == 2 * per_epoch
+    np.testing.assert_array_equal(batches[0]["input_ids"], ex.input_ids[:4])
+    np.testing.assert_array_equal(batches[per_epoch]["input_ids"], ex.input_ids[:4])
+    shuffled = MNTPBatchIterator(ex, col, 4, seed=0)
+    rows = np.concatenate([next(shuffled)["input_ids"] for _ in range(per_epoch)])
+    seen = {r.tobytes() for r in rows}
+    assert len(seen) == per_epoch * 4  # a permutation: no repeats within an epoch
+    assert not np.array_equal(rows, ex.input_ids[:per_epoch * 4])
+    with pytest.raises(ValueError, match="only"):
+        MNTPBatchIterator(ex, col, len(ex) + 1)
+
+
+def test_mntp_batches_end_to_end(tokenizer):
+    texts = text_file_source(_need(WIKITEXT), process_index=1, process_count=4)
+    it = mntp_batches(texts, tokenizer, max_seq_length=128, per_process_batch_size=4,
+                      process_index=1)
+    b = next(it)
+    assert b["input_ids"].shape == (4, 128)
+    assert b["predict_index"].shape == (predict_bound(4, 128, 0.2),)
+    assert (b["input_ids"] == 79).any()
+    lines = mntp_batches(["one line", "another line here"], tokenizer, max_seq_length=8,
+                         per_process_batch_size=2, line_by_line=True, all_mask=True)
+    b = next(lines)
+    assert b["attention_mask"].sum() == len(tokenizer("one line")["input_ids"]) + \
+        len(tokenizer("another line here")["input_ids"])

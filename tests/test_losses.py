@@ -1,0 +1,161 @@
+"""MNTP and contrastive losses (llm2vec_jax.train.losses) against numpy and the reference."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm2vec_jax.data import IGNORE_INDEX, MNTPCollator
+from llm2vec_jax.train.losses import contrastive_loss, lm_head_weight, mntp_loss
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2"
+FIXTURES = REFERENCE / "reference_fixtures.npz"
+
+
+@pytest.fixture(scope="module")
+def fixtures():
+    if not FIXTURES.is_file():
+        pytest.skip(f"reference fixtures missing: {FIXTURES}")
+    return dict(np.load(FIXTURES))
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _reference_mntp(logits, labels):
+    """The reference: CrossEntropyLoss()(logits[:, :-1], labels[:, 1:]), mean over valid."""
+    lg = logits[:, :-1].reshape(-1, logits.shape[-1]).astype(np.float64)
+    lb = labels[:, 1:].reshape(-1)
+    valid = lb != IGNORE_INDEX
+    lp = _log_softmax(lg[valid])
+    return -lp[np.arange(valid.sum()), lb[valid]].mean()
+
+
+def _predict_arrays(labels):
+    """predict_index/predict_labels for given labels, via the real collator's convention."""
+    B, S = labels.shape
+    b, i = np.nonzero(labels[:, 1:] != IGNORE_INDEX)
+    i = i + 1
+    M = max(64, ((b.size + 63) // 64) * 64)
+    idx = np.zeros(M, np.int32)
+    lab = np.full(M, IGNORE_INDEX, np.int32)
+    idx[:b.size] = b * S + i - 1
+    lab[:b.size] = labels[b, i]
+    return idx, lab
+
+
+# ---------------------------------------------------------------------------- MNTP
+
+
+def test_mntp_loss_equals_full_cross_entropy():
+    rng = np.random.default_rng(0)
+    B, S, D, V = 3, 17, 8, 50
+    hidden = rng.standard_normal((B, S, D)).astype(np.float32)
+    head = rng.standard_normal((V, D)).astype(np.float32)
+    ids = rng.integers(0, V, (B, S)).astype(np.int32)
+    batch = MNTPCollator(mask_token_id=1, vocab_size=V, mlm_probability=0.4)(
+        ids, np.ones_like(ids), np.zeros((B, S), bool), np.random.default_rng(1))
+    labels = batch["labels"]
+    expected = _reference_mntp(hidden.astype(np.float64) @ head.T.astype(np.float64), labels)
+    loss, metrics = jax.jit(mntp_loss)(hidden, head, batch["predict_index"], batch["predict_labels"])
+    assert math.isclose(float(loss), expected, rel_tol=1e-6)
+    n_valid = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    assert int(metrics["count"]) == n_valid
+    logits = hidden @ head.T
+    preds = logits[:, :-1].argmax(-1)
+    valid = labels[:, 1:] != IGNORE_INDEX
+    acc = (preds[valid] == labels[:, 1:][valid]).mean()
+    assert math.isclose(float(metrics["accuracy"]), acc, rel_tol=1e-6)
+
+
+def test_mntp_loss_hand_computed():
+    # B=1, S=2, D=2, V=2; the token at position 1 (label 1) is predicted from position 0.
+    hidden = np.array([[[1.0, 0.0], [5.0, 5.0]]], np.float32)
+    head = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)  # logits at pos 0: [2, 0]
+    idx = np.array([0, 0], np.int32)
+    lab = np.array([1, IGNORE_INDEX], np.int32)
+    loss, metrics = mntp_loss(hidden, head, idx, lab)
+    assert math.isclose(float(loss), math.log(1 + math.exp(2.0)), rel_tol=1e-6)  # -log softmax[1]
+    assert float(metrics["accuracy"]) == 0.0 and int(metrics["count"]) == 1
+    loss, metrics = mntp_loss(hidden, head, idx, np.array([0, IGNORE_INDEX], np.int32))
+    assert math.isclose(float(loss), math.log(1 + math.exp(-2.0)), rel_tol=1e-6)
+    assert float(metrics["accuracy"]) == 1.0
+    # Nothing scored: 0, not NaN.
+    loss, metrics = mntp_loss(hidden, head, idx, np.full(2, IGNORE_INDEX, np.int32))
+    assert float(loss) == 0.0 and int(metrics["count"]) == 0
+
+
+def test_mntp_loss_gradient_matches_full_form():
+    rng = np.random.default_rng(2)
+    B, S, D, V = 2, 9, 4, 11
+    hidden = jnp.asarray(rng.standard_normal((B, S, D)), jnp.float32)
+    head = jnp.asarray(rng.standard_normal((V, D)), jnp.float32)
+    labels = np.full((B, S), IGNORE_INDEX, np.int32)
+    labels[0, 3], labels[1, 1], labels[1, 8], labels[0, 0] = 4, 7, 2, 9
+    idx, lab = _predict_arrays(labels)
+
+    def full(h, w):
+        logits = jnp.einsum("bsd,vd->bsv", h, w)[:, :-1].reshape(-1, V)
+        lb = jnp.asarray(labels[:, 1:].reshape(-1))
+        valid = lb != IGNORE_INDEX
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+            logits, jnp.where(valid, lb, 0)[:, None], -1)[:, 0]
+        return jnp.sum(jnp.where(valid, nll, 0)) / valid.sum()
+
+    g_fast = jax.jit(jax.grad(lambda h, w: mntp_loss(h, w, idx, lab)[0], argnums=(0, 1)))(
+        hidden, head)
+    g_full = jax.jit(jax.grad(full, argnums=(0, 1)))(hidden, head)
+    for a, b in zip(g_fast, g_full):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_mntp_loss_reference_smollm2(fixtures, smollm2_dir):
+    """The reference's MNTP loss and logits on SmolLM2-135M, bidirectional, mask token "_"."""
+    from llm2vec_jax.models import load_hf_checkpoint
+    model = load_hf_checkpoint(smollm2_dir)
+    ids = fixtures["mntp/input_ids"].astype(np.int32)
+    labels = fixtures["mntp/labels"].astype(np.int32)
+    attn = np.ones_like(ids)  # one unpadded sequence
+    hidden = model(jnp.asarray(ids), jnp.asarray(attn), causal=False)
+    logits0 = np.asarray(model.logits(hidden))[0]
+    np.testing.assert_allclose(logits0, fixtures["mntp/logits_first_seq"], atol=1e-3, rtol=0)
+    idx, lab = _predict_arrays(labels)
+    loss, metrics = mntp_loss(hidden, lm_head_weight(model), idx, lab)
+    ref = float(fixtures["mntp/loss"])
+    assert math.isclose(float(loss), ref, rel_tol=1e-4), (float(loss), ref)
+    assert int(metrics["count"]) == int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+# ---------------------------------------------------------------------------- contrastive
+
+
+def test_contrastive_loss_reference_fixtures(fixtures):
+    q, d, n = (fixtures[f"loss/{k}"] for k in "qdn")
+    for scale in (20, 50):
+        got = float(contrastive_loss(q, d, None, scale))
+        ref = float(fixtures[f"loss/scale{scale}/no_neg"])
+        assert math.isclose(got, ref, rel_tol=1e-5), (scale, got, ref)
+        got = float(jax.jit(contrastive_loss, static_argnums=3)(q, d, n, scale))
+        ref = float(fixtures[f"loss/scale{scale}/with_neg"])
+        assert math.isclose(got, ref, rel_tol=1e-5), (scale, got, ref)
+
+
+def test_contrastive_loss_hand_computed():
+    # Unit-norm after normalisation: q0·d0 = 1, q0·d1 = 0, q1·d0 = 0, q1·d1 = 1 (scale 2).
+    q = np.array([[3.0, 0.0], [0.0, 0.5]], np.float32)
+    d = np.array([[1.0, 0.0], [0.0, 4.0]], np.float32)
+    expected = math.log(1 + math.exp(-2.0))  # each row: -log(e^2 / (e^2 + e^0))
+    assert math.isclose(float(contrastive_loss(q, d, None, 2.0)), expected, rel_tol=1e-6)
+    # A hard negative equal to the other row's positive: row 0 scores [1, 0, -1, 0]·2
+    # (row 1 is symmetric).
+    neg = np.array([[-1.0, 0.0], [0.0, -1.0]], np.float32)
+    row0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(-2) + math.exp(0)))
+    assert math.isclose(float(contrastive_loss(q, d, neg, 2.0)), row0, rel_tol=1e-6)
