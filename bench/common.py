@@ -1,0 +1,237 @@
+"""Shared plumbing for the side-by-side benchmarks (runs in OUR environment, never imports torch).
+
+Both sides of every measurement run in their own subprocess so that ``ru_maxrss`` is the peak
+of one side and one configuration only; the driver itself stays small.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+CACHE_DIR = Path(os.environ.get("LLM2VEC_JAX_CACHE", Path.home() / ".cache" / "llm2vec-jax"))
+DEFAULT_REF_VENV = Path(os.environ.get("LLM2VEC_REF_VENV", CACHE_DIR / "refvenv"))
+SENTENCES_512 = Path("/work/shared/reference/smollm2/encode_sentences_512.txt")
+
+
+# ---------------------------------------------------------------------------- machine state
+
+
+def _top_cpu_processes(n: int = 8, interval: float = 1.0) -> list[dict]:
+    """CPU share of every process over ``interval`` seconds, from /proc (no psutil needed)."""
+    def snapshot():
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    stat = fh.read()
+                # comm may contain spaces/parentheses: split after the last ')'
+                rest = stat[stat.rindex(")") + 2:].split()
+                ticks = int(rest[11]) + int(rest[12])  # utime + stime
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                out[int(pid)] = (ticks, cmd or stat[stat.index("(") + 1:stat.rindex(")")])
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    hz = os.sysconf("SC_CLK_TCK")
+    a = snapshot()
+    time.sleep(interval)
+    b = snapshot()
+    rows = []
+    for pid, (t1, cmd) in b.items():
+        t0 = a.get(pid, (t1, cmd))[0]
+        pct = 100.0 * (t1 - t0) / hz / interval
+        if pct > 0.5 and pid != os.getpid():
+            rows.append({"pid": pid, "cpu_percent": round(pct, 1), "cmd": cmd[:160]})
+    rows.sort(key=lambda r: -r["cpu_percent"])
+    return rows[:n]
+
+
+def machine_state(max_load_per_core: float = 0.5, max_other_cpu_per_core: float = 10.0) -> dict:
+    """Load average and top CPU consumers, recorded with every result.
+
+    A busy machine makes both sides slower by different amounts (they parallelise
+    differently), so ratios taken on a loaded box are not trustworthy; we record rather than
+    refuse so that smoke runs still work, and flag the result.
+    """
+    load1, load5, load15 = os.getloadavg()
+    ncpu = os.cpu_count() or 1
+    top = _top_cpu_processes(interval=2.0)
+    busy_pct = sum(r["cpu_percent"] for r in top)
+    # loadavg lags by a minute, the /proc sample is instantaneous: require both to be low
+    idle = load1 / ncpu <= max_load_per_core and busy_pct <= max_other_cpu_per_core * ncpu
+    return {
+        "loadavg": [round(load1, 2), round(load5, 2), round(load15, 2)],
+        "cpu_count": ncpu,
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "top_cpu_processes": top,
+        "other_processes_cpu_percent": round(busy_pct, 1),
+        "idle": bool(idle),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
+
+
+def warn_if_busy(state: dict) -> None:
+    if not state["idle"]:
+        print(
+            f"WARNING: machine is not idle (loadavg {state['loadavg']}, other processes use "
+            f"{state['other_processes_cpu_percent']}% CPU); timings are NOT comparable/final.",
+            file=sys.stderr,
+        )
+        for r in state["top_cpu_processes"][:5]:
+            print(f"   {r['cpu_percent']:6.1f}%  pid {r['pid']}  {r['cmd'][:100]}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- model dirs
+
+
+def smollm2_hf_dir(cache_dir: Path = CACHE_DIR) -> Path:
+    """SmolLM2-135M HF checkpoint converted from the GGUF once, then reused."""
+    out = cache_dir / "smollm2-135m-hf"
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    from llm2vec_jax.checkpoints.gguf import convert_gguf, find_smollm2_gguf
+
+    print(f"converting SmolLM2 GGUF -> {out} (once)", file=sys.stderr)
+    return Path(convert_gguf(find_smollm2_gguf(), out, overwrite=True))
+
+
+def reference_model_dir(hf_dir: Path, cache_dir: Path = CACHE_DIR) -> Path:
+    """A view of ``hf_dir`` that transformers 4.44 (tokenizers 0.19) can load.
+
+    The converter's tokenizer.json is written by tokenizers >= 0.20, which stores BPE merges
+    as ``[left, right]`` pairs; tokenizers 0.19 (pinned by transformers 4.44) only parses the
+    older ``"left right"`` strings and fails with "data did not match any variant of untagged
+    enum ModelWrapper". Byte-level BPE symbols never contain a plain space, so the old format
+    is lossless here. Weights and config are symlinked, not copied.
+    """
+    out = cache_dir / (hf_dir.name + "-tf444")
+    out.mkdir(parents=True, exist_ok=True)
+    src_tok = hf_dir / "tokenizer.json"
+    stamp = out / ".source-mtime"
+    if stamp.is_file() and stamp.read_text() == str(src_tok.stat().st_mtime_ns):
+        return out
+    for f in hf_dir.iterdir():
+        if f.name == "tokenizer.json" or f.name.startswith("."):
+            continue
+        dst = out / f.name
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        if f.name.endswith(".safetensors"):
+            dst.symlink_to(f)
+        else:
+            shutil.copy2(f, dst)
+    with open(src_tok) as fh:
+        tok = json.load(fh)
+    merges = tok["model"].get("merges", [])
+    if merges and isinstance(merges[0], list):
+        if any(" " in a or " " in b for a, b in merges):
+            raise ValueError("a BPE merge contains a space; cannot downgrade tokenizer.json losslessly")
+        tok["model"]["merges"] = [f"{a} {b}" for a, b in merges]
+    with open(out / "tokenizer.json", "w") as fh:
+        json.dump(tok, fh, ensure_ascii=False)
+    with open(out / "tokenizer_config.json") as fh:
+        tc = json.load(fh)
+    tc["model_input_names"] = ["input_ids", "attention_mask"]
+    with open(out / "tokenizer_config.json", "w") as fh:
+        json.dump(tc, fh, indent=2, ensure_ascii=False)
+    stamp.write_text(str(src_tok.stat().st_mtime_ns))
+    return out
+
+
+# ---------------------------------------------------------------------------- subprocesses
+
+
+def ref_python(venv: Path | str | None = None) -> str:
+    venv = Path(venv) if venv else DEFAULT_REF_VENV
+    py = venv / "bin" / "python"
+    if not py.is_file():
+        raise FileNotFoundError(
+            f"reference venv not found at {venv}; create it with bench/setup_reference_env.sh {venv}"
+        )
+    return str(py)
+
+
+def run_json(cmd: list[str], env_extra: dict | None = None, timeout: float | None = None) -> dict:
+    """Run one measurement subprocess; its last stdout line is the JSON result."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    lines = [l for l in proc.stdout.strip().splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"no JSON line from {' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    out = json.loads(lines[-1])
+    out["process_wall_s"] = round(wall, 2)
+    return out
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def results_path(name: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RESULTS_DIR / f"{name}-{stamp}.json"
+
+
+def write_results(name: str, payload: dict) -> Path:
+    path = results_path(name)
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    return path
+
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def fmt(x, nd=1):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """rows: {config, ours, ref} with ours/ref the side dicts (or an {"error": ...})."""
+    head = (
+        "| config | ours tok/s | ref tok/s | tok/s ours/ref | ours peak RSS MB | ref peak RSS MB "
+        "| RSS ours/ref | ours median s | ref median s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        o, f = r.get("ours") or {}, r.get("ref") or {}
+        ot, ft = o.get("tokens_per_s"), f.get("tokens_per_s")
+        om, fm = o.get("peak_rss_mb"), f.get("peak_rss_mb")
+        lines.append(
+            f"| {r['config']} | {fmt(ot)} | {fmt(ft)} | {fmt(ratio(ot, ft), 2)} | {fmt(om, 0)} | "
+            f"{fmt(fm, 0)} | {fmt(ratio(om, fm), 2)} | {fmt(o.get('median_s'), 3)} | {fmt(f.get('median_s'), 3)} |"
+        )
+        for side, d in (("ours", o), ("ref", f)):
+            if d.get("error"):
+                lines.append(f"|  ↳ {side} error: {d['error'][:150].replace('|', '/')} | | | | | | | | |")
+    return "\n".join(lines)

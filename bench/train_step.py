@@ -1,0 +1,281 @@
+"""Training-step speed and memory, llm2vec-jax vs the PyTorch reference, in one run.
+
+Stages (SmolLM2-135M, fp32, LoRA r16 alpha 32 dropout 0.05 on q,k,v,o,gate,up,down, AdamW
+lr 5e-5), each with and without gradient checkpointing:
+* ``mntp``:   batch 8 x 128, texts concatenated into full 128-token blocks, 20 % masked
+              with ``_`` (run_mntp's default grouping and full-masking collator).
+* ``simcse``: batch 16 x 64 (rows filled to 64 tokens), two dropout views (attention
+              dropout 0.3), mean pooling, HardNegativeNLLLoss scale 20.
+Both sides consume the *same* token batch (written once as .npz by
+``reference_side.py make_batch``), and each side/config runs in its own subprocess so peak
+RSS is per side. Reported: median step time over ``--steps`` after ``--warmup`` steps, real
+(non-pad) tokens/s, sequences/s, peak RSS.
+
+    python bench/train_step.py                                  # full run
+    python bench/train_step.py --steps 2 --warmup 1 --stages mntp --grad-ckpt off   # smoke
+    python bench/train_step.py --sides ref                      # reference only
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+STAGE_SHAPES = {"mntp": (8, 128), "simcse": (16, 64)}
+
+
+# ---------------------------------------------------------------------------- our side (worker)
+
+
+def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmup: int, steps: int,
+              lr: float = 5e-5, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+              simcse_dropout: float = 0.3, loss_scale: float = 20.0, seed: int = 42) -> dict:
+    """HOOK: one jitted llm2vec-jax train step per call, timed like the reference side.
+
+    ``batch`` holds numpy arrays: ``input_ids``/``attention_mask`` [B, L] and, for MNTP,
+    HF-style ``labels`` (-100 = not predicted; the target at position i is predicted from the
+    hidden state at i-1, as the reference's shifted CausalLM loss does). Must return a dict
+    with at least ``median_s``, ``times_s``, ``losses`` and ``trainable_params``; the caller
+    adds tokens/s and peak RSS.
+
+    Raises NotImplementedError("pending llm2vec_jax.train.steps") where that module is
+    absent; the driver then reports our side as pending and still measures the reference.
+    """
+    if importlib.util.find_spec("llm2vec_jax.train.steps") is None:
+        raise NotImplementedError("pending llm2vec_jax.train.steps")
+    import jax
+    import numpy as np
+
+    from llm2vec_jax.checkpoints.hf import load_hf_checkpoint
+    from llm2vec_jax.data.mntp import predict_bound
+    from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
+    from llm2vec_jax.sharding import batch_sharding, make_mesh, replicated, weight_sharding_fn
+    from llm2vec_jax.train import steps as S
+
+    mesh = make_mesh()
+    model = load_hf_checkpoint(
+        model_dir, dtype="float32", sharding_fn=weight_sharding_fn(mesh), causal=False,
+        remat="full" if grad_ckpt else "none",
+        attention_dropout=simcse_dropout if stage == "simcse" else 0.0)
+    attach_lora(model, LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout), seed=seed)
+    trainable = lora_parameter_count(model)
+    # The reference's HF Trainer defaults: AdamW, no weight decay, grad-norm clip 1.0; a
+    # constant lr keeps both sides' update cost identical over a few steps.
+    tx = S.OptimizerConfig(learning_rate=lr, schedule="constant", weight_decay=0.0,
+                           max_grad_norm=1.0).build(warmup + steps)
+    graphdef, state = S.init_state(model, tx, mesh)
+    del model
+
+    ids = batch["input_ids"].astype(np.int32)
+    am = batch["attention_mask"].astype(np.int32)
+    B, L = ids.shape
+    if stage == "mntp":
+        labels = batch["labels"]
+        # HF's shifted CausalLM loss: the token at i is scored from position i-1.
+        b, i = np.nonzero(labels[:, 1:] != -100)
+        i = i + 1
+        M = max(predict_bound(B, L, 0.2), b.size)
+        pidx = np.zeros((M,), np.int32)
+        plab = np.full((M,), -100, np.int32)
+        pidx[:b.size] = b * L + i - 1
+        plab[:b.size] = labels[b, i]
+        host = {"input_ids": ids, "attention_mask": am, "predict_index": pidx, "predict_labels": plab}
+        objective = S.mntp_objective
+    elif stage == "simcse":
+        # Same rows for both views; full rows, so pooling over attention_mask equals the
+        # reference's pool-everything SimCSE quirk.
+        host = {f"{v}_{k}": x for v in ("q", "d")
+                for k, x in (("input_ids", ids), ("attention_mask", am), ("embed_mask", am))}
+
+        def objective(model, b, rng):
+            return S.contrastive_objective(model, b, rng, scale=loss_scale, pooling="mean")
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+
+    shardings = {k: batch_sharding(mesh, v.ndim) if v.ndim == 2 else replicated(mesh)
+                 for k, v in host.items()}
+    dev_batch = {k: jax.device_put(v, shardings[k]) for k, v in host.items()}
+    step_fn = S.jit_train_step(S.make_train_step(graphdef, tx, objective), state, mesh, shardings)
+    root = jax.random.key(seed)
+
+    times, losses, first_s = [], [], None
+    for n in range(warmup + steps):
+        t = time.perf_counter()
+        state, metrics = step_fn(state, dev_batch, jax.random.fold_in(root, n))
+        loss = float(jax.block_until_ready(metrics["loss"]))
+        dt = time.perf_counter() - t
+        losses.append(round(loss, 5))
+        if n == 0:
+            first_s = round(dt, 3)  # includes XLA compilation
+        if n >= warmup:
+            times.append(dt)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "times_s": [round(t, 4) for t in times], "first_step_s": first_s,
+            "losses": losses, "trainable_params": int(trainable), "warmup": warmup, "steps": steps,
+            "versions": {"jax": jax.__version__, "backend": jax.default_backend(),
+                         "devices": [str(d) for d in jax.devices()]}}
+
+
+def _worker(a) -> None:
+    import resource
+
+    import numpy as np
+
+    with np.load(a.batch) as z:
+        batch = {k: z[k] for k in z.files}
+    try:
+        r = ours_side(a.stage, a.model_dir, batch, grad_ckpt=a.grad_ckpt == "on", warmup=a.warmup,
+                      steps=a.steps, lr=a.lr, seed=a.seed)
+    except NotImplementedError as e:
+        print(json.dumps({"side": "ours", "pending": True, "error": f"NotImplementedError: {e}"}), flush=True)
+        return
+    real = int(batch["attention_mask"].sum()) * (2 if a.stage == "simcse" else 1)
+    r.update({
+        "side": "ours", "bench": f"{a.stage}_step", "grad_ckpt": a.grad_ckpt == "on",
+        "batch_shape": list(batch["input_ids"].shape), "real_tokens_per_step": real,
+        "tokens_per_s": real / r["median_s"], "sentences_per_s": batch["input_ids"].shape[0] / r["median_s"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    })
+    print(json.dumps(r), flush=True)
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def _batch_path(a, stage: str, model_dir: Path) -> Path:
+    """The shared input batch, built once per stage by the reference's tokenizer/collator logic."""
+    bs, L = STAGE_SHAPES[stage]
+    out = Path(a.cache_dir) / "bench-batches" / f"{stage}-{bs}x{L}-seed{a.seed}.npz"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        py = common.ref_python(a.ref_venv)
+    except FileNotFoundError:
+        py = sys.executable  # make_batch needs only torch + transformers, which we also have
+    cmd = [py, str(common.BENCH_DIR / "reference_side.py"), "make_batch", "--stage", stage,
+           "--model-dir", str(model_dir), "--sentences", a.sentences, "--out", str(out),
+           "--batch-size", str(bs), "--seq-len", str(L), "--seed", str(a.seed)]
+    common.run_json(cmd, timeout=600)
+    return out
+
+
+def _cmd(a, side, stage, ckpt, batch, hf_dir, ref_dir):
+    if side == "ours":
+        return [sys.executable, __file__, "--worker", "--stage", stage, "--model-dir", str(hf_dir),
+                "--batch", str(batch), "--grad-ckpt", ckpt, "--warmup", str(a.warmup),
+                "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed)]
+    cmd = [common.ref_python(a.ref_venv), str(common.BENCH_DIR / "reference_side.py"), f"{stage}_step",
+           "--model-dir", str(ref_dir), "--batch", str(batch), "--warmup", str(a.warmup),
+           "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed)]
+    return cmd + (["--grad-ckpt"] if ckpt == "on" else [])
+
+
+def _run_side(cmd, timeout):
+    try:
+        return common.run_json(cmd, timeout=timeout)
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"[-1500:]}
+
+
+def _combine(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1] if runs else {"error": "not run"}
+    out = dict(ok[-1])
+    out["median_s"] = statistics.median(r["median_s"] for r in ok)
+    out["tokens_per_s"] = out["real_tokens_per_step"] / out["median_s"]
+    out["sentences_per_s"] = out["batch_shape"][0] / out["median_s"]
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    out["rounds"] = [{k: r.get(k) for k in ("median_s", "times_s", "peak_rss_mb", "process_wall_s", "error")}
+                     for r in runs]
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", default="mntp,simcse")
+    p.add_argument("--grad-ckpt", default="off,on", help="comma list of off/on")
+    p.add_argument("--sides", default="ours,ref")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--sentences", default=str(common.SENTENCES_512))
+    p.add_argument("--ref-venv", default=None)
+    p.add_argument("--cache-dir", default=str(common.CACHE_DIR))
+    p.add_argument("--timeout", type=float, default=7200, help="per subprocess, seconds")
+    p.add_argument("--name", default="train_step")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--stage", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batch", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.worker:
+        _worker(a)
+        return
+
+    state = common.machine_state()
+    common.warn_if_busy(state)
+    hf_dir = common.smollm2_hf_dir(Path(a.cache_dir))
+    sides = [s.strip() for s in a.sides.split(",") if s.strip()]
+    ref_dir = common.reference_model_dir(hf_dir, Path(a.cache_dir)) if "ref" in sides else None
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    ckpts = [c.strip() for c in a.grad_ckpt.split(",") if c.strip()]
+    batches = {s: _batch_path(a, s, ref_dir or hf_dir) for s in stages}
+
+    runs: dict[tuple, list[dict]] = {}
+    k = 0
+    for rnd in range(a.rounds):
+        for stage in stages:
+            for ckpt in ckpts:
+                order = sides if k % 2 == 0 else sides[::-1]
+                k += 1
+                for side in order:
+                    print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} ...",
+                          file=sys.stderr, flush=True)
+                    r = _run_side(_cmd(a, side, stage, ckpt, batches[stage], hf_dir, ref_dir), a.timeout)
+                    if "error" in r:
+                        print(f"   {side}: {r['error'][-300:]}", file=sys.stderr)
+                    else:
+                        print(f"   {r['median_s']:.3f} s/step, {r['tokens_per_s']:.1f} tok/s, "
+                              f"peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                    runs.setdefault((stage, ckpt, side), []).append(r)
+
+    rows = []
+    for stage in stages:
+        for ckpt in ckpts:
+            row = {"config": f"{stage} {'x'.join(map(str, STAGE_SHAPES[stage]))} ckpt={ckpt}"}
+            for side in sides:
+                row["ours" if side == "ours" else "ref"] = _combine(runs.get((stage, ckpt, side), []))
+            rows.append(row)
+
+    state_after = common.machine_state()
+    payload = {
+        "bench": "train_step", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized, fp32 checkpoint)",
+        "model_dir": str(hf_dir), "reference_model_dir": str(ref_dir) if ref_dir else None,
+        "batches": {s: str(b) for s, b in batches.items()}, "args": vars(a),
+        "machine_before": state, "machine_after": state_after,
+        "timings_valid": bool(state["idle"] and state_after["idle"]),
+        "rows": rows,
+    }
+    path = common.write_results(a.name, payload)
+    print(common.markdown_table(rows))
+    if not payload["timings_valid"]:
+        print("\n**machine was busy during this run: numbers are smoke-test only**")
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()
