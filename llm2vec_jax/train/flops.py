@@ -1,0 +1,62 @@
+"""FLOPs of a LoRA train step and model FLOPs utilisation (MFU) against the device peak.
+
+Per token, with N_f frozen matmul parameters and N_l LoRA parameters: the forward costs
+2·N_f + 2·N_l, the backward needs activation gradients through every weight (2·N_f + 2·N_l)
+but weight gradients only for LoRA (2·N_l): ≈ 4·N_f + 6·N_l. Attention adds
+12·L·S·N·H per token (QKᵀ and PV, forward and backward); MNTP's LM head runs only on the M
+gathered positions (4·M·V·D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from ..models.transformer import PROJECTIONS, weight_specs
+
+# Dense bf16 peak FLOP/s per device, by jax's device_kind.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
+
+def device_peak_flops(device=None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return peak
+    return None
+
+
+def train_flops_per_step(config, n_lora: int, batch: dict) -> float:
+    """Model FLOPs of one step on ``batch`` (global arrays or numpy)."""
+    layer = weight_specs(config)["layers"]
+    n_frozen = sum(math.prod(layer[p].shape) for p in PROJECTIONS)
+    attention = 12 * config.num_layers * config.num_heads * config.head_dim
+    flops = 0.0
+    for key, ids in batch.items():
+        if not key.endswith("input_ids"):
+            continue
+        tokens = ids.shape[0] * ids.shape[1]
+        flops += tokens * (4 * n_frozen + 6 * n_lora + attention * ids.shape[1])
+    if "predict_index" in batch:
+        flops += 4 * batch["predict_index"].shape[0] * config.vocab_size * config.hidden_size
+    return flops
+
+
+def mfu(flops_per_second: float) -> float | None:
+    peak = device_peak_flops()
+    if peak is None:
+        return None
+    return flops_per_second / (peak * jax.device_count())

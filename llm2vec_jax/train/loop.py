@@ -1,0 +1,308 @@
+"""The training loop: data -> jitted step -> metrics / progress -> eval -> checkpoint -> export.
+
+All side effects of training live here; steps are pure (``steps.py``). Resuming: the
+CheckpointManager in ``OUTPUT_DIR/checkpoints`` holds the LoRA parameters, optimizer
+state, step and the data iterator's position; the step's dropout rng is derived from
+(seed, step), so a resumed run reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import transformers
+from flax import nnx
+
+from .. import sharding as shd
+from ..checkpoints.hf import load_hf_checkpoint
+from ..checkpoints.peft import load_peft_adapter, save_peft_adapter
+from ..data.builtin import DESCRIPTION as BUILTIN_DESCRIPTION, builtin_texts
+from ..data.mntp import MNTPBatchIterator, MNTPCollator, group_texts, tokenize_lines
+from ..data.sources import text_source
+from ..distributed import is_main_process, maybe_initialize_distributed
+from ..lora import attach_lora, lora_parameter_count, merge_lora
+from ..checkpoints.default_model import resolve_model
+from .config import TrainConfig
+from .flops import mfu, train_flops_per_step
+from .steps import (TrainState, contrastive_objective, init_state, jit_eval_step, jit_train_step,
+                    make_eval_step, make_train_step, mntp_objective)
+
+log = logging.getLogger("llm2vec_jax.train")
+
+
+# -- data -------------------------------------------------------------------------------------
+
+def read_texts(config: TrainConfig, path: str | None = None) -> list[str]:
+    """This process's texts for ``config.data`` (``path`` overrides ``data.path``)."""
+    data = config.data
+    if data.kind == "builtin" and path is None:
+        texts = builtin_texts()
+        texts = texts[jax.process_index()::jax.process_count()]
+    else:
+        kind = "auto" if data.kind == "builtin" else data.kind
+        kwargs = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        if kind in ("hf", "tfds"):
+            kwargs.update(split=data.split, text_field=data.text_field)
+        if kind == "hf":
+            kwargs.update(config=data.config)
+        source = text_source(kind, path or data.path, **kwargs)
+        texts = []
+        for text in source:
+            texts.append(text)
+            if data.max_texts and len(texts) >= data.max_texts:
+                break
+    if data.max_texts:
+        texts = texts[:data.max_texts]
+    return texts
+
+
+def mntp_iterators(config: TrainConfig, tokenizer) -> tuple[MNTPBatchIterator, MNTPBatchIterator]:
+    """(train, eval) batch iterators of this process's share of the global batch."""
+    data, run = config.data, config.run
+    per_process = run.global_batch_size // jax.process_count()
+    collator = MNTPCollator.from_tokenizer(tokenizer, data.mask_token_type,
+                                           mlm_probability=data.mlm_probability,
+                                           all_mask=data.all_mask)
+    tokenize = tokenize_lines if data.line_by_line else group_texts
+    texts = read_texts(config)
+    if data.eval_path:
+        train_texts, eval_texts = texts, read_texts(config, data.eval_path)
+    else:
+        cut = max(1, int(round(len(texts) * data.eval_fraction)))
+        train_texts, eval_texts = texts[:-cut], texts[-cut:]
+    train = tokenize(train_texts, tokenizer, data.max_seq_length)
+    held_out = tokenize(eval_texts, tokenizer, data.max_seq_length)
+    if len(train) < per_process:
+        raise ValueError(f"the training data gives {len(train)} sequences of "
+                         f"{data.max_seq_length} tokens on this process, fewer than one batch "
+                         f"of {per_process}: use more text or a smaller batch / max_seq_length")
+    if len(held_out) < per_process:
+        raise ValueError(f"the held-out data gives {len(held_out)} sequences, fewer than one "
+                         f"batch of {per_process}: raise data.eval_fraction or set data.eval_path")
+    index = jax.process_index()
+    return (MNTPBatchIterator(train, collator, per_process, seed=run.seed, process_index=index),
+            MNTPBatchIterator(held_out, collator, per_process, seed=run.seed + 1, shuffle=False,
+                              process_index=index))
+
+
+def to_global(mesh, local: dict[str, np.ndarray], seq_len: int) -> dict[str, jax.Array]:
+    """Process-local numpy batch -> global sharded arrays. ``predict_index`` points into
+    this process's B·S positions: offset it to the global batch."""
+    local = dict(local)
+    if "predict_index" in local:
+        rows = local["input_ids"].shape[0]
+        local["predict_index"] = local["predict_index"] + jax.process_index() * rows * seq_len
+    return shd.global_batch(mesh, local)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def checkpoint_manager(config: TrainConfig) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.run.keep_checkpoints,
+        enable_async_checkpointing=config.run.async_checkpointing)
+    directory = os.path.abspath(os.path.join(config.run.output_dir, "checkpoints"))
+    return ocp.CheckpointManager(directory, options=options, item_names=("train", "data"))
+
+
+def _trainable(state: TrainState) -> dict:
+    # The frozen base weights are not checkpointed: they come from the base model.
+    return {"step": state.step, "lora": state.lora, "opt_state": state.opt_state}
+
+
+def restore(manager: ocp.CheckpointManager, state: TrainState, iterator) -> TrainState:
+    step = manager.latest_step()
+    if step is None:
+        return state
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            _trainable(state))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        train=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    iterator.set_state(restored["data"])
+    train = restored["train"]
+    log.info("resumed from step %d", step)
+    return state.replace(step=train["step"], lora=train["lora"], opt_state=train["opt_state"])
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+class MetricsWriter:
+    """JSONL always; TensorBoard when asked for and installed. Main process only."""
+
+    def __init__(self, output_dir: str, tensorboard: bool):
+        self.enabled = is_main_process()
+        self.file = None
+        self.tb = None
+        if not self.enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard logging asked for but tensorboardX is not installed "
+                            "(pip install tensorboardX); writing metrics.jsonl only")
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(f"{split}/{key}", float(value), step)
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+def evaluate(eval_step, state, iterator: MNTPBatchIterator, mesh, seq_len: int, batches: int) -> dict:
+    iterator.set_state({"epoch": 0, "position": 0})  # the same held-out batches every time
+    totals: dict[str, float] = {}
+    count = 0.0
+    for _ in range(min(batches, iterator.batches_per_epoch)):
+        metrics = jax.device_get(eval_step(state, to_global(mesh, next(iterator), seq_len)))
+        weight = float(metrics.get("count", 1.0))
+        count += weight
+        for key in ("loss", "accuracy"):
+            if key in metrics:
+                totals[key] = totals.get(key, 0.0) + float(metrics[key]) * weight
+    return {k: v / max(count, 1.0) for k, v in totals.items()}
+
+
+def prepare_model(config: TrainConfig, mesh):
+    """Base model on the mesh, earlier adapter merged, fresh LoRA attached."""
+    path = resolve_model(config.model.path)
+    model = load_hf_checkpoint(path, dtype=config.model.dtype,
+                               compute_dtype=config.model.compute_dtype,
+                               sharding_fn=shd.weight_sharding_fn(mesh), remat=config.model.remat)
+    if config.model.adapter:
+        load_peft_adapter(model, config.model.adapter)
+        merge_lora(model)
+    if config.run.stage != "mntp":
+        model.config = model.config.replace(attention_dropout=config.contrastive.dropout)
+    attach_lora(model, config.lora, seed=config.run.seed)
+    return path, model
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) one training stage; returns the final metrics."""
+    if config.run.stage != "mntp":
+        from .contrastive import train_contrastive
+        return train_contrastive(config)
+    maybe_initialize_distributed()
+    mesh = shd.make_mesh(config.mesh)
+    shd.check_batch(mesh, config.run.global_batch_size)
+    if config.run.global_batch_size % jax.process_count():
+        raise ValueError(f"global_batch_size {config.run.global_batch_size} does not divide over "
+                         f"{jax.process_count()} processes")
+    path, model = prepare_model(config, mesh)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    train_iter, eval_iter = mntp_iterators(config, tokenizer)
+    return run_loop(config, mesh, model, path, tokenizer, train_iter, eval_iter, mntp_objective)
+
+
+def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train_iter, eval_iter,
+             objective) -> dict:
+    """The stage-independent loop: jitted steps, logging, eval, checkpoints, export."""
+    run = config.run
+    seq_len = config.data.max_seq_length
+    tx = config.optimizer.build(run.max_steps)
+    sample = to_global(mesh, next(iter(train_iter)), seq_len)
+    train_iter.set_state({"epoch": 0, "position": 0})
+    flops = train_flops_per_step(model.config, lora_parameter_count(model), sample)
+    graphdef, state = init_state(model, tx, mesh)
+    del model  # the state now owns the arrays
+    batch_shardings = jax.tree.map(lambda x: x.sharding, sample)
+    step_fn = jit_train_step(make_train_step(graphdef, tx, objective), state, mesh, batch_shardings)
+    eval_fn = jit_eval_step(make_eval_step(graphdef, objective), state, mesh, batch_shardings)
+
+    manager = checkpoint_manager(config)
+    state = restore(manager, state, train_iter)
+    start = int(jax.device_get(state.step))
+    writer = MetricsWriter(run.output_dir, run.tensorboard)
+    if is_main_process():
+        with open(os.path.join(run.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config.to_dict(), f, indent=2)
+    base_key = jax.random.key(run.seed)
+    progress = _progress(run, start)
+    last: dict = {}
+    window_start, window_tokens = time.perf_counter(), 0
+    try:
+        for step in range(start, run.max_steps):
+            local = next(train_iter)
+            batch = to_global(mesh, local, seq_len)
+            state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+            window_tokens += int(sum(v.sum() for k, v in local.items() if k.endswith("attention_mask"))) \
+                * jax.process_count()
+            done = step + 1
+            if done % run.log_every == 0 or done == run.max_steps:
+                metrics = jax.device_get(metrics)
+                elapsed = time.perf_counter() - window_start
+                steps_in_window = done - max(start, done - run.log_every) or 1
+                metrics = {k: float(v) for k, v in metrics.items()}
+                metrics["tokens_per_s"] = window_tokens / elapsed
+                utilisation = mfu(flops * steps_in_window / elapsed)
+                if utilisation is not None:
+                    metrics["mfu"] = utilisation
+                writer.write(done, "train", metrics)
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                     tok_s=f"{metrics['tokens_per_s']:.0f}")
+                last = metrics
+                window_start, window_tokens = time.perf_counter(), 0
+            if done % run.eval_every == 0 or done == run.max_steps:
+                eval_metrics = evaluate(eval_fn, state, eval_iter, mesh, seq_len, run.eval_batches)
+                writer.write(done, "eval", eval_metrics)
+                last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+                progress.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}"
+                                                             for k, v in eval_metrics.items()))
+            if done % run.save_every == 0 or done == run.max_steps:
+                manager.save(done, args=ocp.args.Composite(
+                    train=ocp.args.StandardSave(_trainable(state)),
+                    data=ocp.args.JsonSave(train_iter.get_state())), force=True)
+            progress.update(1)
+    finally:
+        progress.close()
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    export(config, graphdef, state, model_path, tokenizer)
+    return last
+
+
+def _progress(run, start: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=run.max_steps, initial=start, desc=f"{run.stage}", unit="step",
+                disable=not (run.progress_bar and is_main_process()), dynamic_ncols=True)
+
+
+def export(config: TrainConfig, graphdef, state: TrainState, model_path: str, tokenizer) -> None:
+    """OUTPUT_DIR/adapter: the LoRA adapter in PEFT format + llm2vec_config.json + tokenizer."""
+    if not is_main_process():
+        return
+    model = nnx.merge(graphdef, state.lora, state.frozen)
+    out = os.path.join(config.run.output_dir, "adapter")
+    save_peft_adapter(model, out, base_model_name_or_path=model_path)
+    tokenizer.save_pretrained(out)
+    with open(os.path.join(out, "llm2vec_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"pooling_mode": config.contrastive.pooling, "max_length": config.data.max_seq_length,
+                   "doc_max_length": 400, "skip_instruction": True}, f, indent=2)
+    log.info("adapter written to %s", out)
+
+
+def describe_data(config: TrainConfig) -> str:
+    if config.data.kind == "builtin":
+        return f"data: built-in default corpus, {BUILTIN_DESCRIPTION}"
+    return f"data: {config.data.kind} {config.data.path}" + (
+        f" ({config.data.config})" if config.data.config else "")
+

@@ -1,0 +1,181 @@
+"""Pure, jitted train steps: ``step(state, batch, rng) -> (state, metrics)``.
+
+The model is split once into a static graph, the trainable LoRA state and the frozen base
+weights. ``TrainState`` carries all three array groups (frozen weights pass through
+unchanged; donating them costs nothing), so a step is a pure function of its arguments and
+can be jitted with explicit shardings and donation.
+
+Stages:
+  mntp        bidirectional forward, masked next-token loss (``losses.mntp_loss``)
+  contrastive two encodings (query, document [+ hard negative]) with independent dropout,
+              pooled, InfoNCE over the *global* batch (``losses.contrastive_loss``); unsupervised
+              SimCSE passes the same sentence as query and document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ..encode import pool
+from ..lora import FROZEN_FILTER, LORA_FILTER
+from jax.sharding import NamedSharding
+
+from ..sharding import replicated
+from .losses import contrastive_loss, lm_head_weight, mntp_loss
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    lora: Any       # nnx.State of LoRA parameters (trained)
+    opt_state: Any  # optimizer state, for the LoRA parameters only
+    frozen: Any     # nnx.State of the base weights (never updated)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm clipping; defaults are the reference MNTP recipe's."""
+
+    learning_rate: float = 5e-5
+    schedule: str = "linear"        # linear | constant | cosine (after warmup)
+    warmup_steps: int = 0
+    decay_steps: int | None = None  # None: decay over the run's max_steps
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in ("linear", "constant", "cosine"):
+            raise ValueError(f"optimizer.schedule={self.schedule!r}; choose linear, constant or cosine")
+        if self.learning_rate <= 0:
+            raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+    def schedule_fn(self, max_steps: int) -> optax.Schedule:
+        total = self.decay_steps or max_steps
+        decay = max(total - self.warmup_steps, 1)
+        lr = self.learning_rate
+        after = {"constant": optax.constant_schedule(lr),
+                 "linear": optax.linear_schedule(lr, 0.0, decay),
+                 "cosine": optax.cosine_decay_schedule(lr, decay)}[self.schedule]
+        if not self.warmup_steps:
+            return after
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, self.warmup_steps), after],
+                                    [self.warmup_steps])
+
+    def build(self, max_steps: int) -> optax.GradientTransformation:
+        parts = [optax.clip_by_global_norm(self.max_grad_norm)] if self.max_grad_norm else []
+        parts.append(optax.adamw(self.schedule_fn(max_steps), b1=self.b1, b2=self.b2,
+                                 eps=self.eps, weight_decay=self.weight_decay))
+        return optax.chain(*parts)
+
+
+def split_model(model: nnx.Module):
+    """(graphdef, lora_state, frozen_state); the model must have a LoRA adapter attached."""
+    graphdef, lora, frozen = nnx.split(model, LORA_FILTER, FROZEN_FILTER)
+    if not jax.tree.leaves(lora):
+        raise ValueError("the model has no LoRA parameters: attach_lora() before training")
+    return graphdef, lora, frozen
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, mesh) -> tuple[Any, TrainState]:
+    """(graphdef, state): the optimizer state exists for the LoRA parameters only.
+
+    Parameters keep the shardings the loader / ``attach_lora`` gave them; anything not yet
+    on the mesh (scalars, optimizer counters) is replicated over it.
+    """
+    graphdef, lora, frozen = split_model(model)
+    opt_state = jax.jit(tx.init)(lora)
+    state = TrainState(step=jnp.zeros((), jnp.int32), lora=lora, opt_state=opt_state,
+                       frozen=frozen)
+
+    def on_mesh(x):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated(mesh))
+    return graphdef, jax.tree.map(on_mesh, state)
+
+
+# -- losses per stage: (model, batch, rng) -> (loss, metrics) ----------------------------------
+
+def mntp_objective(model, batch, rng):
+    hidden = model(batch["input_ids"], batch["attention_mask"], causal=False,
+                   dropout_rng=rng, lora_dropout=True)
+    return mntp_loss(hidden, lm_head_weight(model), batch["predict_index"], batch["predict_labels"])
+
+
+def embed(model, batch, prefix: str, rng, pooling: str) -> jax.Array:
+    """Pooled [B, D] float32 embeddings of ``{prefix}_input_ids`` etc. in training mode."""
+    hidden = model(batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"], causal=False,
+                   dropout_rng=rng, lora_dropout=True)
+    return pool(hidden, batch[f"{prefix}_attention_mask"], batch[f"{prefix}_embed_mask"], pooling)
+
+
+def contrastive_objective(model, batch, rng, *, scale: float, pooling: str = "mean"):
+    """Query/document(/negative) views with independent dropout; in-batch negatives over the
+    global batch (the compiler gathers the sharded embeddings for the score matrix)."""
+    keys = [None] * 3 if rng is None else jax.random.split(rng, 3)  # None: eval, no dropout
+    q = embed(model, batch, "q", keys[0], pooling)
+    d = embed(model, batch, "d", keys[1], pooling)
+    n = embed(model, batch, "n", keys[2], pooling) if "n_input_ids" in batch else None
+    loss = contrastive_loss(q, d, n, scale=scale)
+    return loss, {"loss": loss}
+
+
+Objective = Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objective):
+    """The pure step ``(state, batch, rng) -> (state, metrics)`` (not yet jitted)."""
+
+    def step(state: TrainState, batch: dict, rng: jax.Array):
+        def loss_fn(lora):
+            model = nnx.merge(graphdef, lora, state.frozen)
+            return objective(model, batch, rng)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora)
+        updates, opt_state = tx.update(grads, state.opt_state, state.lora)
+        lora = optax.apply_updates(state.lora, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        new_state = state.replace(step=state.step + 1, lora=lora, opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(graphdef, objective: Objective):
+    """``(state, batch) -> metrics`` without dropout."""
+
+    def evaluate(state: TrainState, batch: dict):
+        model = nnx.merge(graphdef, state.lora, state.frozen)
+        return objective(model, batch, None)[1]
+
+    return evaluate
+
+
+def state_shardings(state: TrainState):
+    """The shardings the state's arrays already have (params placed by the loader/LoRA)."""
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+def jit_train_step(step, state: TrainState, mesh, batch_shardings):
+    """jit with explicit in/out shardings; the state is donated (updated in place)."""
+    shardings = state_shardings(state)
+    return jax.jit(step, in_shardings=(shardings, batch_shardings, replicated(mesh)),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
+
+
+def jit_eval_step(evaluate, state: TrainState, mesh, batch_shardings):
+    return jax.jit(evaluate, in_shardings=(state_shardings(state), batch_shardings),
+                   out_shardings=replicated(mesh))

@@ -1,0 +1,71 @@
+"""Run as a script with 8 fake CPU devices: loss and LoRA gradients of the MNTP and
+contrastive objectives on several meshes, printed as JSON (driven by test_sharding.py)."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from llm2vec_jax import sharding as shd  # noqa: E402
+from llm2vec_jax.checkpoints.hf import load_hf_checkpoint  # noqa: E402
+from llm2vec_jax.data.mntp import MNTPCollator  # noqa: E402
+from llm2vec_jax.lora import LoRAConfig, attach_lora  # noqa: E402
+from llm2vec_jax.train.steps import contrastive_objective, mntp_objective, split_model  # noqa: E402
+
+MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+
+
+def batches(batch_size=8, seq=16, vocab=128):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, vocab, (batch_size, seq)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 12:] = 0
+    mask[5, 9:] = 0
+    collator = MNTPCollator(mask_token_id=3, vocab_size=vocab, mlm_probability=0.3)
+    mntp = collator(ids, mask, np.zeros_like(ids), np.random.default_rng(1))
+    embed_mask = mask.copy()
+    embed_mask[:, :2] = 0  # an "instruction" that is attended but not pooled
+    pairs = {f"{v}_{k}": a for v, off in (("q", 0), ("d", 7)) for k, a in
+             (("input_ids", (ids + off) % vocab), ("attention_mask", mask), ("embed_mask", embed_mask))}
+    return mntp, pairs
+
+
+def grads_on(mesh_shape, checkpoint):
+    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    mesh = shd.make_mesh(shd.MeshConfig(*mesh_shape), devices)
+    model = load_hf_checkpoint(checkpoint, sharding_fn=shd.weight_sharding_fn(mesh))
+    attach_lora(model, LoRAConfig(r=4, dropout=0.0), seed=1)
+    for p in model.layers.lora_config.targets:  # B != 0, so A's gradients are non-zero too
+        var = getattr(model.layers, f"{p}_lora_b")
+        var.set_value(var[...] + 0.05 * jax.random.normal(jax.random.key(len(p)), var.shape))
+    graphdef, lora, frozen = split_model(model)
+    out = {"shardings": {"q": str(model.layers.q[...].sharding.spec),
+                         "embed": str(model.embed[...].sharding.spec),
+                         "q_lora_b": str(model.layers.q_lora_b[...].sharding.spec)}}
+    mntp, pairs = batches()
+    for name, objective, batch in (("mntp", mntp_objective, mntp),
+                                   ("contrastive", lambda m, b, r: contrastive_objective(m, b, r, scale=20.0), pairs)):
+        batch = shd.global_batch(mesh, batch)
+
+        @jax.jit
+        def loss_and_grads(lora, frozen, batch):
+            def f(lora):
+                return objective(nnx.merge(graphdef, lora, frozen), batch, None)[0]
+            return jax.value_and_grad(f)(lora)
+
+        loss, grads = loss_and_grads(lora, frozen, batch)
+        out[name] = {"loss": float(loss),
+                     "grads": {"/".join(map(str, k)): np.asarray(v).ravel()[:64].tolist()
+                               for k, v in nnx.to_flat_state(grads)}}
+    return out
+
+
+if __name__ == "__main__":
+    checkpoint = sys.argv[1]
+    print(json.dumps({",".join(map(str, m)): grads_on(m, checkpoint) for m in MESHES}))
