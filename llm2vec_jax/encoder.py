@@ -1,0 +1,332 @@
+"""``LLM2Vec``: a decoder checkpoint (optionally + adapter) as a sentence encoder.
+
+The text side (instruction handling, tokenization, pooling masks, pooling) is
+``llm2vec_jax.encode``, which reproduces the PyTorch reference ``llm2vec`` 0.2.3 exactly; this
+module adds the model, batching and devices.
+
+Execution model
+---------------
+Rows are sorted by token length and cut into batches (``plan_batches``); each batch is padded
+to a bucketed width (powers of two from 16 up to ``max_length``, plus ``max_length``) and to a
+bucketed row count (``batch_size`` for full batches; a final partial batch to the next power of
+two, capped at ``batch_size``), both rounded up to a multiple of the device count. One
+``jax.jit`` function (forward in the compute dtype, pooling in float32) is compiled per
+distinct (rows, width) shape and cached on the encoder, so the number of compilations is at
+most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime and at most
+``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 6 widths).
+
+With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
+devices and the parameters are replicated.
+
+Padding here is on the right (the reference pads left); per-row results are the same because
+padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
+and pooling in ``encode.pool`` is padding-side agnostic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from . import encode as _enc
+from .checkpoints.hf import resolve_checkpoint_dir, save_hf_checkpoint
+
+LLM2VEC_CONFIG = "llm2vec_config.json"
+# The keys the reference writes and reads; its constructor would reject anything else.
+_CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
+_DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": 400,
+             "skip_instruction": True}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _load_tokenizer(directory: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    # As the reference: EOS pads (``encode.pad_token_id`` relies on it too).
+    if tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _name_or_path(path: str, directory: str) -> str:
+    """What the reference's ``config._name_or_path`` would be (it keys chat wrappers on it).
+
+    For a local directory the reference replaces it by the ``_name_or_path`` stored in
+    config.json (empty when absent); for a hub id it stays the id.
+    """
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+                return str(json.load(f).get("_name_or_path", ""))
+        except (OSError, ValueError):
+            return ""
+    return path
+
+
+def read_llm2vec_config(directory: str | os.PathLike | None) -> dict:
+    """The encoder settings in ``directory/llm2vec_config.json`` ({} when absent)."""
+    if directory is None:
+        return {}
+    path = os.path.join(os.fspath(directory), LLM2VEC_CONFIG)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            cfg = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {list(_CONFIG_KEYS)}")
+    return cfg
+
+
+class LLM2Vec:
+    """Sentence encoder over a Llama-family decoder, with the reference's ``encode`` semantics.
+
+    Build with :meth:`from_pretrained`, or directly from a loaded model and tokenizer.
+    ``bidirectional`` selects the attention mode at every forward (the same weights serve both).
+    """
+
+    def __init__(self, model, tokenizer, *, pooling_mode: str = "mean", max_length: int = 512,
+                 doc_max_length: int = 400, skip_instruction: bool = True,
+                 bidirectional: bool = True, name_or_path: str = "",
+                 buckets: Sequence[int] | None = None, devices: Sequence | None = None):
+        _enc.check_pooling_mode(pooling_mode, tokenizer)
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        if not isinstance(doc_max_length, int) or doc_max_length < 1:
+            raise ValueError(f"doc_max_length must be a positive int, got {doc_max_length!r}")
+        self.tokenizer = tokenizer
+        self.pooling_mode = pooling_mode
+        self.max_length = max_length
+        self.doc_max_length = doc_max_length
+        self.skip_instruction = bool(skip_instruction)
+        self.bidirectional = bool(bidirectional)
+        self.name_or_path = name_or_path
+        self.buckets = tuple(buckets) if buckets is not None else _enc.default_buckets(max_length)
+        if max(self.buckets) < max_length:
+            raise ValueError(f"largest bucket {max(self.buckets)} < max_length {max_length}")
+        self.pad_id = _enc.pad_token_id(tokenizer)
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self._replicated = NamedSharding(self.mesh, P())
+        self._data = NamedSharding(self.mesh, P("data"))
+        self.model = model
+        self._graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state, self._replicated)
+        self._compiled: dict[tuple[int, int], Any] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, adapter: str | os.PathLike | None = None,
+                        pooling_mode: str | None = None, max_length: int | None = None,
+                        doc_max_length: int | None = None, skip_instruction: bool | None = None,
+                        bidirectional: bool = True, dtype: str = "float32",
+                        devices: Sequence | None = None, **config_overrides) -> "LLM2Vec":
+        """Load an HF checkpoint (local dir or hub id), optionally a PEFT adapter on top.
+
+        Encoder settings come, as in the reference, from ``llm2vec_config.json`` in the adapter
+        directory when an adapter is given, else in the model directory; arguments that are
+        not None override them; the rest default to pooling_mode="mean", max_length=512,
+        doc_max_length=400, skip_instruction=True. ``dtype`` is the parameter and compute
+        dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
+        """
+        from .checkpoints.hf import load_hf_checkpoint
+
+        path = os.fspath(path_or_hub_id)
+        directory = resolve_checkpoint_dir(path)
+        devices = list(devices) if devices is not None else jax.local_devices()
+        replicated = NamedSharding(Mesh(np.array(devices), ("data",)), P())
+        model = load_hf_checkpoint(directory, dtype=dtype, sharding_fn=lambda spec: replicated,
+                                   causal=not bidirectional, **config_overrides)
+        if adapter is not None:
+            model = _apply_adapter(model, os.fspath(adapter), dtype)
+        settings = dict(_DEFAULTS)
+        settings.update(read_llm2vec_config(adapter if adapter is not None else directory))
+        explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
+                    "doc_max_length": doc_max_length, "skip_instruction": skip_instruction}
+        settings.update({k: v for k, v in explicit.items() if v is not None})
+        tokenizer = _load_tokenizer(directory)
+        return cls(model, tokenizer, bidirectional=bidirectional,
+                   name_or_path=_name_or_path(path, directory), devices=devices, **settings)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def settings(self) -> dict:
+        return {k: getattr(self, k) for k in _CONFIG_KEYS}
+
+    def save(self, out_dir: str | os.PathLike, *, save_model: bool = True,
+             overwrite: bool = False) -> str:
+        """Write ``llm2vec_config.json`` and the tokenizer (and, by default, the weights as an
+        HF checkpoint) to ``out_dir``; the result loads with :meth:`from_pretrained` and with
+        the reference. Only the reference's four keys are written (its constructor rejects
+        others), so ``bidirectional`` stays a load-time choice there as here."""
+        out_dir = os.fspath(out_dir)
+        if save_model:
+            # config.json + weights, atomically; refuses a non-empty dir unless overwrite.
+            _save_weights(self.model, out_dir, overwrite)
+        os.makedirs(out_dir, exist_ok=True)
+        self.tokenizer.save_pretrained(out_dir)
+        with open(os.path.join(out_dir, LLM2VEC_CONFIG), "w", encoding="utf-8") as f:
+            json.dump(self.settings(), f, indent=4)
+        return out_dir
+
+    # ------------------------------------------------------------------ encoding
+
+    def tokenize_rows(self, texts) -> list[_enc.TokenizedRow]:
+        return _enc.tokenize_rows(
+            self.tokenizer, texts, max_length=self.max_length,
+            doc_max_length=self.doc_max_length, skip_instruction=self.skip_instruction,
+            pooling_mode=self.pooling_mode, model_type=self.model.config.model_type,
+            name_or_path=self.name_or_path)
+
+    def tokenize(self, texts, *, padding_side: str = "right") -> dict[str, np.ndarray]:
+        """The padded features ``encode`` would build for ``texts`` as one batch."""
+        return _enc.collate(self.tokenize_rows(texts), pad_id=self.pad_id,
+                            padding_side=padding_side)
+
+    def _forward_fn(self, rows: int, width: int):
+        key = (rows, width)
+        if key not in self._compiled:
+            graphdef, causal, mode = self._graphdef, not self.bidirectional, self.pooling_mode
+
+            def forward_pool(state, input_ids, attention_mask, embed_mask):
+                model = nnx.merge(graphdef, state)
+                hidden = model(input_ids, attention_mask, causal=causal)
+                return _enc.pool(hidden, attention_mask, embed_mask, mode)
+
+            fn = jax.jit(forward_pool,
+                         in_shardings=(self._replicated, self._data, self._data, self._data),
+                         out_shardings=self._data)
+            spec = jax.ShapeDtypeStruct((rows, width), jnp.int32, sharding=self._data)
+            self._compiled[key] = fn.lower(self._state, spec, spec, spec).compile()
+        return self._compiled[key]
+
+    def _batch_rows(self, n: int, batch_size: int) -> int:
+        rows = batch_size if n >= batch_size else min(batch_size, _next_pow2(n))
+        ndev = len(self.devices)
+        return -(-rows // ndev) * ndev
+
+    def encode(self, texts, batch_size: int = 32, show_progress_bar: bool = True,
+               convert_to_numpy: bool = True):
+        """Embed ``texts`` -> float32 [N, D] (numpy; a jax array if ``convert_to_numpy=False``).
+
+        ``texts``: a list whose items are ``str`` or ``[instruction, text]`` (a single ``str``
+        is one text). Instruction tokens are attended but, with ``skip_instruction``, not
+        pooled. Texts longer than ``max_length`` tokens are truncated at the end (and texts
+        over ``doc_max_length`` shortened by whole words first), as the reference does.
+        An empty text has nothing to pool: it embeds to the zero vector (mean/weighted_mean
+        always; last_token/eos_token only if the whole row is empty, otherwise the last
+        instruction or suffix token). The reference's result there depends on the batch's
+        padding, so it is not reproduced.
+        """
+        if texts is None:
+            raise TypeError("texts must be a list of str or [instruction, text] pairs, got None")
+        if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a list of str or [instruction, text] pairs, "
+                            f"got {type(texts).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rows = self.tokenize_rows(list(texts) if not isinstance(texts, str) else texts)
+        dim = self.hidden_size
+        if not rows:
+            out = np.zeros((0, dim), np.float32)
+            return out if convert_to_numpy else jnp.asarray(out)
+        plan = _enc.plan_batches([len(r) for r in rows], batch_size=batch_size,
+                                 max_length=self.max_length, buckets=self.buckets)
+        outs: list[np.ndarray] = []
+        pending = None  # (device result, real rows): one batch in flight overlaps host work
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), unit="sent", desc="Encoding", file=sys.stderr,
+                   disable=not show_progress_bar, dynamic_ncols=True)
+        try:
+            for idx, feats in _enc.rows_as_batches(rows, plan, pad_id=self.pad_id):
+                n = len(idx)
+                target = self._batch_rows(n, batch_size)
+                if target > n:
+                    # Filler rows copy row 0 (all-padding rows would be fine too, but give
+                    # NaN-producing fully-masked softmaxes that trip jax_debug_nans).
+                    feats = {k: np.concatenate([v, np.repeat(v[:1], target - n, 0)])
+                             for k, v in feats.items()}
+                fn = self._forward_fn(target, feats["input_ids"].shape[1])
+                args = [jax.device_put(feats[k], self._data)
+                        for k in ("input_ids", "attention_mask", "embed_mask")]
+                result = fn(self._state, *args)
+                if pending is not None:
+                    outs.append(np.asarray(pending[0])[:pending[1]])
+                    bar.update(pending[1])
+                pending = (result, n)
+            outs.append(np.asarray(pending[0])[:pending[1]])
+            bar.update(pending[1])
+        finally:
+            bar.close()
+        emb = np.concatenate(outs).astype(np.float32, copy=False)[plan.restore]
+        return emb if convert_to_numpy else jnp.asarray(emb)
+
+    @property
+    def num_compilations(self) -> int:
+        return len(self._compiled)
+
+
+# ---------------------------------------------------------------------- adapters
+
+
+def _apply_adapter(model, adapter_dir: str, dtype: str):
+    """Load a reference-format PEFT adapter and merge it into the base weights (in place).
+
+    Merging is what the reference does for the adapter stored with the base model and what
+    its ``merge_peft=True`` does; unmerged PEFT gives the same outputs up to rounding, and
+    the merged forward costs no more than the base model's.
+    """
+    if not os.path.isdir(adapter_dir):
+        raise FileNotFoundError(f"adapter directory {adapter_dir!r} does not exist")
+    try:
+        from .checkpoints.peft import load_peft_adapter
+        from .lora import merge_lora
+    except ImportError as e:
+        raise NotImplementedError(
+            f"loading adapters needs llm2vec_jax.checkpoints.peft and llm2vec_jax.lora ({e})"
+        ) from None
+    load_peft_adapter(model, adapter_dir, dtype=dtype)
+    merge_lora(model)
+    return model
+
+
+def _save_weights(model, out_dir: str, overwrite: bool) -> None:
+    """HF checkpoint of the model; an attached adapter is merged into the saved weights only."""
+    if getattr(model.layers, "lora_config", None) is None:
+        save_hf_checkpoint(model, out_dir, overwrite=overwrite)
+        return
+    from .lora import merge_lora, unmerge_lora
+
+    adapter = merge_lora(model)
+    try:
+        save_hf_checkpoint(model, out_dir, overwrite=overwrite)
+    finally:
+        unmerge_lora(model, adapter)
+
+
+__all__ = ["LLM2Vec", "LLM2VEC_CONFIG", "read_llm2vec_config"]

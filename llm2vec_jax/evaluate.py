@@ -1,0 +1,92 @@
+"""Evaluation CLI.
+
+    python -m llm2vec_jax.evaluate sts --model DIR [--adapter DIR] --data FILE.tsv
+        [--pooling-mode mean] [--batch-size 32] [--max-length 512] [--causal] [--limit N]
+        [--instruction TEXT] [--dtype float32]
+
+prints one JSON line ``{"task": "sts", "spearman": ..., "pearson": ..., "n": ...}`` on stdout;
+progress and errors go to stderr (exit status 2 for bad arguments or input files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .evaluation import STSFormatError, read_sts_tsv, sts_scores
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m llm2vec_jax.evaluate",
+                                     description="Evaluate an LLM2Vec encoder.")
+    sub = parser.add_subparsers(dest="task", required=True)
+    sts = sub.add_parser("sts", help="STS-B style TSV: Spearman/Pearson of cosine vs gold")
+    sts.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
+    sts.add_argument("--adapter", default=None, help="PEFT adapter directory (merged on load)")
+    sts.add_argument("--data", required=True,
+                     help="TSV with header source<TAB>score<TAB>sentence1<TAB>sentence2")
+    sts.add_argument("--pooling-mode", default=None,
+                     help="mean, weighted_mean, eos_token, last_token, bos_token "
+                          "(default: llm2vec_config.json, else mean)")
+    sts.add_argument("--batch-size", type=_positive_int, default=32)
+    sts.add_argument("--max-length", type=_positive_int, default=None,
+                     help="default: llm2vec_config.json, else 512")
+    sts.add_argument("--causal", action="store_true",
+                     help="causal attention (default: bidirectional)")
+    sts.add_argument("--limit", type=_positive_int, default=None, help="first N pairs only")
+    sts.add_argument("--instruction", default="",
+                     help="instruction applied to both sentences (default: none)")
+    sts.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    sts.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_sts(args) -> dict:
+    data = read_sts_tsv(args.data)
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    from .encoder import LLM2Vec  # after the data check: a bad file fails before loading jax
+
+    start = time.perf_counter()
+    encoder = LLM2Vec.from_pretrained(args.model, adapter=args.adapter,
+                                      pooling_mode=args.pooling_mode, max_length=args.max_length,
+                                      bidirectional=not args.causal, dtype=args.dtype)
+    # One call for both sides: shared buckets, one progress bar, fewer partial batches.
+    texts = list(data.sentences1[:n]) + list(data.sentences2[:n])
+    if args.instruction:
+        texts = [[args.instruction, t] for t in texts]
+    emb = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=not args.quiet)
+    result = {"task": "sts", **sts_scores(emb[:n], emb[n:], data.scores[:n])}
+    print(f"encoded {2 * n} sentences in {time.perf_counter() - start:.1f} s "
+          f"(pooling={encoder.pooling_mode}, bidirectional={encoder.bidirectional}, "
+          f"max_length={encoder.max_length})", file=sys.stderr)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.task == "sts":
+            result = run_sts(args)
+    except (STSFormatError, FileNotFoundError, IsADirectoryError, UnicodeDecodeError,
+            ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""An ``LLM2Vec`` encoder for MTEB 2.x (``mteb.evaluate(model, tasks)``).
+
+mteb is optional: this module imports without it, and only ``mteb_model_meta`` and the
+instruction fallback touch it, lazily.
+
+Instructions follow the reference's MTEB usage (llm2vec's ``experiments/mteb_eval_custom.py``
+and mteb's own ``llm2vec_models.py``): the task's instruction (from ``task_to_instructions``,
+e.g. llm2vec's ``test_configs/mteb/task_to_instructions.json``, else the task's MTEB prompt)
+is passed through ``llm2vec_instruction`` -- a non-empty instruction not ending in ":" loses
+trailing dots and gets ":" appended -- and every text is encoded as ``[instruction, text]``.
+Documents of asymmetric tasks (``prompt_type == "document"``) get no instruction, as in
+llm2vec's ``encode_corpus`` and the paper ("only for queries in asymmetric tasks");
+symmetric tasks such as STS (``prompt_type`` None) instruct both sides.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from .encoder import LLM2Vec
+
+
+def llm2vec_instruction(instruction: str) -> str:
+    if len(instruction) > 0 and instruction[-1] != ":":
+        instruction = instruction.strip(".") + ":"
+    return instruction
+
+
+def _prompt_type_value(prompt_type) -> str | None:
+    if prompt_type is None:
+        return None
+    return getattr(prompt_type, "value", str(prompt_type))
+
+
+def _texts_from_inputs(inputs) -> list[str]:
+    """mteb passes a DataLoader of batches ``{"text": [...], ...}``; plain lists also work."""
+    texts: list[str] = []
+    for item in inputs:
+        if isinstance(item, Mapping):
+            texts.extend(item["text"])
+        else:
+            texts.append(item)
+    return texts
+
+
+class LLM2VecMTEB:
+    """mteb ``EncoderProtocol`` implementation around :class:`LLM2Vec`.
+
+    ``model`` is an ``LLM2Vec`` or a checkpoint path / hub id (then ``from_pretrained_kwargs``
+    go to ``LLM2Vec.from_pretrained``). ``batch_size`` and ``show_progress_bar`` given to
+    ``encode`` by mteb are honoured; other mteb encode kwargs are ignored.
+    """
+
+    def __init__(self, model: LLM2Vec | str | os.PathLike, revision: str | None = None, *,
+                 task_to_instructions: Mapping[str, str] | None = None,
+                 model_name: str | None = None, device: str | None = None,
+                 **from_pretrained_kwargs: Any):
+        if not isinstance(model, LLM2Vec):
+            model_name = model_name or os.fspath(model)
+            model = LLM2Vec.from_pretrained(model, **from_pretrained_kwargs)
+        elif from_pretrained_kwargs:
+            raise TypeError(f"unexpected arguments for an already built LLM2Vec: "
+                            f"{sorted(from_pretrained_kwargs)}")
+        self.model = model
+        self.revision = revision
+        self.task_to_instructions = dict(task_to_instructions or {})
+        self.model_name = model_name or model.name_or_path or "llm2vec-jax"
+
+    # -- instructions --------------------------------------------------------------------
+
+    def get_instruction(self, task_metadata, prompt_type=None) -> str:
+        """The task's raw instruction (before ``llm2vec_instruction``); "" for documents."""
+        kind = _prompt_type_value(prompt_type)
+        if kind == "document":
+            return ""
+        name = getattr(task_metadata, "name", None)
+        if name in self.task_to_instructions:
+            return self.task_to_instructions[name]
+        prompt = getattr(task_metadata, "prompt", None)
+        if isinstance(prompt, Mapping):
+            prompt = prompt.get(kind or "query")
+        if prompt:
+            return prompt
+        try:  # mteb's per-task-type default, e.g. STS: "Retrieve semantically similar text."
+            from mteb.abstasks.abstask import get_abstask_prompt
+        except ImportError:
+            return ""
+        return get_abstask_prompt(name) if name else ""
+
+    # -- EncoderProtocol -----------------------------------------------------------------
+
+    def encode(self, inputs, *, task_metadata=None, hf_split: str | None = None,
+               hf_subset: str | None = None, prompt_type=None, **kwargs: Any) -> np.ndarray:
+        instruction = llm2vec_instruction(self.get_instruction(task_metadata, prompt_type))
+        texts = _texts_from_inputs(inputs)
+        return self.model.encode([[instruction, t] for t in texts],
+                                 batch_size=int(kwargs.get("batch_size", 32)),
+                                 show_progress_bar=bool(kwargs.get("show_progress_bar", True)))
+
+    @staticmethod
+    def _normalized(x) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(norms > 0, norms, 1.0)
+
+    def similarity(self, embeddings1, embeddings2) -> np.ndarray:
+        """Cosine similarity matrix [N1, N2]."""
+        return self._normalized(embeddings1) @ self._normalized(embeddings2).T
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
+        """Cosine similarity of corresponding rows [N]."""
+        return np.sum(self._normalized(embeddings1) * self._normalized(embeddings2), axis=1)
+
+    @property
+    def mteb_model_meta(self):
+        from mteb.models.model_meta import ModelMeta
+
+        return ModelMeta.create_empty(overwrites={
+            "name": self.model_name,
+            "revision": self.revision,
+            "embed_dim": self.model.hidden_size,
+            "max_tokens": self.model.max_length,
+            "similarity_fn_name": "cosine",
+            "use_instructions": True,
+        })
+
+
+__all__ = ["LLM2VecMTEB", "llm2vec_instruction"]

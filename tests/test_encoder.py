@@ -1,0 +1,338 @@
+"""LLM2Vec encoder: parity with the PyTorch reference on the real SmolLM2-135M, batching,
+device parallelism and input validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm2vec_jax.encoder import LLM2Vec
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2"
+META = json.loads((REFERENCE / "reference_fixtures.json").read_text())
+TEXTS, INSTRUCTION = META["texts"], META["instruction"]
+POOLINGS = ("mean", "weighted_mean", "eos_token", "last_token")
+
+
+def _inputs(kind):
+    return TEXTS if kind == "plain" else [[INSTRUCTION, t] for t in TEXTS]
+
+
+def _check_rows(ours, ref):
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99999, cos
+    assert np.abs(ours - ref).max(axis=1).max() <= 1e-3, np.abs(ours - ref).max(axis=1)
+
+
+@pytest.fixture(scope="module")
+def encoder(smollm2_dir):
+    return LLM2Vec.from_pretrained(smollm2_dir)
+
+
+def _with(encoder, **kw):
+    """Another encoder over the same loaded weights (no reload)."""
+    settings = dict(pooling_mode=encoder.pooling_mode, max_length=encoder.max_length,
+                    doc_max_length=encoder.doc_max_length,
+                    skip_instruction=encoder.skip_instruction,
+                    bidirectional=encoder.bidirectional, name_or_path=encoder.name_or_path)
+    settings.update(kw)
+    return LLM2Vec(encoder.model, encoder.tokenizer, **settings)
+
+
+# ------------------------------------------------------------------------- reference parity
+
+
+@pytest.mark.parametrize("kind", ["plain", "instr"])
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_encode_matches_reference(encoder, reference_fixtures, pooling, kind):
+    enc = _with(encoder, pooling_mode=pooling)
+    ours = enc.encode(_inputs(kind), show_progress_bar=False)
+    _check_rows(ours, reference_fixtures[f"enc/{pooling}/{kind}"])
+
+
+@pytest.mark.parametrize("kind", ["plain", "instr"])
+def test_features_match_reference(encoder, reference_fixtures, kind):
+    feats = encoder.tokenize(_inputs(kind), padding_side="left")
+    for name in ("input_ids", "attention_mask", "embed_mask"):
+        np.testing.assert_array_equal(feats[name], reference_fixtures[f"feat/{kind}/{name}"],
+                                      err_msg=name)
+
+
+def _exact_mean_embedding(model_dir, ids) -> np.ndarray:
+    """Bidirectional mean pooling of one unpadded row with HF PyTorch in float64."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(
+        model_dir, dtype=torch.float64, attn_implementation="eager").eval()
+    n = len(ids)
+    with torch.no_grad():  # an all-zero additive 4-D mask = full bidirectional attention
+        hidden = model(input_ids=torch.tensor([ids]).long(),
+                       attention_mask=torch.zeros(1, 1, n, n, dtype=torch.float64))
+    return hidden.last_hidden_state[0].mean(0).numpy()
+
+
+@pytest.mark.slow
+def test_512_sentences_match_reference(encoder, smollm2_dir):
+    """Every row within 1e-3 of the reference where float32 determines it to that precision.
+
+    Bidirectional SmolLM2 is ill-conditioned on a few tokens (docs/numerics.md): there the
+    reference's own float32 result is more than 1e-4 away from the exact (float64) answer and
+    no float32 implementation can be held to 1e-3 of it. Rows over 1e-3 must be such rows
+    (checked against float64 PyTorch), be rare, and stay within 1e-2 of exact; the cosine
+    bound holds for all rows.
+    """
+    sentences = (REFERENCE / "encode_sentences_512.txt").read_text(encoding="utf-8").splitlines()
+    ref = np.load(REFERENCE / "encode_embeddings_512_mean.npy")
+    assert len(sentences) == len(ref) == 512
+    enc = _with(encoder, pooling_mode="mean", max_length=128)
+    start = time.perf_counter()
+    ours = enc.encode(sentences, batch_size=32, show_progress_bar=False)
+    print(f"512 sentences in {time.perf_counter() - start:.1f} s, "
+          f"{enc.num_compilations} compilations")
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99999, cos.min()
+    err = np.abs(ours - ref).max(axis=1)
+    over = np.flatnonzero(err > 1e-3)
+    assert len(over) <= 3, (over, err[over])
+    rows = enc.tokenize_rows([sentences[i] for i in over])
+    for i, row in zip(over, rows):
+        exact = _exact_mean_embedding(smollm2_dir, list(row.input_ids))
+        ref_error = np.abs(ref[i] - exact).max()
+        assert ref_error > 1e-4, f"row {i}: reference is determined ({ref_error:.2e} from " \
+                                 f"exact) but we are {err[i]:.2e} from it"
+        assert np.abs(ours[i] - exact).max() <= 1e-2
+        print(f"row {i}: ours-ref {err[i]:.2e}, ref-exact {ref_error:.2e}, "
+              f"ours-exact {np.abs(ours[i] - exact).max():.2e}")
+
+
+# ------------------------------------------------------------------------- batching
+
+
+def test_order_and_batching_do_not_change_embeddings(encoder):
+    texts = TEXTS + ["Tiny.", "", "A second fairly long sentence about encoders and batching."]
+    full = encoder.encode(texts, batch_size=32, show_progress_bar=False)
+    perm = np.random.default_rng(0).permutation(len(texts))
+    small = encoder.encode([texts[i] for i in perm], batch_size=3, show_progress_bar=False)
+    # Different padded shapes change float32 summation order: same tolerance as parity.
+    nonzero = [i for i, t in enumerate(texts) if t]
+    _check_rows(small[np.argsort(perm)][nonzero], full[nonzero])
+    assert not small[np.argsort(perm)][texts.index("")].any()
+    single = encoder.encode(texts[1], show_progress_bar=False)  # a bare str is one text
+    _check_rows(single, full[1:2])
+
+
+def test_compilations_are_bounded(encoder):
+    enc = _with(encoder, max_length=64)  # widths 16, 32, 64
+    rng = np.random.default_rng(1)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 80, size=40)]
+    enc.encode(texts, batch_size=8, show_progress_bar=False)
+    enc.encode(texts[:13], batch_size=8, show_progress_bar=False)
+    # Widths x row counts: 3 widths, rows in {8} plus partial batches rounded to powers of two.
+    assert enc.num_compilations <= len(enc.buckets) * 4
+    assert {rows for rows, _ in enc._compiled} <= {1, 2, 4, 8}
+    assert {width for _, width in enc._compiled} <= set(enc.buckets)
+
+
+def test_progress_bar(encoder, capsys):
+    encoder.encode(TEXTS, show_progress_bar=False)
+    assert capsys.readouterr().err == ""
+    encoder.encode(TEXTS, show_progress_bar=True)
+    assert "sent/s" in capsys.readouterr().err
+
+
+def test_convert_to_numpy_false_gives_jax_array(encoder):
+    import jax
+
+    out = encoder.encode(TEXTS[:2], convert_to_numpy=False, show_progress_bar=False)
+    assert isinstance(out, jax.Array) and out.shape == (2, encoder.hidden_size)
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def test_empty_list(encoder):
+    out = encoder.encode([], show_progress_bar=False)
+    assert out.shape == (0, encoder.hidden_size) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("texts, index", [(["ok", None], 1), ([3], 0), ([["instr"]], 0),
+                                         ([["instr", None]], 0)])
+def test_non_string_items_name_the_index(encoder, texts, index):
+    with pytest.raises(TypeError, match=f"#{index}"):
+        encoder.encode(texts, show_progress_bar=False)
+
+
+def test_none_is_a_type_error(encoder):
+    with pytest.raises(TypeError, match="None"):
+        encoder.encode(None, show_progress_bar=False)
+
+
+def test_empty_string_embeds_to_zeros(encoder):
+    out = encoder.encode(["", "not empty", [INSTRUCTION, ""]], show_progress_bar=False)
+    # Nothing to pool: zeros (the reference would average padding states instead).
+    assert not out[0].any() and not out[2].any()
+    assert np.isfinite(out).all() and np.linalg.norm(out[1]) > 0
+    # last_token pools the last real token: with an instruction that is the instruction's.
+    last = _with(encoder, pooling_mode="last_token").encode(["", [INSTRUCTION, ""]],
+                                                            show_progress_bar=False)
+    assert not last[0].any() and np.linalg.norm(last[1]) > 0
+
+
+def test_long_texts_are_truncated_like_the_reference(encoder):
+    import jax.numpy as jnp
+
+    enc = _with(encoder, max_length=16)
+    text = " ".join(f"word{i}" for i in range(200))
+    rows = enc.tokenize_rows([text])
+    assert len(rows[0]) == 16 and rows[0].n_pooled == 16
+    ours = enc.encode([text], show_progress_bar=False)[0]
+    ids = jnp.asarray([rows[0].input_ids], jnp.int32)
+    hidden = encoder.model(ids, jnp.ones_like(ids), causal=False)
+    np.testing.assert_allclose(ours, np.asarray(hidden[0].mean(0)), atol=1e-5, rtol=0)
+
+
+def test_unknown_pooling_mode(encoder):
+    with pytest.raises(ValueError, match="mean, weighted_mean, eos_token, last_token"):
+        _with(encoder, pooling_mode="max")
+
+
+def test_bos_token_with_smollm2_is_refused(encoder):
+    with pytest.raises(ValueError, match="bos_token.*adds none"):
+        _with(encoder, pooling_mode="bos_token")
+
+
+# ------------------------------------------------------------------------- config files
+
+
+def _model_copy(smollm2_dir, tmp_path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    for f in Path(smollm2_dir).iterdir():
+        os.symlink(f, d / f.name)
+    return d
+
+
+def test_llm2vec_config_is_read_and_overridden(smollm2_dir, tmp_path):
+    d = _model_copy(smollm2_dir, tmp_path)
+    (d / "llm2vec_config.json").write_text(json.dumps(
+        {"pooling_mode": "last_token", "max_length": 64, "doc_max_length": 32,
+         "skip_instruction": False}))
+    enc = LLM2Vec.from_pretrained(d)
+    assert enc.settings() == {"pooling_mode": "last_token", "max_length": 64,
+                              "doc_max_length": 32, "skip_instruction": False}
+    enc = LLM2Vec.from_pretrained(d, pooling_mode="mean", max_length=128)
+    assert (enc.pooling_mode, enc.max_length, enc.doc_max_length) == ("mean", 128, 32)
+
+
+def test_bad_llm2vec_config(smollm2_dir, tmp_path):
+    d = _model_copy(smollm2_dir, tmp_path)
+    (d / "llm2vec_config.json").write_text(json.dumps({"pooling": "mean"}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        LLM2Vec.from_pretrained(d)
+
+
+def test_save_round_trip(encoder, tmp_path):
+    enc = _with(encoder, pooling_mode="weighted_mean", max_length=100, doc_max_length=50)
+    out = enc.save(tmp_path / "saved")
+    cfg = json.loads((Path(out) / "llm2vec_config.json").read_text())
+    assert cfg == {"pooling_mode": "weighted_mean", "max_length": 100, "doc_max_length": 50,
+                   "skip_instruction": True}
+    assert (Path(out) / "tokenizer.json").is_file()
+    again = LLM2Vec.from_pretrained(out)
+    assert again.settings() == enc.settings()
+    np.testing.assert_allclose(again.encode(TEXTS[:2], show_progress_bar=False),
+                               enc.encode(TEXTS[:2], show_progress_bar=False), atol=1e-6)
+
+
+# ------------------------------------------------------------------------- devices
+
+_MULTI_DEVICE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from llm2vec_jax.encoder import LLM2Vec
+    assert jax.local_device_count() == 8, jax.local_devices()
+    texts = json.loads(sys.argv[2])
+    many = LLM2Vec.from_pretrained(sys.argv[1])
+    one = LLM2Vec.from_pretrained(sys.argv[1], devices=jax.local_devices()[:1])
+    # Same per-device program: 8 devices x 1 row vs 1 device x 1 row, one width bucket.
+    a = many.encode(texts, batch_size=8, show_progress_bar=False)
+    b = one.encode(texts, batch_size=1, show_progress_bar=False)
+    # Same batch size: per-device shapes differ, so float32 rounding may too.
+    c = one.encode(texts, batch_size=8, show_progress_bar=False)
+    print(json.dumps({"same_program": float(np.abs(a - b).max()),
+                      "same_batch": float(np.abs(a - c).max()),
+                      "cos": float(((a * c).sum(1) / np.maximum(
+                          np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1), 1e-30))[
+                          np.linalg.norm(c, axis=1) > 0].min()),
+                      "shape": list(a.shape), "devices": len(many.devices),
+                      "shapes_many": sorted(many._compiled), "shapes_one": sorted(one._compiled)}))
+""")
+
+
+def test_eight_devices_match_one(smollm2_dir):
+    """Batch sharded over 8 (host) devices vs 1 device.
+
+    Identical per-device work must agree to 1e-5. With the same global batch the per-device
+    row count differs (1 vs 8 rows), which changes float32 GEMM blocking; bidirectional
+    SmolLM2 amplifies such rounding (docs/numerics.md), so that case is held to the
+    reference-parity tolerance instead.
+    """
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    short = ["The quick brown fox jumps over the lazy dog.", "Short one.", "x", "",
+             "Embeddings from decoder-only models.", "A cat sat.", "Numbers like 2024.",
+             "Odd one out"]
+    texts = short + [["Find similar text:", t] for t in short[:3]]  # 11: not a multiple of 8
+    proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT, str(smollm2_dir),
+                           json.dumps(texts)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8 and result["shape"] == [len(texts), 576]
+    # Every global batch padded to a multiple of the device count; one width bucket (16).
+    assert result["shapes_many"] == [[8, 16]] and result["shapes_one"] == [[1, 16], [4, 16], [8, 16]]
+    assert result["same_program"] <= 1e-5, result
+    assert result["same_batch"] <= 1e-3 and result["cos"] >= 0.99999, result
+
+
+# ------------------------------------------------------------------------- adapters
+
+
+def test_adapter_is_loaded_merged_and_its_config_read(encoder, smollm2_dir, tmp_path):
+    pytest.importorskip("llm2vec_jax.checkpoints.peft")
+    import jax
+    from llm2vec_jax.checkpoints.peft import save_peft_adapter
+    from llm2vec_jax.lora import LoRAConfig, attach_lora
+    from llm2vec_jax.models import load_hf_checkpoint
+
+    model = load_hf_checkpoint(smollm2_dir)
+    attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0, targets=("q", "v", "down")))
+    for i, p in enumerate(("q", "v", "down")):  # B starts at zero: make the adapter matter
+        b = getattr(model.layers, f"{p}_lora_b")
+        b.set_value(0.02 * jax.random.normal(jax.random.key(i), b[...].shape))
+    adapter_dir = Path(save_peft_adapter(model, tmp_path / "adapter"))
+    (adapter_dir / "llm2vec_config.json").write_text(json.dumps({"pooling_mode": "weighted_mean"}))
+
+    enc = LLM2Vec.from_pretrained(smollm2_dir, adapter=adapter_dir)
+    assert enc.pooling_mode == "weighted_mean"
+    assert getattr(enc.model.layers, "lora_config", None) is None  # merged
+    # Unmerged reference point: the same adapter applied inside the forward.
+    unmerged = LLM2Vec(model, encoder.tokenizer, pooling_mode="weighted_mean")
+    got = enc.encode(TEXTS, show_progress_bar=False)
+    _check_rows(got, unmerged.encode(TEXTS, show_progress_bar=False))
+    base = _with(encoder, pooling_mode="weighted_mean").encode(TEXTS, show_progress_bar=False)
+    assert np.abs(got - base).max() > 1e-2  # the adapter changed the embeddings
+
+    with pytest.raises(FileNotFoundError, match="adapter"):
+        LLM2Vec.from_pretrained(smollm2_dir, adapter=tmp_path / "missing")
