@@ -30,10 +30,11 @@ TINY_CONFIGS = {
 }
 
 
-def make_hf_model(name: str, seed: int = 0):
+def make_hf_model(name: str, seed: int = 0, **extra):
+    """A tiny random HF model; ``extra`` overrides config fields (e.g. a real vocab size)."""
     model_type, overrides = TINY_CONFIGS[name]
     cls_config = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[model_type]
-    config = cls_config(**{**TINY, **overrides})
+    config = cls_config(**{**TINY, **overrides, **extra})
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
@@ -87,3 +88,13 @@ def hf_logits(model, ids, mask) -> np.ndarray:
         out = model(input_ids=torch.tensor(ids, dtype=torch.long),
                     attention_mask=torch.tensor(mask, dtype=torch.long))
     return out.logits.float().numpy()
+
+
+def tiny_model_with_tokenizer(directory, tokenizer_dir, name: str = "llama") -> str:
+    """A tiny random model with a real tokenizer's vocabulary, saved with that tokenizer."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = make_hf_model(name, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    save_hf_model(model, directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)

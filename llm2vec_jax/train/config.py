@@ -62,6 +62,16 @@ class ContrastiveSection:
     scale: float = 20.0                 # cosine-similarity scale (20 SimCSE, 50 supervised)
     pooling: str = "mean"
     max_length: int = 128
+    # Pool every column of the left-padded batch, padding included, as the reference SimCSE
+    # collator does by accident (mean pooling only); see llm2vec_jax/data/contrastive.py.
+    compat_pool_all_positions: bool = False
+    # GradCache: rows per chunk of the global batch (None: one pass). Memory then scales with
+    # the chunk, the loss still sees every in-batch negative.
+    grad_cache_chunk: int | None = None
+    # supervised: YAML {dataset: instruction | [instructions]} and the JSONL field naming
+    # a record's dataset (a record without it belongs to its file's stem).
+    instructions: str | None = None
+    dataset_field: str = "dataset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +139,11 @@ def _check_type(value: Any, annotation, where: str):
         raise TrainConfigError(f"{where}: expected a list, got {value!r}")
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # PyYAML reads "1e-3" (no dot) as a string: YAML 1.1's float needs one
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, str, bool, float) and not (isinstance(value, annotation) and
                                                       not (annotation is int and isinstance(value, bool))):
         raise TrainConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
