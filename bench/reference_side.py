@@ -224,6 +224,22 @@ def _initialize_peft(model, r, alpha, dropout):
     return get_peft_model(model, config)
 
 
+def _enable_grad_ckpt(top, hf_model) -> None:
+    """Gradient checkpointing as the HF Trainer switches it on, plus the input-grad hook.
+
+    The Trainer calls ``gradient_checkpointing_enable()`` (reentrant checkpointing in 4.44)
+    on the model *after* run_mntp/run_simcse attached LoRA with ``get_peft_model``. peft only
+    hooks the embeddings' output to require grad when checkpointing is already on at attach
+    time, and transformers only when peft was attached through its own integration, so
+    neither happens: with frozen (here: tied, hence frozen) embeddings no checkpointed input
+    requires grad and backward fails with "element 0 of tensors does not require grad".
+    ``enable_input_require_grads`` is the standard fix (what both libraries do in their
+    usual paths); it is recorded in the result as ``grad_ckpt_fix``.
+    """
+    top.gradient_checkpointing_enable()
+    hf_model.enable_input_require_grads()
+
+
 def _time_steps(step, warmup, steps) -> tuple[list[float], list[float]]:
     times, losses = [], []
     for i in range(warmup + steps):
@@ -259,7 +275,8 @@ def _train_common(a, model, step, batch, real_tokens, n_sequences, extra) -> Non
         "warmup": a.warmup, "steps": a.steps, **s,
         "tokens_per_s": real_tokens / s["median_s"], "sentences_per_s": n_sequences / s["median_s"],
         "trainable_params": sum(p.numel() for p in trainable),
-        "losses": [round(float(l), 5) for l in losses], **extra,
+        "losses": [round(float(l), 5) for l in losses],
+        "grad_ckpt_fix": "enable_input_require_grads" if a.grad_ckpt else None, **extra,
     })
 
 
@@ -271,7 +288,7 @@ def cmd_mntp_step(a) -> None:
     model = LlamaBiForMNTP.from_pretrained(a.model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
     model.model = _initialize_peft(model.get_model_for_peft(), a.lora_r, a.lora_alpha, a.lora_dropout)
     if a.grad_ckpt:
-        model.gradient_checkpointing_enable()
+        _enable_grad_ckpt(model, model)
     model.train()
     params, opt = _adamw(model, a.lr)
     inputs = {k: torch.from_numpy(batch[k]).long() for k in ("input_ids", "attention_mask", "labels")}
@@ -300,7 +317,7 @@ def cmd_simcse_step(a) -> None:
     )
     model.model = _initialize_peft(model.model, a.lora_r, a.lora_alpha, a.lora_dropout)
     if a.grad_ckpt:
-        model.gradient_checkpointing_enable()
+        _enable_grad_ckpt(model, model.model)
     model.train()
     loss_fn = load_loss("HardNegativeNLLLoss", scale=a.loss_scale)
     params, opt = _adamw(model, a.lr)
