@@ -57,3 +57,45 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     out = jnp.einsum("bkgst,btkh->bskgh", probs.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
     return out.reshape(batch, seq, heads, head_dim).astype(q.dtype)
+
+
+class AttentionImplError(ValueError):
+    """The chosen attention implementation cannot run this call."""
+
+
+def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
+                    dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                    implementation: str = "cudnn") -> jnp.ndarray:
+    """The same function as ``grouped_query_attention`` through cuDNN's fused kernel.
+
+    The mask goes in as ``allowed`` itself ([B,1,S,T], which cuDNN applies as an additive
+    bias) rather than as sequence lengths: lengths describe right padding only, the boolean
+    mask covers left padding, causal and sliding-window masks alike, and keeps the finite
+    "uniform row" behaviour for queries with no visible key. ``implementation`` exists so
+    the mask handling can be checked against the einsum path on CPU ("xla").
+    """
+    if dropout_rng is not None and dropout_rate > 0.0:
+        raise AttentionImplError(
+            "attention_impl='cudnn' has no attention-probability dropout "
+            "(jax.nn.dot_product_attention takes no rng); use attention_impl='xla' when "
+            "training with attention_dropout > 0")
+    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise AttentionImplError(
+            f"attention_impl='cudnn' needs bfloat16/float16 compute, got {q.dtype}; set "
+            "dtype='bfloat16' or use attention_impl='xla'")
+    try:
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=implementation)
+    except (NotImplementedError, RuntimeError, ValueError) as e:
+        raise AttentionImplError(
+            f"attention_impl='cudnn' is not supported here ({type(e).__name__}: {e}); "
+            "use attention_impl='xla'") from e
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
+           impl: str = "xla", dropout_rate: float = 0.0,
+           dropout_rng: jax.Array | None = None) -> jnp.ndarray:
+    """Dispatch on ``ModelConfig.attention_impl``."""
+    if impl == "cudnn":
+        return cudnn_attention(q, k, v, allowed, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+    return grouped_query_attention(q, k, v, allowed, dropout_rate=dropout_rate,
+                                   dropout_rng=dropout_rng)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .attention import attention_allowed, grouped_query_attention
+from .attention import attend, attention_allowed
 from .config import ModelConfig
 from .rope import apply_rope, rope_tables
 
@@ -223,8 +223,8 @@ class Transformer(nnx.Module):
             q = apply_rope(project(h, w, "q", dtype, proj_key), cos, sin)
             k = apply_rope(project(h, w, "k", dtype, proj_key), cos, sin)
             v = project(h, w, "v", dtype, proj_key)
-            attn = grouped_query_attention(q, k, v, allowed, dropout_rate=config.attention_dropout,
-                                           dropout_rng=attn_key)
+            attn = attend(q, k, v, allowed, impl=config.attention_impl,
+                          dropout_rate=config.attention_dropout, dropout_rng=attn_key)
             x = x + project(attn, w, "o", dtype, proj_key)
             h = rms_norm(x, w["mlp_norm"], config.rms_norm_eps)
             gated = jax.nn.silu(project(h, w, "gate", dtype, proj_key).astype(jnp.float32))
