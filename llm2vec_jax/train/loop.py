@@ -294,8 +294,10 @@ def export(config: TrainConfig, graphdef, state: TrainState, model_path: str, to
     out = os.path.join(config.run.output_dir, "adapter")
     save_peft_adapter(model, out, base_model_name_or_path=model_path)
     tokenizer.save_pretrained(out)
+    max_length = (config.data.max_seq_length if config.run.stage == "mntp"
+                  else config.contrastive.max_length)
     with open(os.path.join(out, "llm2vec_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"pooling_mode": config.contrastive.pooling, "max_length": config.data.max_seq_length,
+        json.dump({"pooling_mode": config.contrastive.pooling, "max_length": max_length,
                    "doc_max_length": 400, "skip_instruction": True}, f, indent=2)
     log.info("adapter written to %s", out)
 

@@ -115,11 +115,24 @@ def mntp_objective(model, batch, rng):
     return mntp_loss(hidden, lm_head_weight(model), batch["predict_index"], batch["predict_labels"])
 
 
+def encode_rows(model, input_ids, attention_mask, row_keys=None) -> jax.Array:
+    """Bidirectional hidden states [B, S, D]; with ``row_keys`` [B], row i's dropout (attention
+    and LoRA) is drawn from ``row_keys[i]`` alone, so any subset of rows (a GradCache chunk)
+    gets exactly the masks it gets in the full batch."""
+    if row_keys is None:
+        return model(input_ids, attention_mask, causal=False)
+
+    def one(ids, mask, key):
+        return model(ids[None], mask[None], causal=False, dropout_rng=key, lora_dropout=True)[0]
+    return jax.vmap(one)(input_ids, attention_mask, row_keys)
+
+
 def embed(model, batch, prefix: str, rng, pooling: str) -> jax.Array:
     """Pooled [B, D] float32 embeddings of ``{prefix}_input_ids`` etc. in training mode."""
-    hidden = model(batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"], causal=False,
-                   dropout_rng=rng, lora_dropout=True)
-    return pool(hidden, batch[f"{prefix}_attention_mask"], batch[f"{prefix}_embed_mask"], pooling)
+    ids, mask = batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"]
+    keys = None if rng is None else jax.random.split(rng, ids.shape[0])
+    hidden = encode_rows(model, ids, mask, keys)
+    return pool(hidden, mask, batch[f"{prefix}_embed_mask"], pooling)
 
 
 def contrastive_objective(model, batch, rng, *, scale: float, pooling: str = "mean"):

@@ -1,0 +1,364 @@
+"""Contrastive training data: unsupervised SimCSE sentences and supervised (E5-style) triples.
+
+Both iterators follow ``MNTPBatchIterator``'s protocol (``__next__``, ``get_state`` /
+``set_state``, ``batches_per_epoch``), so the training loop checkpoints and resumes them, and
+yield this process's rows of the global batch as numpy ``{q,d[,n]}_{input_ids,
+attention_mask,embed_mask}`` (int32 [B, S]; ``embed_mask`` is the pooling mask).
+
+Reference semantics (llm2vec 0.2.3 ``experiments/run_simcse.py``, ``run_supervised.py``,
+``dataset/Wiki1M.py``, ``dataset/E5Data.py``):
+
+SimCSE. Every line is one sentence (stripped), used as query and positive; the two views
+differ only by dropout (the train step draws independent rngs for q and d). The reference
+collator calls ``LLM2Vec.tokenize`` on the bare sentence, with no separator, so its pooling
+mask is empty and mean pooling averages *every* column of the left-padded batch, padding
+included (fixture ``simcse_path/pooled_no_separator``). That depends on how much padding a
+row got, so by default we pool what ``encode()`` pools for the same text: its real tokens
+(a BOS the tokenizer adds is excluded, as at inference). ``compat_pool_all_positions=True``
+reproduces the quirk exactly: left padding to the batch's longest row and a pooling mask of
+ones (mean pooling only: for weighted_mean the reference crashes on that path, eos/last
+token pooling is unaffected by it).
+
+Supervised. The reference builds ``f"{instruction}; " + SEPARATOR + query`` for the query
+(note ``"; "``, not ``encode()``'s ``" "``) and ``SEPARATOR + text`` for positive and
+negative; a dataset with a list of instructions uses ``instructions[i % len]`` for its i-th
+record. Each text then goes through ``prepare_for_tokenization`` (chat wrappers, eos_token
+suffix) and ``LLM2Vec.tokenize`` (no doc_max_length shortening in training). Batches are
+task-homogeneous: each dataset is shuffled, cut into full *global* batches (the incomplete
+tail is dropped), and the batch order is shuffled; process p takes rows
+[p·B/P, (p+1)·B/P) of each global batch (what the reference's sequential sampler + batch
+sharding gives). The reference shuffles once with Python's global ``random``; here the
+order is a function of (seed, epoch), so resumption reproduces it and every epoch differs.
+
+Widths: rows are padded (left, EOS, as the reference) to ``max_length`` so every step has
+one shape and compiles once; compat mode pads to the local batch's longest row, as the
+reference does, at the cost of a compile per distinct width.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..encode import (SEPARATOR, check_pooling_mode, collate, pad_token_id,
+                      prepare_for_tokenization, tokenize_strings)
+
+VIEWS = ("q", "d", "n")
+
+
+def features(tokenizer, strings: Sequence[str], *, max_length: int,
+             compat_pool_all_positions: bool = False, pad_to: int | None = None,
+             pooling: str = "mean") -> dict[str, np.ndarray]:
+    """Separator-carrying strings -> left-padded ``input_ids/attention_mask/embed_mask``.
+
+    ``pad_to=None`` pads to the longest row. In compat mode the pooling mask is all ones,
+    padding included (see the module docstring).
+    """
+    rows = tokenize_strings(tokenizer, strings, max_length=max_length)
+    out = collate(rows, pad_id=pad_token_id(tokenizer), padding_side="left", pad_to=pad_to)
+    if compat_pool_all_positions and pooling == "mean":
+        out["embed_mask"] = np.ones_like(out["embed_mask"])
+    return out
+
+
+def _check_compat(compat: bool, pooling: str) -> None:
+    check_pooling_mode(pooling)
+    if compat and pooling == "weighted_mean":
+        raise ValueError("compat_pool_all_positions reproduces the reference SimCSE collator, "
+                         "which crashes with weighted_mean pooling; use mean or turn compat off")
+
+
+class _EpochIterator:
+    """Shared position bookkeeping: batch ``position`` of ``epoch``, JSON-able state."""
+
+    def __init__(self, *, seed: int, shuffle: bool, num_epochs: int | None):
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.num_epochs = num_epochs
+        self.epoch = 0
+        self.position = 0
+
+    def _identity(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    @property
+    def batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                **self._identity()}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        for key, mine in self._identity().items():
+            if key in state and int(state[key]) != mine:
+                raise ValueError(f"iterator state is for {key}={state[key]}, this iterator has "
+                                 f"{mine}: resuming would not reproduce the same batches")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self.seed = int(state.get("seed", self.seed))
+
+    def __iter__(self):
+        return self
+
+    def _advance(self) -> None:
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        if self.num_epochs is not None and self.epoch >= self.num_epochs:
+            raise StopIteration
+
+
+# -- unsupervised SimCSE ----------------------------------------------------------------------
+
+class SimCSEBatchIterator(_EpochIterator):
+    """This process's sentences, reshuffled every epoch, as q = d = the same tokenization.
+
+    Sentences are tokenized per batch (cheap next to a train step, and nothing is held for a
+    million-line corpus). The incomplete last batch of an epoch is dropped.
+    """
+
+    def __init__(self, sentences: Sequence[str], tokenizer, per_process_batch_size: int, *,
+                 max_length: int, pooling: str = "mean",
+                 compat_pool_all_positions: bool = False, pad_to_max_length: bool | None = None,
+                 seed: int = 0, shuffle: bool = True, num_epochs: int | None = None):
+        super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+        _check_compat(compat_pool_all_positions, pooling)
+        if per_process_batch_size < 1:
+            raise ValueError(f"per_process_batch_size must be positive, got {per_process_batch_size}")
+        if len(sentences) < per_process_batch_size:
+            raise ValueError(f"only {len(sentences)} sentences for a batch of "
+                             f"{per_process_batch_size}")
+        self.sentences = list(sentences)
+        self.tokenizer = tokenizer
+        self.batch_size = int(per_process_batch_size)
+        self.max_length = int(max_length)
+        self.pooling = pooling
+        self.compat = bool(compat_pool_all_positions)
+        # The quirk depends on the padded width, so compat pads like the reference: to the
+        # longest row (pass True to force one shape, e.g. for several processes).
+        self.pad_to_max_length = (not self.compat) if pad_to_max_length is None else pad_to_max_length
+        self._order_epoch: int | None = None
+        self._order: np.ndarray | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.sentences) // self.batch_size
+
+    def _identity(self) -> dict[str, int]:
+        return {"num_examples": len(self.sentences), "batch_size": self.batch_size}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        super().set_state(state)
+        self._order_epoch = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            n = len(self.sentences)
+            self._order = (np.random.default_rng([self.seed, self.epoch]).permutation(n)
+                           if self.shuffle else np.arange(n))
+            self._order_epoch = self.epoch
+        return self._order
+
+    def batch_texts(self, rows: Sequence[int]) -> list[str]:
+        return [self.sentences[i] for i in rows]
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._advance()
+        rows = self._epoch_order()[self.position * self.batch_size:
+                                   (self.position + 1) * self.batch_size]
+        self.position += 1
+        return simcse_features(self.tokenizer, self.batch_texts(rows), max_length=self.max_length,
+                               pooling=self.pooling, compat_pool_all_positions=self.compat,
+                               pad_to=self.max_length if self.pad_to_max_length else None)
+
+
+def simcse_features(tokenizer, sentences: Sequence[str], *, max_length: int,
+                    pooling: str = "mean", compat_pool_all_positions: bool = False,
+                    pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """One tokenization of ``sentences`` as both the ``q_*`` and ``d_*`` views."""
+    # SEPARATOR first: the whole sentence is the pooled part, as encode() pools it.
+    feats = features(tokenizer, [SEPARATOR + s for s in sentences], max_length=max_length,
+                     compat_pool_all_positions=compat_pool_all_positions, pad_to=pad_to,
+                     pooling=pooling)
+    return {f"{view}_{k}": v for view in ("q", "d") for k, v in feats.items()}
+
+
+# -- supervised -------------------------------------------------------------------------------
+
+def load_instructions(path: str | os.PathLike) -> dict[str, str | list[str]]:
+    """A YAML ``{dataset: instruction | [instructions]}`` table (``configs/supervised/``)."""
+    import yaml
+    with open(path, encoding="utf-8") as f:
+        table = yaml.safe_load(f) or {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a mapping of dataset name -> instruction(s)")
+    for name, value in table.items():
+        ok = isinstance(value, str) or (isinstance(value, list) and value
+                                        and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise ValueError(f"{path}: instruction for {name!r} must be a string or a "
+                             f"non-empty list of strings, got {value!r}")
+    return table
+
+
+def read_triples(path: str | os.PathLike, *, dataset_field: str = "dataset",
+                 max_records: int | None = None) -> list[dict[str, str]]:
+    """JSONL records ``{"query", "positive"[, "negative"][, dataset_field]}``.
+
+    ``path`` is a ``.jsonl`` file or a directory of them (the reference's E5 layout, one
+    ``<dataset>.jsonl`` per dataset); a record without ``dataset_field`` belongs to the
+    dataset named by its file's stem. Every process reads everything: batches are
+    task-homogeneous over the *global* batch, so all processes must agree on the plan.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise FileNotFoundError(f"no *.jsonl files in {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"supervised data not found: {path}")
+    records = []
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                raw = json.loads(line)
+                for key in ("query", "positive"):
+                    if not isinstance(raw.get(key), str):
+                        raise ValueError(f"{file}:{line_no}: record needs a string {key!r}")
+                record = {"query": raw["query"], "positive": raw["positive"],
+                          "dataset": str(raw.get(dataset_field) or file.stem)}
+                if raw.get("negative") is not None:
+                    record["negative"] = raw["negative"]
+                records.append(record)
+                if max_records and len(records) >= max_records:
+                    return records
+    return records
+
+
+def split_held_out(records: Sequence[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): the last ``fraction`` of every dataset's records is held out."""
+    by_dataset: dict[str, list[dict]] = {}
+    for r in records:
+        by_dataset.setdefault(r["dataset"], []).append(r)
+    train, held = [], []
+    for items in by_dataset.values():
+        cut = int(round(len(items) * fraction))
+        train += items[:len(items) - cut]
+        held += items[len(items) - cut:]
+    return train, held
+
+
+def query_string(query: str, instruction: str) -> str:
+    # The reference's E5 format: "; " after the instruction, then the separator.
+    return f"{instruction}; {SEPARATOR}{query}" if instruction else SEPARATOR + query
+
+
+class SupervisedBatchIterator(_EpochIterator):
+    """Task-homogeneous global batches of (instructed query, positive[, hard negative]).
+
+    ``records`` are *all* records (every process holds the same list); this process yields
+    its ``global_batch_size // process_count`` rows of each global batch.
+    """
+
+    def __init__(self, records: Sequence[dict], tokenizer, global_batch_size: int, *,
+                 instructions: Mapping[str, str | list[str]], max_length: int,
+                 pooling: str = "mean", model_type: str | None = None,
+                 name_or_path: str | None = None, seed: int = 0, shuffle: bool = True,
+                 num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):
+        super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+        check_pooling_mode(pooling)
+        if global_batch_size < 1 or global_batch_size % process_count:
+            raise ValueError(f"global_batch_size {global_batch_size} must be a positive "
+                             f"multiple of the {process_count} processes")
+        has_negative = {"negative" in r for r in records}
+        if len(has_negative) > 1:
+            # One batch structure for every step: one compiled step, no silent mixing.
+            raise ValueError("some records have a 'negative' and some do not: give every "
+                             "record a hard negative or none")
+        self.with_negative = has_negative == {True}
+        self.tokenizer = tokenizer
+        self.global_batch_size = int(global_batch_size)
+        self.local_batch_size = self.global_batch_size // process_count
+        self.process_index = int(process_index)
+        self.max_length = int(max_length)
+        self.pooling = pooling
+        self.model_type = model_type
+        self.name_or_path = name_or_path
+
+        self.datasets: dict[str, list[tuple[str, str, str | None]]] = {}
+        counters: dict[str, int] = {}
+        missing = set()
+        for r in records:
+            name = r["dataset"]
+            if name not in instructions:
+                missing.add(name)
+                continue
+            i = counters.get(name, 0)
+            counters[name] = i + 1
+            instr = instructions[name]
+            instr = instr if isinstance(instr, str) else instr[i % len(instr)]
+            self.datasets.setdefault(name, []).append(
+                (query_string(r["query"], instr), SEPARATOR + r["positive"],
+                 SEPARATOR + r["negative"] if self.with_negative else None))
+        if missing:
+            raise ValueError(f"no instruction for dataset(s) {sorted(missing)}; known: "
+                             f"{sorted(instructions)} (add them to the instruction table)")
+        self.names = sorted(self.datasets)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"no dataset has a full global batch of {self.global_batch_size} "
+                             f"records ({ {n: len(v) for n, v in self.datasets.items()} })")
+        self._plan_epoch: int | None = None
+        self._plan: list[tuple[str, np.ndarray]] = []
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(len(v) // self.global_batch_size for v in self.datasets.values())
+
+    def _identity(self) -> dict[str, int]:
+        return {"num_examples": sum(len(v) for v in self.datasets.values()),
+                "batch_size": self.global_batch_size}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        super().set_state(state)
+        self._plan_epoch = None
+
+    def epoch_plan(self) -> list[tuple[str, np.ndarray]]:
+        """[(dataset, record indices of one global batch)] for the current epoch."""
+        if self._plan_epoch != self.epoch:
+            plan = []
+            for d, name in enumerate(self.names):
+                n = len(self.datasets[name])
+                order = (np.random.default_rng([self.seed, self.epoch, d]).permutation(n)
+                         if self.shuffle else np.arange(n))
+                for start in range(0, n - self.global_batch_size + 1, self.global_batch_size):
+                    plan.append((name, order[start:start + self.global_batch_size]))
+            if self.shuffle:
+                perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(plan))
+                plan = [plan[i] for i in perm]
+            self._plan, self._plan_epoch = plan, self.epoch
+        return self._plan
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._advance()
+        name, rows = self.epoch_plan()[self.position]
+        self.position += 1
+        lo = self.process_index * self.local_batch_size
+        triples = [self.datasets[name][i] for i in rows[lo:lo + self.local_batch_size]]
+        out = {}
+        for v, view in enumerate(VIEWS[:3 if self.with_negative else 2]):
+            strings = [prepare_for_tokenization(t[v], pooling_mode=self.pooling,
+                                                model_type=self.model_type,
+                                                name_or_path=self.name_or_path)
+                       for t in triples]
+            feats = features(self.tokenizer, strings, max_length=self.max_length,
+                             pad_to=self.max_length, pooling=self.pooling)
+            out.update({f"{view}_{k}": a for k, a in feats.items()})
+        return out
