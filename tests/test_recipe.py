@@ -1,0 +1,192 @@
+"""The recipe runner: base eval -> MNTP -> eval -> SimCSE -> eval -> merged encoder, resumable.
+
+A tiny random Llama with SmolLM2's real tokenizer goes through the whole pipeline with a few
+steps per stage via the CLI; the exported encoder must equal base + adapters merged through
+the API, load in transformers, and a rerun must skip everything already done.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import DATA, REFERENCE
+from hf_oracle import tiny_model_with_tokenizer
+from llm2vec_jax.recipe import load_recipe
+from llm2vec_jax.train.config import TrainConfigError
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+STSB_DEV = DATA / "stsb" / "dev.tsv"
+TINY_RUN = dict(global_batch_size=4, log_every=1, eval_every=3, eval_batches=1, save_every=3,
+                progress_bar=False, async_checkpointing=False)
+
+
+def _recipe(root: Path, model: str, corpus: Path) -> Path:
+    data = {
+        "output_dir": str(root / "out"),
+        "model": {"path": model},
+        "eval": {"sts_dev": str(STSB_DEV), "limit": 16, "batch_size": 8, "max_length": 64},
+        "stages": [
+            {"name": "mntp", "data": {"kind": "file", "path": str(corpus), "max_seq_length": 32},
+             "lora": {"r": 4, "alpha": 8},
+             "optimizer": {"learning_rate": 1e-3, "schedule": "constant"},
+             "run": {"stage": "mntp", "max_steps": 3, **TINY_RUN}},
+            {"name": "simcse", "data": {"kind": "file", "path": str(corpus), "eval_fraction": 0.1},
+             "contrastive": {"max_length": 16},
+             "lora": {"r": 4, "alpha": 8},
+             "optimizer": {"learning_rate": 1e-3, "schedule": "constant"},
+             "run": {"stage": "simcse", "max_steps": 2, **TINY_RUN}},
+        ],
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _cli(recipe: Path, *extra):
+    return subprocess.run([sys.executable, "-m", "llm2vec_jax.train", "--config", str(recipe),
+                           *extra], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    model = tiny_model_with_tokenizer(root / "model", REFERENCE / "hf_config_and_tokenizer")
+    lines = (DATA / "wikitext103" / "wiki.test.raw.txt").read_text(encoding="utf-8").splitlines()
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(ln for ln in lines[:400] if ln.strip()) + "\n", encoding="utf-8")
+    recipe = _recipe(root, model, corpus)
+    done = _cli(recipe)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root, model, recipe, done
+
+
+def test_recipe_trains_evaluates_and_writes_results(recipe_run):
+    root, _, _, done = recipe_run
+    out = root / "out"
+    for stage in ("mntp", "simcse"):
+        assert (out / stage / "DONE").is_file()
+        assert (out / stage / "adapter" / "adapter_model.safetensors").is_file()
+    # SimCSE started from the MNTP adapter, as the paper's second stage does.
+    simcse_config = json.loads((out / "simcse" / "train_config.json").read_text())
+    assert simcse_config["model"]["adapter"] == str(out / "mntp" / "adapter")
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert list(rows) == ["base", "mntp", "simcse"]
+    assert set(rows["base"]["sts"]) == {"bidirectional_mean", "causal_mean"}
+    for name in ("mntp", "simcse"):
+        assert set(rows[name]["sts"]) == {"bidirectional_mean"}
+        assert np.isfinite(rows[name]["train"]["loss"])
+    for row in rows.values():
+        for scores in row["sts"].values():
+            assert scores["n"] == 16 and -1 <= scores["spearman"] <= 1
+    assert results["encoder"]["adapters"] == ["mntp", "simcse"]
+    assert "STS-B dev x100" in done.stdout and "simcse" in done.stdout.split("STS-B dev x100")[-1]
+
+
+def test_encoder_equals_base_plus_adapters(recipe_run):
+    from llm2vec_jax import LLM2Vec
+    from llm2vec_jax.checkpoints.hf import load_hf_checkpoint
+    from llm2vec_jax.checkpoints.peft import load_peft_adapter
+    from llm2vec_jax.encoder import _load_tokenizer
+    from llm2vec_jax.lora import merge_lora
+
+    root, model_dir, _, _ = recipe_run
+    encoder_dir = root / "out" / "encoder"
+    for name in ("mntp", "simcse"):
+        assert (encoder_dir / "adapters" / name / "adapter_config.json").is_file()
+    settings = json.loads((encoder_dir / "llm2vec_config.json").read_text())
+    assert settings["pooling_mode"] == "mean" and settings["max_length"] == 512
+
+    texts = ["A man is playing a guitar.", ["Retrieve similar text:", "A dog runs."],
+             "Three people sit on a bench near the river."]
+    exported = LLM2Vec.from_pretrained(encoder_dir).encode(texts, show_progress_bar=False)
+    model = load_hf_checkpoint(model_dir)
+    for name in ("mntp", "simcse"):
+        load_peft_adapter(model, root / "out" / name / "adapter")
+        merge_lora(model)
+    direct = LLM2Vec(model, _load_tokenizer(model_dir)).encode(texts, show_progress_bar=False)
+    np.testing.assert_allclose(exported, direct, atol=1e-5, rtol=0)
+    # The adapters really moved the model: the encoder is not the base model.
+    base = LLM2Vec.from_pretrained(model_dir).encode(texts, show_progress_bar=False)
+    assert np.max(np.abs(base - direct)) > 1e-4
+
+
+def test_encoder_loads_in_transformers(recipe_run):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from llm2vec_jax.checkpoints.hf import load_hf_checkpoint
+
+    root, _, _, _ = recipe_run
+    encoder_dir = root / "out" / "encoder"
+    hf = transformers.AutoModel.from_pretrained(encoder_dir, attn_implementation="eager").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(encoder_dir)
+    ids = tokenizer(["A man is playing a guitar on stage."], return_tensors="np")
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(ids["input_ids"]),
+                    attention_mask=torch.tensor(ids["attention_mask"])).last_hidden_state.numpy()
+    ours = np.asarray(load_hf_checkpoint(encoder_dir)(ids["input_ids"], ids["attention_mask"],
+                                                      causal=True))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_rerun_skips_completed_stages(recipe_run):
+    root, _, recipe, _ = recipe_run
+    out = root / "out"
+    stamp = (out / "encoder" / "model.safetensors").stat().st_mtime_ns
+    results_before = json.loads((out / "results.json").read_text())["rows"]
+    again = _cli(recipe)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name in ("mntp", "simcse"):
+        assert f"skipping {name}: done" in again.stdout
+        assert f"skipping STS eval of {name}" in again.stdout
+    assert "skipping encoder export" in again.stdout
+    assert "resumed from step" not in again.stderr  # no trainer was even started
+    assert (out / "encoder" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["rows"] == results_before
+
+
+def test_shipped_recipes_parse_and_chain_adapters():
+    for path in sorted(RECIPES.glob("*.yaml")):
+        recipe = load_recipe(path)
+        names = [s.name for s in recipe.stages]
+        assert names[:2] == ["mntp", "simcse"], path
+        for stage in recipe.stages:
+            assert stage.config.run.output_dir == f"{recipe.output_dir}/{stage.name}"
+            assert stage.config.model.path == recipe.base_model
+        assert recipe.stage("simcse").config.model.adapter == f"{recipe.output_dir}/mntp/adapter"
+        if "supervised" in names:  # the paper trains it on MNTP, not on SimCSE
+            assert recipe.stage("supervised").chain == ("mntp",)
+    default = load_recipe(None)  # configs/recipes/default.yaml
+    assert default.base_model == "smollm2"
+    assert all(s.config.data.kind == "builtin" for s in default.stages)
+    assert [s.config.run.max_steps for s in default.stages] == [20, 20]
+
+
+def test_recipe_overrides_and_errors(tmp_path):
+    recipe = load_recipe(None, ["output_dir=/tmp/x", "stages.simcse.run.max_steps=3",
+                                "eval.limit=5"])
+    assert recipe.stage("simcse").config.run.max_steps == 3
+    assert recipe.stage("simcse").config.run.output_dir == "/tmp/x/simcse"
+    assert recipe.eval.limit == 5
+    with pytest.raises(TrainConfigError, match="no stage 'simcsee'"):
+        load_recipe(None, ["stages.simcsee.run.max_steps=3"])
+    with pytest.raises(TrainConfigError, match="stages.<name>.run.max_steps"):
+        load_recipe(None, ["run.max_steps=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {name: mntp, run: {max_step: 3}}\n")
+    with pytest.raises(TrainConfigError, match=r"did you mean 'max_steps'"):
+        load_recipe(bad)
+    bad.write_text("stages:\n  - {name: mntp}\n  - {name: simcse, stage: simcse, after: mntpp}\n")
+    with pytest.raises(TrainConfigError, match="not an earlier stage"):
+        load_recipe(bad)
+    bad.write_text("stagess: []\n")
+    with pytest.raises(TrainConfigError, match="did you mean 'stages'"):
+        load_recipe(bad)
