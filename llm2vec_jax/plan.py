@@ -332,7 +332,8 @@ def plan(config, mesh_sizes: dict[str, int], *, model: str | None = None, remat:
     step_fn = jit_train_step(make_train_step(graphdef, tx, objective), state, mesh,
                              batch_shardings)
     t0 = time.perf_counter()
-    lowered = step_fn.lower(state, batch_sds, rng)
+    with jax.set_mesh(mesh):  # as in the training loop: activations pinned by logical axes
+        lowered = step_fn.lower(state, batch_sds, rng)
     t1 = time.perf_counter()
     try:
         compiled = lowered.compile()

@@ -95,6 +95,23 @@ def logical_to_spec(axes: Sequence[str | None], rules: Mapping = LOGICAL_AXIS_RU
     return PartitionSpec(*spec)
 
 
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's sharding by logical axis names, inside ``jax.set_mesh(mesh)``.
+
+    Without it, GSPMD may keep full-batch activations on every device (it propagates the
+    weights' fsdp sharding instead of the batch's). Outside a mesh context (single-device
+    use, the encoder) it is a no-op.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = logical_to_spec(axes)
+    if any(_axis_size(mesh, entry) > 1 and dim % _axis_size(mesh, entry)
+           for dim, entry in zip(x.shape, spec)):
+        return x  # e.g. a batch smaller than the data-parallel ways: let the compiler choose
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def _axis_size(mesh: Mesh, entry) -> int:
     if entry is None:
         return 1

@@ -45,9 +45,10 @@ def grads_on(mesh_shape, checkpoint):
         var = getattr(model.layers, f"{p}_lora_b")
         var.set_value(var[...] + 0.05 * jax.random.normal(jax.random.key(len(p)), var.shape))
     graphdef, lora, frozen = split_model(model)
-    out = {"shardings": {"q": str(model.layers.q[...].sharding.spec),
-                         "embed": str(model.embed[...].sharding.spec),
-                         "q_lora_b": str(model.layers.q_lora_b[...].sharding.spec)}}
+    out = {"shardings": {name: list(array.sharding.spec) for name, array in
+                         (("q", model.layers.q[...]), ("embed", model.embed[...]),
+                          ("q_lora_b", model.layers.q_lora_b[...]))},
+           "q_shard_shape": list(model.layers.q[...].sharding.shard_shape(model.layers.q[...].shape))}
     mntp, pairs = batches()
     for name, objective, batch in (("mntp", mntp_objective, mntp),
                                    ("contrastive", lambda m, b, r: contrastive_objective(m, b, r, scale=20.0), pairs)):

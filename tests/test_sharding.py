@@ -47,10 +47,11 @@ def test_loss_and_lora_grads_match_single_device(sharded_results, mesh, objectiv
 
 def test_params_carry_expected_shardings(sharded_results):
     assert sharded_results["1,4,2"]["shardings"] == {
-        "q": "PartitionSpec(None, 'fsdp', 'tensor', None)",
-        "embed": "PartitionSpec('tensor', 'fsdp')",
-        "q_lora_b": "PartitionSpec(None, None, 'tensor', None)"}
-    assert sharded_results["8,1,1"]["shardings"]["q"] == "PartitionSpec(None, None, None, None)"
+        "q": [None, "fsdp", "tensor", None], "embed": ["tensor", "fsdp"],
+        "q_lora_b": [None, None, "tensor", None]}
+    # q [L=2, D=64, N=4, H=16]: D over fsdp=4, heads over tensor=2; pure data parallel keeps it whole.
+    assert sharded_results["1,4,2"]["q_shard_shape"] == [2, 16, 2, 16]
+    assert sharded_results["8,1,1"]["q_shard_shape"] == [2, 64, 4, 16]
 
 
 def test_rules_table_maps_logical_axes():

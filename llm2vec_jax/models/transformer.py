@@ -24,6 +24,10 @@ from flax import nnx
 from .attention import attend, attention_allowed
 from .config import ModelConfig
 from .rope import apply_rope, rope_tables
+from ..sharding import constrain
+
+# The residual stream [B, S, D]: split over the batch, whole along sequence and model dims.
+ACTIVATION_AXES = ("batch", "seq", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +219,7 @@ class Transformer(nnx.Module):
 
         def layer(x, inputs):
             w, key = inputs
+            x = constrain(x, ACTIVATION_AXES)
             w = {**w, **static}
             attn_key = proj_key = None
             if key is not None:
@@ -237,7 +242,7 @@ class Transformer(nnx.Module):
         keys = None
         if dropout_rng is not None:
             keys = jax.random.split(dropout_rng, config.num_layers)
-        x, _ = jax.lax.scan(layer, x, (weights, keys))
+        x, _ = jax.lax.scan(layer, constrain(x, ACTIVATION_AXES), (weights, keys))
         return rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -54,6 +54,9 @@ class DataSection:
     mask_token_type: str = "blank"      # blank | eos | mask
     all_mask: bool = False              # 100% mask token (the reference's Mistral recipe)
     max_texts: int | None = None        # cap on texts read (quick runs)
+    # Data shards (default: one per process). Fix it to get the same global batches on any
+    # number of processes (e.g. to compare a 1-host and a 2-host run).
+    num_shards: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

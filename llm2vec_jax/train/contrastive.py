@@ -30,11 +30,12 @@ from flax import nnx
 from .. import sharding as shd
 from ..data.contrastive import (VIEWS, SimCSEBatchIterator, SupervisedBatchIterator,
                                 load_instructions, read_triples, split_held_out)
+from ..data.sharded import ShardedBatches
 from ..distributed import maybe_initialize_distributed
 from ..encode import check_pooling_mode, pool
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from .config import TrainConfig
-from .loop import prepare_model, read_texts, run_loop
+from .loop import held_out_texts, prepare_model, read_texts, run_loop, sharded_iterators
 from .losses import contrastive_loss
 from .steps import contrastive_objective, encode_rows
 
@@ -139,15 +140,6 @@ def _resolve(path: str) -> str:
 
 def simcse_iterators(config: TrainConfig, tokenizer):
     data, run, section = config.data, config.run, config.contrastive
-    per_process = run.global_batch_size // jax.process_count()
-    sentences = [t.strip() for t in read_texts(config)]
-    sentences = [t for t in sentences if t]
-    if data.eval_path:
-        train = sentences
-        held = [t for t in (s.strip() for s in read_texts(config, data.eval_path)) if t]
-    else:
-        cut = max(1, int(round(len(sentences) * data.eval_fraction)))
-        train, held = sentences[:-cut], sentences[-cut:]
     pad_to_max = None
     if section.compat_pool_all_positions and jax.process_count() > 1:
         # Processes must agree on the global batch's width; the reference pads each device's
@@ -158,12 +150,20 @@ def simcse_iterators(config: TrainConfig, tokenizer):
     common = dict(max_length=section.max_length, pooling=section.pooling,
                   compat_pool_all_positions=section.compat_pool_all_positions,
                   pad_to_max_length=pad_to_max)
-    if len(held) < per_process:
-        raise ValueError(f"the held-out data has {len(held)} sentences, fewer than one batch "
-                         f"of {per_process}: raise data.eval_fraction or set data.eval_path")
-    return (SimCSEBatchIterator(train, tokenizer, per_process, seed=run.seed, **common),
-            SimCSEBatchIterator(held, tokenizer, per_process, seed=run.seed + 1, shuffle=False,
-                                **common))
+
+    def make_shard(shard: int, num_shards: int, rows: int):
+        texts = [t.strip() for t in read_texts(config, shard=shard, num_shards=num_shards)]
+        train, held = held_out_texts(config, [t for t in texts if t], shard, num_shards)
+        held = [t for t in (s.strip() for s in held) if t]
+        if len(held) < rows:
+            raise ValueError(f"the held-out data of data shard {shard} has {len(held)} sentences, "
+                             f"fewer than one batch of {rows}: raise data.eval_fraction or set "
+                             "data.eval_path")
+        return (SimCSEBatchIterator(train, tokenizer, rows, seed=run.seed, **common),
+                SimCSEBatchIterator(held, tokenizer, rows, seed=run.seed + 1, shuffle=False,
+                                    **common))
+
+    return sharded_iterators(config, make_shard)
 
 
 def supervised_iterators(config: TrainConfig, tokenizer, model_type: str):
@@ -197,7 +197,8 @@ def supervised_iterators(config: TrainConfig, tokenizer, model_type: str):
     except ValueError as e:
         raise ValueError(f"held-out supervised data: {e}; raise data.eval_fraction or set "
                          "data.eval_path") from e
-    return train_iter, eval_iter
+    # Each process already takes its slice of every global batch: one "shard" per process.
+    return ShardedBatches([train_iter]), ShardedBatches([eval_iter])
 
 
 # -- the stage --------------------------------------------------------------------------------

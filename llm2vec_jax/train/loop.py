@@ -24,6 +24,7 @@ from ..checkpoints.hf import load_hf_checkpoint
 from ..checkpoints.peft import load_peft_adapter, save_peft_adapter
 from ..data.builtin import DESCRIPTION as BUILTIN_DESCRIPTION, builtin_texts
 from ..data.mntp import MNTPBatchIterator, MNTPCollator, group_texts, tokenize_lines
+from ..data.sharded import ShardedBatches, shards_of_process
 from ..data.sources import text_source
 from ..distributed import is_main_process, maybe_initialize_distributed
 from ..lora import attach_lora, lora_parameter_count, merge_lora
@@ -38,15 +39,15 @@ log = logging.getLogger("llm2vec_jax.train")
 
 # -- data -------------------------------------------------------------------------------------
 
-def read_texts(config: TrainConfig, path: str | None = None) -> list[str]:
-    """This process's texts for ``config.data`` (``path`` overrides ``data.path``)."""
+def read_texts(config: TrainConfig, path: str | None = None, *, shard: int = 0,
+               num_shards: int = 1) -> list[str]:
+    """Texts of data shard ``shard`` of ``num_shards`` (``path`` overrides ``data.path``)."""
     data = config.data
     if data.kind == "builtin" and path is None:
-        texts = builtin_texts()
-        texts = texts[jax.process_index()::jax.process_count()]
+        texts = builtin_texts()[shard::num_shards]
     else:
         kind = "auto" if data.kind == "builtin" else data.kind
-        kwargs = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        kwargs = dict(process_index=shard, process_count=num_shards)
         if kind in ("hf", "tfds"):
             kwargs.update(split=data.split, text_field=data.text_field)
         if kind == "hf":
@@ -62,33 +63,58 @@ def read_texts(config: TrainConfig, path: str | None = None) -> list[str]:
     return texts
 
 
-def mntp_iterators(config: TrainConfig, tokenizer) -> tuple[MNTPBatchIterator, MNTPBatchIterator]:
+def sharded_iterators(config: TrainConfig, make_shard):
+    """(train, eval) ``ShardedBatches`` over this process's data shards.
+
+    ``make_shard(shard, num_shards, rows)`` returns one shard's (train, eval) iterators with
+    ``rows`` rows per batch. With ``data.num_shards`` fixed, the global batches do not depend
+    on how many processes read them (see ``data/sharded.py``).
+    """
+    num_shards = config.data.num_shards or jax.process_count()
+    if config.run.global_batch_size % num_shards:
+        raise ValueError(f"global_batch_size {config.run.global_batch_size} does not divide "
+                         f"into data.num_shards={num_shards} shards")
+    rows = config.run.global_batch_size // num_shards
+    pairs = [make_shard(shard, num_shards, rows) for shard in
+             shards_of_process(num_shards, jax.process_index(), jax.process_count())]
+    return ShardedBatches([t for t, _ in pairs]), ShardedBatches([e for _, e in pairs])
+
+
+def held_out_texts(config: TrainConfig, texts: list[str], shard: int, num_shards: int):
+    """(train, held-out) texts: ``data.eval_path`` when given, else the tail of the shard."""
+    if config.data.eval_path:
+        return texts, read_texts(config, config.data.eval_path, shard=shard, num_shards=num_shards)
+    cut = max(1, int(round(len(texts) * config.data.eval_fraction)))
+    return texts[:-cut], texts[-cut:]
+
+
+def mntp_iterators(config: TrainConfig, tokenizer):
     """(train, eval) batch iterators of this process's share of the global batch."""
     data, run = config.data, config.run
-    per_process = run.global_batch_size // jax.process_count()
     collator = MNTPCollator.from_tokenizer(tokenizer, data.mask_token_type,
                                            mlm_probability=data.mlm_probability,
                                            all_mask=data.all_mask)
     tokenize = tokenize_lines if data.line_by_line else group_texts
-    texts = read_texts(config)
-    if data.eval_path:
-        train_texts, eval_texts = texts, read_texts(config, data.eval_path)
-    else:
-        cut = max(1, int(round(len(texts) * data.eval_fraction)))
-        train_texts, eval_texts = texts[:-cut], texts[-cut:]
-    train = tokenize(train_texts, tokenizer, data.max_seq_length)
-    held_out = tokenize(eval_texts, tokenizer, data.max_seq_length)
-    if len(train) < per_process:
-        raise ValueError(f"the training data gives {len(train)} sequences of "
-                         f"{data.max_seq_length} tokens on this process, fewer than one batch "
-                         f"of {per_process}: use more text or a smaller batch / max_seq_length")
-    if len(held_out) < per_process:
-        raise ValueError(f"the held-out data gives {len(held_out)} sequences, fewer than one "
-                         f"batch of {per_process}: raise data.eval_fraction or set data.eval_path")
-    index = jax.process_index()
-    return (MNTPBatchIterator(train, collator, per_process, seed=run.seed, process_index=index),
-            MNTPBatchIterator(held_out, collator, per_process, seed=run.seed + 1, shuffle=False,
-                              process_index=index))
+
+    def make_shard(shard: int, num_shards: int, rows: int):
+        train_texts, eval_texts = held_out_texts(
+            config, read_texts(config, shard=shard, num_shards=num_shards), shard, num_shards)
+        train = tokenize(train_texts, tokenizer, data.max_seq_length)
+        held_out = tokenize(eval_texts, tokenizer, data.max_seq_length)
+        where = f"data shard {shard} of {num_shards}"
+        if len(train) < rows:
+            raise ValueError(f"the training data of {where} gives {len(train)} sequences of "
+                             f"{data.max_seq_length} tokens, fewer than one batch of {rows}: use "
+                             f"more text or a smaller batch / max_seq_length")
+        if len(held_out) < rows:
+            raise ValueError(f"the held-out data of {where} gives {len(held_out)} sequences, "
+                             f"fewer than one batch of {rows}: raise data.eval_fraction or set "
+                             f"data.eval_path")
+        return (MNTPBatchIterator(train, collator, rows, seed=run.seed, process_index=shard),
+                MNTPBatchIterator(held_out, collator, rows, seed=run.seed + 1, shuffle=False,
+                                  process_index=shard))
+
+    return sharded_iterators(config, make_shard)
 
 
 def to_global(mesh, local: dict[str, np.ndarray], seq_len: int) -> dict[str, jax.Array]:
@@ -166,8 +192,8 @@ class MetricsWriter:
             self.file.close()
 
 
-def evaluate(eval_step, state, iterator: MNTPBatchIterator, mesh, seq_len: int, batches: int) -> dict:
-    iterator.set_state({"epoch": 0, "position": 0})  # the same held-out batches every time
+def evaluate(eval_step, state, iterator: ShardedBatches, mesh, seq_len: int, batches: int) -> dict:
+    iterator.set_state({"step": 0})  # the same held-out batches every time
     totals: dict[str, float] = {}
     count = 0.0
     for _ in range(min(batches, iterator.batches_per_epoch)):
@@ -219,7 +245,7 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     seq_len = config.data.max_seq_length
     tx = config.optimizer.build(run.max_steps)
     sample = to_global(mesh, next(iter(train_iter)), seq_len)
-    train_iter.set_state({"epoch": 0, "position": 0})
+    train_iter.set_state({"step": 0})
     flops = train_flops_per_step(model.config, lora_parameter_count(model), sample)
     graphdef, state = init_state(model, tx, mesh)
     del model  # the state now owns the arrays
@@ -239,38 +265,39 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     last: dict = {}
     window_start, window_tokens = time.perf_counter(), 0
     try:
-        for step in range(start, run.max_steps):
-            local = next(train_iter)
-            batch = to_global(mesh, local, seq_len)
-            state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
-            window_tokens += int(sum(v.sum() for k, v in local.items() if k.endswith("attention_mask"))) \
-                * jax.process_count()
-            done = step + 1
-            if done % run.log_every == 0 or done == run.max_steps:
-                metrics = jax.device_get(metrics)
-                elapsed = time.perf_counter() - window_start
-                steps_in_window = done - max(start, done - run.log_every) or 1
-                metrics = {k: float(v) for k, v in metrics.items()}
-                metrics["tokens_per_s"] = window_tokens / elapsed
-                utilisation = mfu(flops * steps_in_window / elapsed)
-                if utilisation is not None:
-                    metrics["mfu"] = utilisation
-                writer.write(done, "train", metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}",
-                                     tok_s=f"{metrics['tokens_per_s']:.0f}")
-                last = metrics
-                window_start, window_tokens = time.perf_counter(), 0
-            if done % run.eval_every == 0 or done == run.max_steps:
-                eval_metrics = evaluate(eval_fn, state, eval_iter, mesh, seq_len, run.eval_batches)
-                writer.write(done, "eval", eval_metrics)
-                last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
-                progress.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}"
-                                                             for k, v in eval_metrics.items()))
-            if done % run.save_every == 0 or done == run.max_steps:
-                manager.save(done, args=ocp.args.Composite(
-                    train=ocp.args.StandardSave(_trainable(state)),
-                    data=ocp.args.JsonSave(train_iter.get_state())), force=True)
-            progress.update(1)
+        with jax.set_mesh(mesh):  # activations are pinned to the mesh by logical axis names
+            for step in range(start, run.max_steps):
+                local = next(train_iter)
+                batch = to_global(mesh, local, seq_len)
+                state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+                window_tokens += int(sum(v.sum() for k, v in local.items() if k.endswith("attention_mask"))) \
+                    * jax.process_count()
+                done = step + 1
+                if done % run.log_every == 0 or done == run.max_steps:
+                    metrics = jax.device_get(metrics)
+                    elapsed = time.perf_counter() - window_start
+                    steps_in_window = done - max(start, done - run.log_every) or 1
+                    metrics = {k: float(v) for k, v in metrics.items()}
+                    metrics["tokens_per_s"] = window_tokens / elapsed
+                    utilisation = mfu(flops * steps_in_window / elapsed)
+                    if utilisation is not None:
+                        metrics["mfu"] = utilisation
+                    writer.write(done, "train", metrics)
+                    progress.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                         tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    last = metrics
+                    window_start, window_tokens = time.perf_counter(), 0
+                if done % run.eval_every == 0 or done == run.max_steps:
+                    eval_metrics = evaluate(eval_fn, state, eval_iter, mesh, seq_len, run.eval_batches)
+                    writer.write(done, "eval", eval_metrics)
+                    last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+                    progress.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}"
+                                                                 for k, v in eval_metrics.items()))
+                if done % run.save_every == 0 or done == run.max_steps:
+                    manager.save(done, args=ocp.args.Composite(
+                        train=ocp.args.StandardSave(_trainable(state)),
+                        data=ocp.args.JsonSave(train_iter.get_state())), force=True)
+                progress.update(1)
     finally:
         progress.close()
         manager.wait_until_finished()
