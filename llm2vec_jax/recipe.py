@@ -37,7 +37,6 @@ import os
 import shutil
 import sys
 import time
-import typing
 from pathlib import Path
 
 import yaml
@@ -91,11 +90,6 @@ def _deep_merge(base: dict, top: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _adapter_accepts_list() -> bool:
-    hint = typing.get_type_hints(type(TrainConfig().model))["adapter"]
-    return any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(hint))
 
 
 # -- the recipe ---------------------------------------------------------------------------------
@@ -284,10 +278,6 @@ def _load_stage(entry, index: int, earlier: list[Stage], output_dir: str, model:
                                    f"({list(previous) or 'none'})")
         chain = previous[after].chain + (after,)
     adapters = [os.path.join(output_dir, n, "adapter") for n in chain]
-    if len(adapters) > 1 and not _adapter_accepts_list():
-        raise TrainConfigError(
-            f"{where} ({name}) starts from {len(adapters)} adapters ({' + '.join(chain)}), but "
-            "model.adapter takes one; train it after a single stage (e.g. after: mntp)")
     data["model"]["path"] = model["path"]
     data["model"]["adapter"] = (adapters[0] if len(adapters) == 1 else adapters) if adapters else None
     _set_dotted(data, "run.output_dir", os.path.join(output_dir, name))

@@ -34,7 +34,8 @@ class ModelSection:
     dtype: str = "float32"              # parameter dtype
     compute_dtype: str | None = None    # defaults to dtype
     remat: str = "none"                 # none | full | dots | dots_no_batch
-    adapter: str | None = None          # a PEFT adapter to merge first (e.g. the MNTP one)
+    # PEFT adapter(s) merged into the base model first, in order (e.g. the MNTP one).
+    adapter: str | tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

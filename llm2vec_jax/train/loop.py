@@ -9,6 +9,8 @@ state, step and the data iterator's position; the step's dropout rng is derived 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import logging
 import os
 import time
@@ -16,6 +18,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 import transformers
 from flax import nnx
 
@@ -133,7 +136,9 @@ def checkpoint_manager(config: TrainConfig) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.run.keep_checkpoints,
         enable_async_checkpointing=config.run.async_checkpointing)
-    directory = os.path.abspath(os.path.join(config.run.output_dir, "checkpoints"))
+    directory = _join(config.run.output_dir, "checkpoints")
+    if not is_remote(directory):
+        directory = os.path.abspath(directory)
     return ocp.CheckpointManager(directory, options=options, item_names=("train", "data"))
 
 
@@ -167,12 +172,12 @@ class MetricsWriter:
         self.tb = None
         if not self.enabled:
             return
-        os.makedirs(output_dir, exist_ok=True)
-        self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        epath.Path(output_dir).mkdir(parents=True, exist_ok=True)
+        self.file = epath.Path(_join(output_dir, "metrics.jsonl")).open("a")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+                self.tb = SummaryWriter(_join(output_dir, "tensorboard"))
             except ImportError:
                 log.warning("tensorboard logging asked for but tensorboardX is not installed "
                             "(pip install tensorboardX); writing metrics.jsonl only")
@@ -207,13 +212,14 @@ def evaluate(eval_step, state, iterator: ShardedBatches, mesh, seq_len: int, bat
 
 
 def prepare_model(config: TrainConfig, mesh):
-    """Base model on the mesh, earlier adapter merged, fresh LoRA attached."""
+    """Base model on the mesh, earlier adapters merged (in order), fresh LoRA attached."""
     path = resolve_model(config.model.path)
     model = load_hf_checkpoint(path, dtype=config.model.dtype,
                                compute_dtype=config.model.compute_dtype,
                                sharding_fn=shd.weight_sharding_fn(mesh), remat=config.model.remat)
-    if config.model.adapter:
-        load_peft_adapter(model, config.model.adapter)
+    adapters = config.model.adapter or ()
+    for adapter in (adapters,) if isinstance(adapters, str) else adapters:
+        load_peft_adapter(model, adapter)
         merge_lora(model)
     if config.run.stage != "mntp":
         model.config = model.config.replace(attention_dropout=config.contrastive.dropout)
@@ -258,8 +264,8 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(run.output_dir, run.tensorboard)
     if is_main_process():
-        with open(os.path.join(run.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
-            json.dump(config.to_dict(), f, indent=2)
+        epath.Path(_join(run.output_dir, "train_config.json")).write_text(
+            json.dumps(config.to_dict(), indent=2))
     base_key = jax.random.key(run.seed)
     progress = _progress(run, start)
     last: dict = {}
@@ -313,19 +319,35 @@ def _progress(run, start: int):
                 disable=not (run.progress_bar and is_main_process()), dynamic_ncols=True)
 
 
+def is_remote(path: str) -> bool:
+    """gs://, s3:// …: written through etils.epath (GCS needs ``pip install gcsfs``)."""
+    return "://" in path
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory.rstrip('/')}/{name}" if is_remote(directory) else os.path.join(directory, name)
+
+
 def export(config: TrainConfig, graphdef, state: TrainState, model_path: str, tokenizer) -> None:
     """OUTPUT_DIR/adapter: the LoRA adapter in PEFT format + llm2vec_config.json + tokenizer."""
     if not is_main_process():
         return
     model = nnx.merge(graphdef, state.lora, state.frozen)
-    out = os.path.join(config.run.output_dir, "adapter")
-    save_peft_adapter(model, out, base_model_name_or_path=model_path)
-    tokenizer.save_pretrained(out)
+    out = _join(config.run.output_dir, "adapter")
+    # PEFT/tokenizer writers need a local directory: stage there, then copy to e.g. gs://.
+    local = tempfile.mkdtemp(prefix="adapter-") if is_remote(out) else out
+    save_peft_adapter(model, local, base_model_name_or_path=model_path)
+    tokenizer.save_pretrained(local)
     max_length = (config.data.max_seq_length if config.run.stage == "mntp"
                   else config.contrastive.max_length)
-    with open(os.path.join(out, "llm2vec_config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(local, "llm2vec_config.json"), "w", encoding="utf-8") as f:
         json.dump({"pooling_mode": config.contrastive.pooling, "max_length": max_length,
                    "doc_max_length": 400, "skip_instruction": True}, f, indent=2)
+    if local != out:
+        epath.Path(out).mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(local):
+            epath.Path(os.path.join(local, name)).copy(epath.Path(_join(out, name)), overwrite=True)
+        shutil.rmtree(local)
     log.info("adapter written to %s", out)
 
 
