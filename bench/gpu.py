@@ -104,7 +104,6 @@ def _timing(times: list[float]) -> dict:
 def jax_child(a) -> None:
     t0 = time.time()
     import jax
-    import numpy as np
     from flax import nnx
 
     sys.path.insert(0, str(REPO))

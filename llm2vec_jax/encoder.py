@@ -7,13 +7,13 @@ module adds the model, batching and devices.
 Execution model
 ---------------
 Rows are sorted by token length and cut into batches (``plan_batches``); each batch is padded
-to a bucketed width (powers of two from 16 up to ``max_length``, plus ``max_length``) and to a
+to a bucketed width (``encode.default_buckets``: each at most ~1/4 wider than the last) and to a
 bucketed row count (``batch_size`` for full batches; a final partial batch to the next power of
 two, capped at ``batch_size``), both rounded up to a multiple of the device count. One
 ``jax.jit`` function (forward in the compute dtype, pooling in float32) is compiled per
 distinct (rows, width) shape and cached on the encoder, so the number of compilations is at
 most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime and at most
-``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 6 widths).
+``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 13 widths).
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
 devices and the parameters are replicated.

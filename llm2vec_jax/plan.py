@@ -37,7 +37,6 @@ import os
 import re
 import sys
 import time
-from typing import Any
 
 # jax is imported here but its backend is not initialised until ``jax.devices()``: main() sets
 # the fake device count first (and re-executes itself if something initialised it earlier).

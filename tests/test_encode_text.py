@@ -399,8 +399,9 @@ def test_bos_tokenizer_rows_and_bos_pooling(bos_tok, meta, side):
 
 
 def test_default_buckets():
-    assert enc.default_buckets(512) == (16, 32, 64, 128, 256, 512)
-    assert enc.default_buckets(100) == (16, 32, 64, 100)
+    assert enc.default_buckets(512) == (16, 32, 48, 64, 80, 104, 136, 176, 224, 280, 352,
+                                        440, 512)
+    assert enc.default_buckets(100) == (16, 32, 48, 64, 80, 100)
     assert enc.default_buckets(8) == (8,)
 
 

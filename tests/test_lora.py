@@ -15,7 +15,7 @@ from flax import nnx
 
 from hf_oracle import TINY, TINY_CONFIGS, batch
 from llm2vec_jax.lora import (ALL_TARGETS, FROZEN_FILTER, LORA_FILTER, LoRAConfig, LoRAError,
-                              LoRAWeight, attach_lora, get_adapter, has_lora, lora_parameter_count,
+                              LoRAWeight, attach_lora, has_lora, lora_parameter_count,
                               merge_and_reattach, merge_lora, remove_lora, unmerge_lora)
 from llm2vec_jax.models import ModelConfig, init_model, weight_specs
 

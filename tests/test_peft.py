@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 from hf_oracle import batch, make_hf_model, save_hf_model
 from llm2vec_jax.checkpoints.peft import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PeftFormatError,
                                           load_peft_adapter, save_peft_adapter)
-from llm2vec_jax.lora import (ALL_TARGETS, LORA_FILTER, LoRAConfig, LoRAError, attach_lora,
+from llm2vec_jax.lora import (LORA_FILTER, LoRAConfig, LoRAError, attach_lora,
                               get_adapter, remove_lora)
 from llm2vec_jax.models import load_hf_checkpoint
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from ..encode import (SEPARATOR, check_pooling_mode, collate, pad_token_id,
                       prepare_for_tokenization, tokenize_strings)
+from .epochs import EpochIterator, ShuffledBatches
 
 VIEWS = ("q", "d", "n")
 
@@ -72,49 +73,9 @@ def _check_compat(compat: bool, pooling: str) -> None:
                          "which crashes with weighted_mean pooling; use mean or turn compat off")
 
 
-class _EpochIterator:
-    """Shared position bookkeeping: batch ``position`` of ``epoch``, JSON-able state."""
-
-    def __init__(self, *, seed: int, shuffle: bool, num_epochs: int | None):
-        self.seed = int(seed)
-        self.shuffle = bool(shuffle)
-        self.num_epochs = num_epochs
-        self.epoch = 0
-        self.position = 0
-
-    def _identity(self) -> dict[str, int]:
-        raise NotImplementedError
-
-    @property
-    def batches_per_epoch(self) -> int:
-        raise NotImplementedError
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                **self._identity()}
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        for key, mine in self._identity().items():
-            if key in state and int(state[key]) != mine:
-                raise ValueError(f"iterator state is for {key}={state[key]}, this iterator has "
-                                 f"{mine}: resuming would not reproduce the same batches")
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self.seed = int(state.get("seed", self.seed))
-
-    def __iter__(self):
-        return self
-
-    def _advance(self) -> None:
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        if self.num_epochs is not None and self.epoch >= self.num_epochs:
-            raise StopIteration
-
-
 # -- unsupervised SimCSE ----------------------------------------------------------------------
 
-class SimCSEBatchIterator(_EpochIterator):
+class SimCSEBatchIterator(ShuffledBatches):
     """This process's sentences, reshuffled every epoch, as q = d = the same tokenization.
 
     Sentences are tokenized per batch (cheap next to a train step, and nothing is held for a
@@ -125,52 +86,23 @@ class SimCSEBatchIterator(_EpochIterator):
                  max_length: int, pooling: str = "mean",
                  compat_pool_all_positions: bool = False, pad_to_max_length: bool | None = None,
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None):
-        super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+        super().__init__(len(sentences), per_process_batch_size, seed=seed, shuffle=shuffle,
+                         num_epochs=num_epochs, what="sentences")
         _check_compat(compat_pool_all_positions, pooling)
-        if per_process_batch_size < 1:
-            raise ValueError(f"per_process_batch_size must be positive, got {per_process_batch_size}")
-        if len(sentences) < per_process_batch_size:
-            raise ValueError(f"only {len(sentences)} sentences for a batch of "
-                             f"{per_process_batch_size}")
         self.sentences = list(sentences)
         self.tokenizer = tokenizer
-        self.batch_size = int(per_process_batch_size)
         self.max_length = int(max_length)
         self.pooling = pooling
         self.compat = bool(compat_pool_all_positions)
         # The quirk depends on the padded width, so compat pads like the reference: to the
         # longest row (pass True to force one shape, e.g. for several processes).
         self.pad_to_max_length = (not self.compat) if pad_to_max_length is None else pad_to_max_length
-        self._order_epoch: int | None = None
-        self._order: np.ndarray | None = None
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self.sentences) // self.batch_size
-
-    def _identity(self) -> dict[str, int]:
-        return {"num_examples": len(self.sentences), "batch_size": self.batch_size}
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        super().set_state(state)
-        self._order_epoch = None
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order_epoch != self.epoch:
-            n = len(self.sentences)
-            self._order = (np.random.default_rng([self.seed, self.epoch]).permutation(n)
-                           if self.shuffle else np.arange(n))
-            self._order_epoch = self.epoch
-        return self._order
 
     def batch_texts(self, rows: Sequence[int]) -> list[str]:
         return [self.sentences[i] for i in rows]
 
     def __next__(self) -> dict[str, np.ndarray]:
-        self._advance()
-        rows = self._epoch_order()[self.position * self.batch_size:
-                                   (self.position + 1) * self.batch_size]
-        self.position += 1
+        rows = self._next_rows()
         return simcse_features(self.tokenizer, self.batch_texts(rows), max_length=self.max_length,
                                pooling=self.pooling, compat_pool_all_positions=self.compat,
                                pad_to=self.max_length if self.pad_to_max_length else None)
@@ -261,7 +193,7 @@ def query_string(query: str, instruction: str) -> str:
     return f"{instruction}; {SEPARATOR}{query}" if instruction else SEPARATOR + query
 
 
-class SupervisedBatchIterator(_EpochIterator):
+class SupervisedBatchIterator(EpochIterator):
     """Task-homogeneous global batches of (instructed query, positive[, hard negative]).
 
     ``records`` are *all* records (every process holds the same list); this process yields

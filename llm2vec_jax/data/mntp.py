@@ -50,9 +50,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
+
+from .epochs import ShuffledBatches
 
 MASK_TOKEN_TYPES = ("blank", "eos", "mask")
 IGNORE_INDEX = -100  # HF / torch CrossEntropyLoss convention for "not scored"
@@ -290,79 +292,30 @@ class MNTPCollator:
 # ---------------------------------------------------------------------------- batches
 
 
-class MNTPBatchIterator:
+class MNTPBatchIterator(ShuffledBatches):
     """Endless (or ``num_epochs``-long) deterministic, resumable iterator of masked batches.
 
     Each epoch is a permutation of this process's examples (or their order when
     ``shuffle=False``) cut into batches of ``per_process_batch_size``; the incomplete last
-    batch is dropped, so every batch has the same shape. With several processes each one
-    iterates over its own examples; since the loop is endless by default, training runs for
-    a number of steps and processes never disagree on how many batches there are.
+    batch is dropped, so every batch has the same shape. Masks are drawn from
+    (seed, process_index, epoch, position), so a resumed run sees the same masks.
     """
 
     def __init__(self, examples: TokenizedExamples, collator: MNTPCollator,
                  per_process_batch_size: int, *, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, process_index: int = 0):
-        if per_process_batch_size < 1:
-            raise ValueError(f"per_process_batch_size must be positive, got {per_process_batch_size}")
-        if len(examples) < per_process_batch_size:
-            raise ValueError(f"only {len(examples)} sequences for a batch of "
-                             f"{per_process_batch_size}")
+        super().__init__(len(examples), per_process_batch_size, seed=seed, shuffle=shuffle,
+                         num_epochs=num_epochs, what="sequences")
         self.examples = examples
         self.collator = collator
-        self.batch_size = int(per_process_batch_size)
-        self.shuffle = bool(shuffle)
-        self.num_epochs = num_epochs
         self.process_index = int(process_index)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.position = 0
-        self._order_epoch: int | None = None
-        self._order: np.ndarray | None = None
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self.examples) // self.batch_size
-
-    def get_state(self) -> dict[str, int]:
-        """JSON-able position: the next batch is batch ``position`` of ``epoch``."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_examples": len(self.examples), "batch_size": self.batch_size}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        for key, mine in (("num_examples", len(self.examples)), ("batch_size", self.batch_size)):
-            if key in state and int(state[key]) != mine:
-                raise ValueError(f"iterator state is for {key}={state[key]}, this iterator has "
-                                 f"{mine}: resuming would not reproduce the same batches")
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-        self.seed = int(state.get("seed", self.seed))
-        self._order_epoch = None
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order_epoch != self.epoch:
-            n = len(self.examples)
-            self._order = (np.random.default_rng([self.seed, self.epoch]).permutation(n)
-                           if self.shuffle else np.arange(n))
-            self._order_epoch = self.epoch
-        return self._order
-
-    def __iter__(self) -> "MNTPBatchIterator":
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        if self.num_epochs is not None and self.epoch >= self.num_epochs:
-            raise StopIteration
-        rows = self._epoch_order()[self.position * self.batch_size:
-                                   (self.position + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, self.process_index, self.epoch, self.position])
+        rows = self._next_rows()
+        rng = np.random.default_rng([self.seed, self.process_index, self.epoch, self.position - 1])
         ex = self.examples
-        batch = self.collator(ex.input_ids[rows], ex.attention_mask[rows],
-                              ex.special_tokens_mask[rows], rng)
-        self.position += 1
-        return batch
+        return self.collator(ex.input_ids[rows], ex.attention_mask[rows],
+                             ex.special_tokens_mask[rows], rng)
 
 
 def mntp_batches(texts: Iterable[str], tokenizer, *, max_seq_length: int,

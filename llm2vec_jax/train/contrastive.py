@@ -139,7 +139,7 @@ def _resolve(path: str) -> str:
 
 
 def simcse_iterators(config: TrainConfig, tokenizer):
-    data, run, section = config.data, config.run, config.contrastive
+    run, section = config.run, config.contrastive
     pad_to_max = None
     if section.compat_pool_all_positions and jax.process_count() > 1:
         # Processes must agree on the global batch's width; the reference pads each device's

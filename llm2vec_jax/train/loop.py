@@ -34,8 +34,8 @@ from ..lora import attach_lora, lora_parameter_count, merge_lora
 from ..checkpoints.default_model import resolve_model
 from .config import TrainConfig
 from .flops import mfu, train_flops_per_step
-from .steps import (TrainState, contrastive_objective, init_state, jit_eval_step, jit_train_step,
-                    make_eval_step, make_train_step, mntp_objective)
+from .steps import (TrainState, init_state, jit_eval_step, jit_train_step, make_eval_step,
+                    make_train_step, mntp_objective)
 
 log = logging.getLogger("llm2vec_jax.train")
 
