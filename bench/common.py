@@ -235,3 +235,30 @@ def markdown_table(rows: list[dict]) -> str:
             if d.get("error"):
                 lines.append(f"|  ↳ {side} error: {d['error'][:150].replace('|', '/')} | | | | | | | | |")
     return "\n".join(lines)
+
+
+def run_side(cmd: list[str], timeout: float | None) -> dict:
+    """``run_json``, but a failing side becomes an error record instead of losing the run."""
+    try:
+        return run_json(cmd, timeout=timeout)
+    except Exception as e:  # one failing side must not lose the other side's numbers
+        return {"error": f"{type(e).__name__}: {e}"[-1500:]}
+
+
+def combine_runs(runs: list[dict], tokens, items) -> dict:
+    """Several rounds of one side/config -> median of medians, max of peaks.
+
+    ``tokens(record)`` / ``items(record)``: real tokens and sentences per timed unit.
+    """
+    import statistics
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1] if runs else {"error": "not run"}
+    out = dict(ok[-1])
+    out["median_s"] = statistics.median(r["median_s"] for r in ok)
+    out["tokens_per_s"] = tokens(out) / out["median_s"]
+    out["sentences_per_s"] = items(out) / out["median_s"]
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    out["rounds"] = [{k: r.get(k) for k in ("median_s", "times_s", "peak_rss_mb", "process_wall_s", "error")}
+                     for r in runs]
+    return out

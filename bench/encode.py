@@ -104,28 +104,6 @@ def _ref_cmd(a, ref_dir, dtype, emb_path):
     return cmd
 
 
-def _run_side(cmd, timeout):
-    try:
-        return common.run_json(cmd, timeout=timeout)
-    except Exception as e:  # one failing side must not lose the other side's numbers
-        return {"error": f"{type(e).__name__}: {e}"[-1500:]}
-
-
-def _combine(runs: list[dict]) -> dict:
-    """Several rounds of one side/config -> median of medians, max of peaks."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[-1] if runs else {"error": "not run"}
-    out = dict(ok[-1])
-    out["median_s"] = statistics.median(r["median_s"] for r in ok)
-    out["tokens_per_s"] = out["real_tokens"] / out["median_s"]
-    out["sentences_per_s"] = out["n_sentences"] / out["median_s"]
-    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
-    out["rounds"] = [{k: r.get(k) for k in ("median_s", "times_s", "peak_rss_mb", "process_wall_s", "error")}
-                     for r in runs]
-    return out
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sentences", default=str(common.SENTENCES_512))
@@ -173,7 +151,7 @@ def main(argv=None) -> None:
                 emb = str(emb_dir / f"{side}-{dtype}.npy") if a.compare_embeddings else None
                 cmd = _ours_cmd(a, hf_dir, dtype, emb) if side == "ours" else _ref_cmd(a, ref_dir, dtype, emb)
                 print(f"[round {rnd + 1}/{a.rounds}] {side} {dtype} ...", file=sys.stderr, flush=True)
-                r = _run_side(cmd, a.timeout)
+                r = common.run_side(cmd, a.timeout)
                 if "error" in r:
                     print(f"   {side} {dtype} failed: {r['error'][-400:]}", file=sys.stderr)
                 else:
@@ -185,7 +163,8 @@ def main(argv=None) -> None:
     for dtype in dtypes:
         row = {"config": f"encode {dtype}"}
         for side in sides:
-            row["ours" if side == "ours" else "ref"] = _combine(runs.get((dtype, side), []))
+            row["ours" if side == "ours" else "ref"] = common.combine_runs(
+                runs.get((dtype, side), []), lambda r: r["real_tokens"], lambda r: r["n_sentences"])
         if a.compare_embeddings and len(sides) == 2:
             try:
                 import numpy as np

@@ -179,27 +179,6 @@ def _cmd(a, side, stage, ckpt, batch, hf_dir, ref_dir):
     return cmd + (["--grad-ckpt"] if ckpt == "on" else [])
 
 
-def _run_side(cmd, timeout):
-    try:
-        return common.run_json(cmd, timeout=timeout)
-    except Exception as e:
-        return {"error": f"{type(e).__name__}: {e}"[-1500:]}
-
-
-def _combine(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[-1] if runs else {"error": "not run"}
-    out = dict(ok[-1])
-    out["median_s"] = statistics.median(r["median_s"] for r in ok)
-    out["tokens_per_s"] = out["real_tokens_per_step"] / out["median_s"]
-    out["sentences_per_s"] = out["batch_shape"][0] / out["median_s"]
-    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
-    out["rounds"] = [{k: r.get(k) for k in ("median_s", "times_s", "peak_rss_mb", "process_wall_s", "error")}
-                     for r in runs]
-    return out
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", default="mntp,simcse")
@@ -244,7 +223,7 @@ def main(argv=None) -> None:
                 for side in order:
                     print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} ...",
                           file=sys.stderr, flush=True)
-                    r = _run_side(_cmd(a, side, stage, ckpt, batches[stage], hf_dir, ref_dir), a.timeout)
+                    r = common.run_side(_cmd(a, side, stage, ckpt, batches[stage], hf_dir, ref_dir), a.timeout)
                     if "error" in r:
                         print(f"   {side}: {r['error'][-300:]}", file=sys.stderr)
                     else:
@@ -257,7 +236,9 @@ def main(argv=None) -> None:
         for ckpt in ckpts:
             row = {"config": f"{stage} {'x'.join(map(str, STAGE_SHAPES[stage]))} ckpt={ckpt}"}
             for side in sides:
-                row["ours" if side == "ours" else "ref"] = _combine(runs.get((stage, ckpt, side), []))
+                row["ours" if side == "ours" else "ref"] = common.combine_runs(
+                    runs.get((stage, ckpt, side), []), lambda r: r["real_tokens_per_step"],
+                    lambda r: r["batch_shape"][0])
             rows.append(row)
 
     state_after = common.machine_state()
