@@ -262,3 +262,17 @@ def combine_runs(runs: list[dict], tokens, items) -> dict:
     out["rounds"] = [{k: r.get(k) for k in ("median_s", "times_s", "peak_rss_mb", "process_wall_s", "error")}
                      for r in runs]
     return out
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def prepare_run(args):
+    """(machine state, our HF model dir, sides, the reference's model view or None)."""
+    state = machine_state()
+    warn_if_busy(state)
+    hf_dir = smollm2_hf_dir(Path(args.cache_dir))
+    sides = split_list(args.sides)
+    ref_dir = reference_model_dir(hf_dir, Path(args.cache_dir)) if "ref" in sides else None
+    return state, hf_dir, sides, ref_dir

@@ -81,15 +81,16 @@ def ours_encode(model_dir: str, sentences: str, dtype: str, limit, warmup: int, 
 # ---------------------------------------------------------------------------- driver
 
 
+def _shared_args(a, emb_path) -> list[str]:
+    return ((["--limit", str(a.limit)] if a.limit else [])
+            + (["--save-embeddings", emb_path] if emb_path else []))
+
+
 def _ours_cmd(a, model_dir, dtype, emb_path):
     cmd = [sys.executable, __file__, "--worker", "--model-dir", str(model_dir), "--sentences", str(a.sentences),
            "--dtypes", dtype, "--warmup", str(a.warmup), "--passes", str(a.passes),
            "--batch-size", str(a.batch_size), "--max-length", str(a.max_length)]
-    if a.limit:
-        cmd += ["--limit", str(a.limit)]
-    if emb_path:
-        cmd += ["--save-embeddings", emb_path]
-    return cmd
+    return cmd + _shared_args(a, emb_path)
 
 
 def _ref_cmd(a, ref_dir, dtype, emb_path):
@@ -97,11 +98,7 @@ def _ref_cmd(a, ref_dir, dtype, emb_path):
            "--model-dir", str(ref_dir), "--sentences", str(a.sentences), "--dtype", dtype,
            "--warmup", str(a.warmup), "--passes", str(a.passes),
            "--batch-size", str(a.batch_size), "--max-length", str(a.max_length)]
-    if a.limit:
-        cmd += ["--limit", str(a.limit)]
-    if emb_path:
-        cmd += ["--save-embeddings", emb_path]
-    return cmd
+    return cmd + _shared_args(a, emb_path)
 
 
 def main(argv=None) -> None:
@@ -132,12 +129,8 @@ def main(argv=None) -> None:
                                      a.batch_size, a.max_length, a.save_embeddings)), flush=True)
         return
 
-    state = common.machine_state()
-    common.warn_if_busy(state)
-    hf_dir = common.smollm2_hf_dir(Path(a.cache_dir))
-    sides = [s.strip() for s in a.sides.split(",") if s.strip()]
-    ref_dir = common.reference_model_dir(hf_dir, Path(a.cache_dir)) if "ref" in sides else None
-    dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+    state, hf_dir, sides, ref_dir = common.prepare_run(a)
+    dtypes = common.split_list(a.dtypes)
     emb_dir = Path(a.cache_dir) / "bench-embeddings"
     if a.compare_embeddings:
         emb_dir.mkdir(parents=True, exist_ok=True)

@@ -204,13 +204,9 @@ def main(argv=None) -> None:
         _worker(a)
         return
 
-    state = common.machine_state()
-    common.warn_if_busy(state)
-    hf_dir = common.smollm2_hf_dir(Path(a.cache_dir))
-    sides = [s.strip() for s in a.sides.split(",") if s.strip()]
-    ref_dir = common.reference_model_dir(hf_dir, Path(a.cache_dir)) if "ref" in sides else None
-    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
-    ckpts = [c.strip() for c in a.grad_ckpt.split(",") if c.strip()]
+    state, hf_dir, sides, ref_dir = common.prepare_run(a)
+    stages = common.split_list(a.stages)
+    ckpts = common.split_list(a.grad_ckpt)
     batches = {s: _batch_path(a, s, ref_dir or hf_dir) for s in stages}
 
     runs: dict[tuple, list[dict]] = {}
