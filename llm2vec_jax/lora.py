@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .models.transformer import PROJECTIONS, Transformer, weight_specs
+from .models.transformer import PROJECTIONS, Transformer, input_rank, weight_specs
 
 ALL_TARGETS: tuple[str, ...] = tuple(PROJECTIONS)
 # Our projection name → the HF module name PEFT's target_modules uses.
@@ -126,18 +126,13 @@ class LoRAAdapter:
 
 # -- shapes, axes, shardings ----------------------------------------------------------------
 
-def _input_rank(name: str) -> int:
-    x_sub, w_sub = PROJECTIONS[name].split("->")[0].split(",")
-    return sum(ch in x_sub for ch in w_sub)
-
-
 def lora_specs(model_config, lora_config: LoRAConfig) -> dict[str, tuple[tuple, tuple]]:
     """``{p}_lora_a`` / ``{p}_lora_b`` → (shape, logical axes), derived from the weight's spec."""
     specs = weight_specs(model_config)["layers"]
     out = {}
     for p in lora_config.targets:
         spec = specs[p]
-        n_in = 1 + _input_rank(p)  # the L axis plus the input axes
+        n_in = 1 + input_rank(p)  # the L axis plus the input axes
         r = lora_config.r
         out[f"{p}_lora_a"] = (spec.shape[:n_in] + (r,), spec.axes[:n_in] + (RANK_AXIS,))
         out[f"{p}_lora_b"] = ((spec.shape[0], r) + spec.shape[n_in:],
@@ -152,7 +147,7 @@ def _lora_shardings(weight: jax.Array, name: str):
         return None, None
     if isinstance(sharding, NamedSharding):
         spec = tuple(sharding.spec) + (None,) * (weight.ndim - len(sharding.spec))
-        n_in = 1 + _input_rank(name)
+        n_in = 1 + input_rank(name)
         return (NamedSharding(sharding.mesh, PartitionSpec(*spec[:n_in], None)),
                 NamedSharding(sharding.mesh, PartitionSpec(spec[0], None, *spec[n_in:])))
     devices = sorted(sharding.device_set, key=lambda d: d.id)

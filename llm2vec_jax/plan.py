@@ -42,6 +42,8 @@ import time
 # the fake device count first (and re-executes itself if something initialised it earlier).
 import jax
 
+from .train.flops import peak_flops
+
 GiB = 1024 ** 3
 # Fraction of HBM a plan may use and still be called a fit: the runtime reserves some memory,
 # and the CPU-compiled temporaries are only an estimate of the accelerator's.
@@ -52,14 +54,18 @@ FIT_FRACTION = 0.9
 class Chip:
     kind: str           # jax device_kind prefix (the key into flops.PEAK_FLOPS)
     hbm_gib: float      # memory per JAX device
-    peak_flops: float   # dense bf16 FLOP/s per JAX device
+
+    @property
+    def peak_flops(self) -> float:
+        """Dense bf16 FLOP/s per JAX device."""
+        return peak_flops(self.kind)
 
 
 CHIPS: dict[str, Chip] = {
-    "tpu-v4": Chip("TPU v4", 32, 275e12),      # a v4-8 host: 4 chips (megacore: 1 device each)
-    "tpu-v5e": Chip("TPU v5 lite", 16, 197e12),  # v5litepod-8: 8 chips
-    "tpu-v5p": Chip("TPU v5p", 95, 459e12),    # v5p-8: 4 chips (megacore)
-    "h100": Chip("NVIDIA H100", 80, 989e12),   # 80 GB SXM
+    "tpu-v4": Chip("TPU v4", 32),      # a v4-8 host: 4 chips (megacore: 1 device each)
+    "tpu-v5e": Chip("TPU v5 lite", 16),  # v5litepod-8: 8 chips
+    "tpu-v5p": Chip("TPU v5p", 95),    # v5p-8: 4 chips (megacore)
+    "h100": Chip("NVIDIA H100", 80),   # 80 GB SXM
 }
 
 # -- architectures ----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ..models.config import ModelConfig
-from ..models.transformer import PROJECTIONS, Transformer, WeightSpec, abstract_model, weight_specs
+from ..models.transformer import (PROJECTIONS, Transformer, WeightSpec, abstract_model,
+                                  input_rank, weight_specs)
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -59,12 +60,6 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match the model it claims to be."""
 
 
-def _input_rank(name: str) -> int:
-    """How many leading axes of our weight are the projection's input (1, or 2 for o: N, H)."""
-    x_sub, w_sub = PROJECTIONS[name].split("->")[0].split(",")
-    return sum(ch in x_sub for ch in w_sub)
-
-
 def to_ours(name: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """One layer's HF tensor → our layout of ``shape`` (without the L axis)."""
     if name in PROJECTIONS:  # [out, in] -> [in..., out...]
@@ -75,7 +70,7 @@ def to_ours(name: str, tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
 def to_hf(name: str, array: np.ndarray) -> np.ndarray:
     """One layer's weight in our layout → the HF tensor."""
     if name in PROJECTIONS:
-        rank = _input_rank(name)
+        rank = input_rank(name)
         fan_in = math.prod(array.shape[:rank])
         return np.ascontiguousarray(array.reshape(fan_in, -1).T)
     if name.endswith("_bias"):

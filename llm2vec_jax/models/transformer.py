@@ -49,6 +49,12 @@ PROJECTIONS: dict[str, str] = {
 }
 
 
+def input_rank(name: str) -> int:
+    """How many leading axes of projection ``name``'s weight are its input (o: N, H → 2)."""
+    x_sub, w_sub = PROJECTIONS[name].split("->")[0].split(",")
+    return sum(ch in x_sub for ch in w_sub)
+
+
 def weight_specs(config: ModelConfig) -> dict[str, dict[str, WeightSpec]]:
     """{"top": {...}, "layers": {...}}: every parameter of the model, declared once.
 

@@ -31,12 +31,15 @@ PEAK_FLOPS = {
 }
 
 
-def device_peak_flops(device=None) -> float | None:
-    kind = (device or jax.devices()[0]).device_kind
+def peak_flops(device_kind: str) -> float | None:
     for name, peak in PEAK_FLOPS.items():
-        if kind.startswith(name):
+        if device_kind.startswith(name):
             return peak
     return None
+
+
+def device_peak_flops(device=None) -> float | None:
+    return peak_flops((device or jax.devices()[0]).device_kind)
 
 
 def train_flops_per_step(config, n_lora: int, batch: dict) -> float:
