@@ -101,14 +101,10 @@ def warn_if_busy(state: dict) -> None:
 
 
 def smollm2_hf_dir(cache_dir: Path = CACHE_DIR) -> Path:
-    """SmolLM2-135M HF checkpoint converted from the GGUF once, then reused."""
-    out = cache_dir / "smollm2-135m-hf"
-    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
-        return out
-    from llm2vec_jax.checkpoints.gguf import convert_gguf, find_smollm2_gguf
-
-    print(f"converting SmolLM2 GGUF -> {out} (once)", file=sys.stderr)
-    return Path(convert_gguf(find_smollm2_gguf(), out, overwrite=True))
+    """SmolLM2-135M HF checkpoint converted from the GGUF once, then reused (the package's
+    own default-model cache)."""
+    from llm2vec_jax.checkpoints.default_model import resolve_model
+    return Path(resolve_model("smollm2", cache=cache_dir))
 
 
 def reference_model_dir(hf_dir: Path, cache_dir: Path = CACHE_DIR) -> Path:

