@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from .evaluation import STSFormatError, read_sts_tsv, sts_scores
+from .evaluation import STSFormatError, evaluate_sts, read_sts_tsv
 
 
 def _positive_int(s: str) -> int:
@@ -55,20 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_sts(args) -> dict:
     data = read_sts_tsv(args.data)
-    n = len(data) if args.limit is None else min(args.limit, len(data))
     from .encoder import LLM2Vec  # after the data check: a bad file fails before loading jax
 
     start = time.perf_counter()
     encoder = LLM2Vec.from_pretrained(args.model, adapter=args.adapter,
                                       pooling_mode=args.pooling_mode, max_length=args.max_length,
                                       bidirectional=not args.causal, dtype=args.dtype)
-    # One call for both sides: shared buckets, one progress bar, fewer partial batches.
-    texts = list(data.sentences1[:n]) + list(data.sentences2[:n])
-    if args.instruction:
-        texts = [[args.instruction, t] for t in texts]
-    emb = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=not args.quiet)
-    result = {"task": "sts", **sts_scores(emb[:n], emb[n:], data.scores[:n])}
-    print(f"encoded {2 * n} sentences in {time.perf_counter() - start:.1f} s "
+    result = {"task": "sts", **evaluate_sts(encoder, data, limit=args.limit,
+                                            batch_size=args.batch_size,
+                                            instruction=args.instruction,
+                                            show_progress_bar=not args.quiet)}
+    print(f"encoded {2 * result['n']} sentences in {time.perf_counter() - start:.1f} s "
           f"(pooling={encoder.pooling_mode}, bidirectional={encoder.bidirectional}, "
           f"max_length={encoder.max_length})", file=sys.stderr)
     return result

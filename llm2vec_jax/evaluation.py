@@ -123,3 +123,18 @@ def sts_scores(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -> dic
     if len(gold) < 2:
         raise ValueError("need at least 2 pairs to correlate")
     return {"spearman": spearman(sims, gold), "pearson": pearson(sims, gold), "n": int(len(gold))}
+
+
+def evaluate_sts(encoder, data: "STSData", *, limit: int | None = None, batch_size: int = 32,
+                 instruction: str | None = None, show_progress_bar: bool = True) -> dict:
+    """Encode the first ``limit`` pairs with ``encoder.encode`` and score them.
+
+    Both sides go through one ``encode`` call: shared length buckets, one progress bar,
+    fewer partial batches.
+    """
+    n = len(data) if limit is None else min(limit, len(data))
+    texts = list(data.sentences1[:n]) + list(data.sentences2[:n])
+    if instruction:
+        texts = [[instruction, t] for t in texts]
+    emb = encoder.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    return sts_scores(emb[:n], emb[n:], data.scores[:n])

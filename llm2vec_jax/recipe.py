@@ -316,16 +316,14 @@ def _encoder(model, directory: str, *, bidirectional: bool, pooling: str, max_le
 
 def sts_eval(model, directory: str, data, settings: EvalSettings, modes) -> dict:
     """{"bidirectional_mean": {"spearman", "pearson", "n"}, ...} for (bidirectional, pooling)."""
-    from .evaluation import sts_scores
-    n = len(data) if settings.limit is None else min(settings.limit, len(data))
-    texts = list(data.sentences1[:n]) + list(data.sentences2[:n])
+    from .evaluation import evaluate_sts
     results = {}
     for bidirectional, pooling in modes:
         encoder = _encoder(model, directory, bidirectional=bidirectional, pooling=pooling,
                            max_length=settings.max_length)
-        emb = encoder.encode(texts, batch_size=settings.batch_size, show_progress_bar=False)
         key = f"{'bidirectional' if bidirectional else 'causal'}_{pooling}"
-        results[key] = sts_scores(emb[:n], emb[n:], data.scores[:n])
+        results[key] = evaluate_sts(encoder, data, limit=settings.limit,
+                                    batch_size=settings.batch_size, show_progress_bar=False)
     return results
 
 
