@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .dropout import dropout
+
 
 def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
                       sliding_window: int | None = None) -> jnp.ndarray:
@@ -51,9 +53,7 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     logits = logits * (head_dim ** -0.5)
     logits = jnp.where(allowed[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    probs = dropout(probs, dropout_rate, dropout_rng)
     out = jnp.einsum("bkgst,btkh->bskgh", probs.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
     return out.reshape(batch, seq, heads, head_dim).astype(q.dtype)

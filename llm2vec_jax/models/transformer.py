@@ -15,6 +15,8 @@ padding stays masked.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Callable
 
 import jax
@@ -23,6 +25,7 @@ from flax import nnx
 
 from .attention import attend, attention_allowed
 from .config import ModelConfig
+from .dropout import dropout
 from .rope import apply_rope, rope_tables
 from ..sharding import constrain
 
@@ -131,6 +134,44 @@ def lora_equations(equation: str) -> tuple[str, str]:
     return f"{x_sub},{contracted}r->{batch}r", f"{batch}r,r{produced}->{out}"
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def trainable_einsum(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """``einsum(equation, x, w)`` accumulated in float32, for the (LoRA) weights that train.
+
+    The custom VJP only changes how the weight gradient is laid out. JAX's transpose rule
+    yields it as dot(grad, x) followed by a transpose, which XLA:CPU fuses into a strided
+    copy of the whole [B, S, ·] activation for every layer and projection (a quarter of an
+    MNTP step). Here the contraction produces the narrow operand's axes first (the LoRA rank
+    R: [R, big] is the cheap orientation), and only that small result is transposed, behind
+    an optimization barrier so XLA cannot fold the transpose back into the dot.
+    """
+    return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+
+def _trainable_einsum_fwd(equation, x, w):
+    return trainable_einsum(equation, x, w), (x, w)
+
+
+def _trainable_einsum_bwd(equation, residuals, grad):
+    x, w = residuals
+    inputs, out = equation.split("->")
+    x_sub, w_sub = inputs.split(",")
+    grad = grad.astype(x.dtype)
+    dx = jnp.einsum(f"{out},{w_sub}->{x_sub}", grad, w, preferred_element_type=jnp.float32)
+    from_x = [ch for ch in w_sub if ch in x_sub]
+    from_out = [ch for ch in w_sub if ch in out]
+    size = dict(zip(x_sub, x.shape)) | dict(zip(out, grad.shape))
+    narrow_first = sorted((from_x, from_out), key=lambda axes: math.prod(size[a] for a in axes))
+    order = "".join(narrow_first[0] + narrow_first[1])
+    dw = jnp.einsum(f"{x_sub},{out}->{order}", x, grad, preferred_element_type=jnp.float32)
+    if order != w_sub:
+        dw = jnp.transpose(jax.lax.optimization_barrier(dw), [order.index(a) for a in w_sub])
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+trainable_einsum.defvjp(_trainable_einsum_fwd, _trainable_einsum_bwd)
+
+
 def project(x: jax.Array, weights: dict, name: str, dtype, dropout_rng=None) -> jax.Array:
     """Apply projection ``name`` (plus its bias and LoRA adapter when present).
 
@@ -144,17 +185,13 @@ def project(x: jax.Array, weights: dict, name: str, dtype, dropout_rng=None) -> 
         y = y + weights[f"{name}_bias"].astype(jnp.float32)
     if f"{name}_lora_a" in weights:
         eq_a, eq_b = lora_equations(equation)
-        lora_x = x
-        rate = weights["lora_dropout"]
-        if dropout_rng is not None and rate > 0.0:
+        key = None
+        if dropout_rng is not None:
             key = jax.random.fold_in(dropout_rng, list(PROJECTIONS).index(name))
-            keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-            lora_x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-        h = jnp.einsum(eq_a, lora_x, weights[f"{name}_lora_a"].astype(dtype),
-                       preferred_element_type=jnp.float32)
-        y = y + weights["lora_scale"] * jnp.einsum(
-            eq_b, h.astype(dtype), weights[f"{name}_lora_b"].astype(dtype),
-            preferred_element_type=jnp.float32)
+        lora_x = dropout(x, weights["lora_dropout"], key)
+        h = trainable_einsum(eq_a, lora_x, weights[f"{name}_lora_a"].astype(dtype))
+        y = y + weights["lora_scale"] * trainable_einsum(
+            eq_b, h.astype(dtype), weights[f"{name}_lora_b"].astype(dtype))
     return y.astype(dtype)
 
 

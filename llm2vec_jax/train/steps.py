@@ -135,14 +135,30 @@ def embed(model, batch, prefix: str, rng, pooling: str) -> jax.Array:
     return pool(hidden, mask, batch[f"{prefix}_embed_mask"], pooling)
 
 
+def embed_views(model, batch, views: list[str], rngs: list, pooling: str) -> list[jax.Array]:
+    """``[embed(model, batch, v, rng) for v, rng in zip(views, rngs)]`` in one forward pass
+    when the views share a shape: the layer scan runs once over [V, B, S] with V× larger
+    matmuls, and every row keeps the dropout key ``embed`` would give it."""
+    if len({batch[f"{v}_input_ids"].shape for v in views}) > 1:
+        return [embed(model, batch, v, rng, pooling) for v, rng in zip(views, rngs)]
+    ids, mask, embed_mask = (jnp.stack([batch[f"{v}_{k}"] for v in views])
+                             for k in ("input_ids", "attention_mask", "embed_mask"))
+    if rngs[0] is None:
+        hidden = jax.vmap(lambda i, m: encode_rows(model, i, m))(ids, mask)
+    else:
+        keys = jnp.stack([jax.random.split(rng, ids.shape[1]) for rng in rngs])
+        hidden = jax.vmap(lambda i, m, k: encode_rows(model, i, m, k))(ids, mask, keys)
+    pooled = jax.vmap(lambda h, m, e: pool(h, m, e, pooling))(hidden, mask, embed_mask)
+    return list(pooled)
+
+
 def contrastive_objective(model, batch, rng, *, scale: float, pooling: str = "mean"):
     """Query/document(/negative) views with independent dropout; in-batch negatives over the
     global batch (the compiler gathers the sharded embeddings for the score matrix)."""
-    keys = [None] * 3 if rng is None else jax.random.split(rng, 3)  # None: eval, no dropout
-    q = embed(model, batch, "q", keys[0], pooling)
-    d = embed(model, batch, "d", keys[1], pooling)
-    n = embed(model, batch, "n", keys[2], pooling) if "n_input_ids" in batch else None
-    loss = contrastive_loss(q, d, n, scale=scale)
+    views = ["q", "d", "n"] if "n_input_ids" in batch else ["q", "d"]
+    keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))  # None: eval, no dropout
+    q, d, *n = embed_views(model, batch, views, keys[:len(views)], pooling)
+    loss = contrastive_loss(q, d, n[0] if n else None, scale=scale)
     return loss, {"loss": loss}
 
 

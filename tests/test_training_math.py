@@ -1,0 +1,113 @@
+"""The training-path kernels that replace stock JAX ops for speed: the 16-bit dropout mask,
+the LoRA einsum with a hand-written VJP, and the one-pass multi-view contrastive encoder.
+Oracles: binomial statistics, JAX's own autodiff of the plain einsum, and the per-view path."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llm2vec_jax.lora import LoRAConfig, attach_lora
+from llm2vec_jax.models import ModelConfig, init_model
+from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
+from llm2vec_jax.models.transformer import PROJECTIONS, lora_equations, trainable_einsum
+from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views, split_model
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.3, 0.5])
+def test_keep_mask_rate_and_independence(rate):
+    assert abs(keep_threshold(rate) / 65536 - (1 - rate)) <= 0.5 / 65536
+    n = 1_000_001  # odd: the last word contributes one half only
+    keep = np.asarray(keep_mask(jax.random.key(0), rate, (n,)))
+    p = keep_threshold(rate) / 65536
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert abs(keep.mean() - p) < 5 * sigma
+    # The low and high halves of a word are independent draws: neighbouring-half agreement
+    # and the two halves' correlation look like independent Bernoullis.
+    lo, hi = keep[: n // 2], keep[n // 2: 2 * (n // 2)]
+    assert abs(np.corrcoef(lo, hi)[0, 1]) < 5 / np.sqrt(n // 2)
+    other = np.asarray(keep_mask(jax.random.key(1), rate, (n,)))
+    assert (keep != other).mean() > 2 * p * (1 - p) - 10 * sigma
+
+
+def test_dropout_scales_kept_values_and_is_identity_without_key():
+    x = jnp.arange(1, 4001, dtype=jnp.float32).reshape(40, 100)
+    assert dropout(x, 0.3, None) is x and dropout(x, 0.0, jax.random.key(0)) is x
+    y = np.asarray(dropout(x, 0.25, jax.random.key(3)))
+    kept = y != 0
+    # x / (1 - rate) to float32 rounding (XLA may multiply by the reciprocal: ≤ 1 ulp).
+    exact = np.asarray(x, np.float64)[kept] / 0.75
+    assert np.abs(y[kept] / exact - 1).max() <= np.finfo(np.float32).eps
+    assert 0.7 < kept.mean() < 0.8
+
+
+@pytest.mark.parametrize("name", list(PROJECTIONS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_trainable_einsum_matches_autodiff(name, dtype):
+    """Value and both gradients of the two LoRA einsums equal JAX's autodiff of jnp.einsum."""
+    shapes = {"b": 2, "s": 5, "d": 12, "n": 3, "k": 1, "h": 4, "f": 20, "r": 6}
+    for equation in lora_equations(PROJECTIONS[name]):
+        (x_sub, w_sub), out = [t.split(",") for t in equation.split("->")[0:1]][0], equation.split("->")[1]
+        kx, kw, kg = jax.random.split(jax.random.key(len(equation)), 3)
+        x = jax.random.normal(kx, [shapes[c] for c in x_sub]).astype(dtype)
+        w = jax.random.normal(kw, [shapes[c] for c in w_sub]).astype(dtype)
+        g = jax.random.normal(kg, [shapes[c] for c in out], jnp.float32)
+
+        def plain(x, w):
+            return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+        want, want_vjp = jax.vjp(plain, x, w)
+        got, got_vjp = jax.vjp(lambda x, w: trainable_einsum(equation, x, w), x, w)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        tol = 1e-6 if dtype == jnp.float32 else 1e-2
+        for a, b in zip(got_vjp(g), want_vjp(g)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            assert np.abs(a - b).max() <= tol * np.abs(b).max(), (equation, np.abs(a - b).max())
+
+
+def _model_and_batch(lengths):
+    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=8, attention_dropout=0.3)
+    model = init_model(config, seed=0)
+    attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.1), seed=0)
+    graphdef, lora, frozen = split_model(model)
+    leaves, treedef = jax.tree.flatten(lora)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    lora = jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, x.shape, x.dtype)
+                                        for k, x in zip(keys, leaves)])
+    rng = np.random.default_rng(0)
+    batch = {}
+    for view, length in zip("qdn", lengths):
+        mask = np.ones((4, length), np.int32)
+        mask[1, :2] = 0
+        batch.update({f"{view}_input_ids": rng.integers(3, 96, (4, length)).astype(np.int32),
+                      f"{view}_attention_mask": mask, f"{view}_embed_mask": mask})
+    return graphdef, lora, frozen, batch
+
+
+@pytest.mark.parametrize("rng", [jax.random.key(5), None], ids=["train", "eval"])
+def test_embed_views_equals_one_pass_per_view(rng):
+    graphdef, lora, frozen, batch = _model_and_batch((7, 7, 7))
+    model = nnx.merge(graphdef, lora, frozen)
+    keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
+    together = embed_views(model, batch, ["q", "d", "n"], keys, "mean")
+    for view, key, emb in zip("qdn", keys, together):
+        np.testing.assert_allclose(np.asarray(emb), np.asarray(embed(model, batch, view, key, "mean")),
+                                   rtol=2e-6, atol=2e-6)
+
+
+def test_contrastive_loss_and_grads_same_with_unequal_view_lengths():
+    """Views of different lengths take the per-view path; the loss is the same function of
+    the embeddings (checked against recomputing it from per-view embeddings)."""
+    from llm2vec_jax.train.losses import contrastive_loss
+    graphdef, lora, frozen, batch = _model_and_batch((7, 9, 5))
+    key = jax.random.key(2)
+    model = nnx.merge(graphdef, lora, frozen)
+    loss = contrastive_objective(model, batch, key, scale=20.0)[0]
+    keys = jax.random.split(key, 3)
+    q, d, n = (embed(model, batch, v, k, "mean") for v, k in zip("qdn", keys))
+    np.testing.assert_allclose(float(loss), float(contrastive_loss(q, d, n, scale=20.0)), rtol=1e-6)
