@@ -84,6 +84,25 @@ def test_bfloat16_load(hf_dir):
     assert np.abs(got[real] - np.asarray(ref)[real]).max() < 0.1
 
 
+def test_bfloat16_checkpoint_as_hub_models_ship(tmp_path):
+    """Real Llama/Mistral checkpoints are stored in BF16 (which safetensors' numpy reader
+    cannot return): the weights load exactly, and the model equals HF on the same weights."""
+    hf = make_hf_model("llama").to(torch.bfloat16)
+    src = save_hf_model(hf, tmp_path / "bf16")
+    ours = load_hf_checkpoint(src)  # float32 parameters: bf16 values are exact in float32
+    assert ours.layers.q[...].dtype == np.float32
+    ids, mask = batch("left", 2, 10)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours.logits(ours(ids, mask)))[real],
+                               hf_logits(hf.to(torch.float32), ids, mask)[real], atol=1e-5, rtol=0)
+    again = save_hf_checkpoint(load_hf_checkpoint(src, dtype="bfloat16"), tmp_path / "out")
+    reloaded = load_file(os.path.join(again, "model.safetensors"))
+    before = {k: v.float().numpy() for k, v in hf.state_dict().items()}
+    for key, value in reloaded.items():
+        assert value.dtype == np.dtype("bfloat16"), key
+        np.testing.assert_array_equal(value.astype(np.float32), before[key])
+
+
 # -- bad input: one clear message each, nothing half-written ---------------------------------
 
 def copy_checkpoint(src, dst):

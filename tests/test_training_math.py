@@ -111,3 +111,24 @@ def test_contrastive_loss_and_grads_same_with_unequal_view_lengths():
     keys = jax.random.split(key, 3)
     q, d, n = (embed(model, batch, v, k, "mean") for v, k in zip("qdn", keys))
     np.testing.assert_allclose(float(loss), float(contrastive_loss(q, d, n, scale=20.0)), rtol=1e-6)
+
+
+def test_per_row_keys_give_each_row_the_masks_it_gets_alone():
+    """dropout_rng [B]: row i of a batch forward equals row i run alone with key i (the
+    property GradCache chunks rely on), and differs from a shared-key forward."""
+    graphdef, lora, frozen, batch = _model_and_batch((7, 7, 7))
+    model = nnx.merge(graphdef, lora, frozen)
+    ids, mask = batch["q_input_ids"], batch["q_attention_mask"]
+    keys = jax.random.split(jax.random.key(9), ids.shape[0])
+    together = np.asarray(model(ids, mask, causal=False, dropout_rng=keys, lora_dropout=True))
+    for i in range(ids.shape[0]):
+        alone = model(ids[i:i + 1], mask[i:i + 1], causal=False, dropout_rng=keys[i],
+                      lora_dropout=True)
+        np.testing.assert_allclose(together[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)
+    shared = np.asarray(model(ids, mask, causal=False, dropout_rng=keys[0], lora_dropout=True))
+    assert np.abs(shared[1:] - together[1:]).max() > 1e-3
+    rows = np.asarray(keep_mask(keys, 0.3, (4, 5, 6)))
+    for i in range(4):
+        np.testing.assert_array_equal(rows[i], np.asarray(keep_mask(keys[i], 0.3, (5, 6))))
+    with pytest.raises(ValueError, match="per-row keys"):
+        keep_mask(keys, 0.3, (5, 4))

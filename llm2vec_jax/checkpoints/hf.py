@@ -24,12 +24,12 @@ import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ..models.config import ModelConfig
 from ..models.transformer import (PROJECTIONS, Transformer, WeightSpec, abstract_model,
                                   input_rank, weight_specs)
+from .safetensors_io import SafetensorsFile, SafetensorsFormatError
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -122,10 +122,10 @@ def _safetensors_files(directory: str) -> dict[str, str]:
     raise FileNotFoundError(f"no {SAFE_SINGLE} or {SAFE_INDEX} in {directory!r}{hint}")
 
 
-def _open(path: str):
+def _open(path: str) -> SafetensorsFile:
     try:
-        return safe_open(path, framework="numpy")
-    except (SafetensorError, OSError) as e:
+        return SafetensorsFile(path)
+    except (SafetensorsFormatError, OSError) as e:
         raise CheckpointError(f"cannot read safetensors file {path!r} (corrupt or truncated?): {e}") from e
 
 
@@ -139,16 +139,16 @@ class _Reader:
     def _handle(self, key: str):
         path = self.files[key]
         if path not in self._handles:
-            self._handles[path] = _open(path).__enter__()
+            self._handles[path] = _open(path)
         return self._handles[path]
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handle(key).get_slice(key).get_shape())
+        return self._handle(key).shape(key)
 
     def read(self, key: str) -> np.ndarray:
         try:
-            return self._handle(key).get_tensor(key)
-        except SafetensorError as e:
+            return self._handle(key).read(key)
+        except (SafetensorsFormatError, OSError) as e:
             raise CheckpointError(f"cannot read tensor {key!r} from {self.files[key]!r} "
                                   f"(corrupt or truncated file?): {e}") from e
 

@@ -30,13 +30,13 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ..lora import (ALL_TARGETS, HF_MODULES, LoRAConfig, LoRAError, _lora_shardings, _place,
                     _set_adapter, get_adapter, has_lora, lora_specs)
 from ..models.transformer import Transformer
 from .hf import HF_NAMES, to_hf, to_ours
+from .safetensors_io import SafetensorsFile, SafetensorsFormatError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -196,8 +196,8 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | os.PathLike, *,
         raw = json.load(f)
     declared = _config_from_json(raw)
     try:
-        handle = safe_open(weights_path, framework="numpy")
-    except (SafetensorError, OSError) as e:
+        handle = SafetensorsFile(weights_path)
+    except (SafetensorsFormatError, OSError) as e:
         raise PeftFormatError(f"cannot read {weights_path!r}: {e}") from e
     with handle as f:
         keys = set(f.keys())
@@ -240,7 +240,7 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | os.PathLike, *,
                 for w in "AB":
                     key = peft_key(p, i, w, prefix)
                     if key in keys:
-                        got = tuple(f.get_slice(key).get_shape())
+                        got = f.shape(key)
                         if got != want[w]:
                             problems.append(f"{key} has shape {list(got)}, expected "
                                             f"{list(want[w])} (r={config.r})")
@@ -252,7 +252,7 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | os.PathLike, *,
             stacked = []
             for w, suffix in (("A", "a"), ("B", "b")):
                 shape = specs[f"{p}_lora_{suffix}"][0]
-                layers = [to_ours(p, f.get_tensor(peft_key(p, i, w, prefix)), shape[1:])
+                layers = [to_ours(p, f.read(peft_key(p, i, w, prefix)), shape[1:])
                           for i in range(num_layers)]
                 stacked.append(np.stack(layers).astype(jnp.dtype(dtype)))
             sh_a, sh_b = _lora_shardings(getattr(model.layers, p)[...], p)

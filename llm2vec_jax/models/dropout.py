@@ -22,8 +22,33 @@ def keep_threshold(rate: float) -> int:
     return round((1.0 - rate) * _LEVELS)
 
 
+def split_keys(keys: jax.Array, num: int) -> jax.Array:
+    """``jax.random.split`` for a key or an array of keys: [*K] → [num, *K]."""
+    if keys.ndim == 0:
+        return jax.random.split(keys, num)
+    split = jax.vmap(lambda k: jax.random.split(k, num))(keys.reshape(-1))
+    return jnp.moveaxis(split, 1, 0).reshape((num, *keys.shape))
+
+
+def fold_in_keys(keys: jax.Array, data: int) -> jax.Array:
+    """``jax.random.fold_in`` for a key or an array of keys."""
+    if keys.ndim == 0:
+        return jax.random.fold_in(keys, data)
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys.reshape(-1)).reshape(keys.shape)
+
+
 def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """Boolean mask, True with probability ≈ 1 - ``rate`` (see ``keep_threshold``)."""
+    """Boolean mask, True with probability ≈ 1 - ``rate`` (see ``keep_threshold``).
+
+    ``key`` is one key, or an array of keys matching the leading axes of ``shape`` (one per
+    row): then each row's mask depends on its own key only, exactly as if that row were drawn
+    alone, so a row keeps its mask in any batch it lands in (GradCache chunks).
+    """
+    if key.ndim:
+        if tuple(shape[:key.ndim]) != key.shape:
+            raise ValueError(f"per-row keys {key.shape} do not lead mask shape {tuple(shape)}")
+        rows = jax.vmap(lambda k: keep_mask(k, rate, shape[key.ndim:]))(key.reshape(-1))
+        return rows.reshape(shape)
     size = math.prod(shape)
     words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
     halves = jnp.concatenate([words & 0xFFFF, words >> 16])[:size]

@@ -25,7 +25,7 @@ from flax import nnx
 
 from .attention import attend, attention_allowed
 from .config import ModelConfig
-from .dropout import dropout
+from .dropout import dropout, fold_in_keys, split_keys
 from .rope import apply_rope, rope_tables
 from ..sharding import constrain
 
@@ -187,7 +187,7 @@ def project(x: jax.Array, weights: dict, name: str, dtype, dropout_rng=None) -> 
         eq_a, eq_b = lora_equations(equation)
         key = None
         if dropout_rng is not None:
-            key = jax.random.fold_in(dropout_rng, list(PROJECTIONS).index(name))
+            key = fold_in_keys(dropout_rng, list(PROJECTIONS).index(name))
         lora_x = dropout(x, weights["lora_dropout"], key)
         h = trainable_einsum(eq_a, lora_x, weights[f"{name}_lora_a"].astype(dtype))
         y = y + weights["lora_scale"] * trainable_einsum(
@@ -239,7 +239,8 @@ class Transformer(nnx.Module):
         ``positions`` defaults to 0..S-1 for every row, as HF's forward does (RoPE is
         relative, so left padding does not change real tokens' results beyond rounding).
         ``dropout_rng`` turns on attention-probability dropout (rate ``config.attention_dropout``)
-        and, with ``lora_dropout=True``, LoRA input dropout.
+        and, with ``lora_dropout=True``, LoRA input dropout. It is one key, or one key per row
+        ([B]): then row i's masks come from ``dropout_rng[i]`` alone.
         """
         config = self.config
         causal = config.causal if causal is None else causal
@@ -266,7 +267,7 @@ class Transformer(nnx.Module):
             w = {**w, **static}
             attn_key = proj_key = None
             if key is not None:
-                attn_key, proj_key = jax.random.split(key)
+                attn_key, proj_key = split_keys(key, 2)
             h = rms_norm(x, w["attn_norm"], config.rms_norm_eps)
             q = apply_rope(project(h, w, "q", dtype, proj_key), cos, sin)
             k = apply_rope(project(h, w, "k", dtype, proj_key), cos, sin)
@@ -284,7 +285,7 @@ class Transformer(nnx.Module):
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat])
         keys = None
         if dropout_rng is not None:
-            keys = jax.random.split(dropout_rng, config.num_layers)
+            keys = split_keys(dropout_rng, config.num_layers)
         x, _ = jax.lax.scan(layer, constrain(x, ACTIVATION_AXES), (weights, keys))
         return rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 

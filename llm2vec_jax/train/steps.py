@@ -121,10 +121,7 @@ def encode_rows(model, input_ids, attention_mask, row_keys=None) -> jax.Array:
     gets exactly the masks it gets in the full batch."""
     if row_keys is None:
         return model(input_ids, attention_mask, causal=False)
-
-    def one(ids, mask, key):
-        return model(ids[None], mask[None], causal=False, dropout_rng=key, lora_dropout=True)[0]
-    return jax.vmap(one)(input_ids, attention_mask, row_keys)
+    return model(input_ids, attention_mask, causal=False, dropout_rng=row_keys, lora_dropout=True)
 
 
 def embed(model, batch, prefix: str, rng, pooling: str) -> jax.Array:
@@ -137,19 +134,19 @@ def embed(model, batch, prefix: str, rng, pooling: str) -> jax.Array:
 
 def embed_views(model, batch, views: list[str], rngs: list, pooling: str) -> list[jax.Array]:
     """``[embed(model, batch, v, rng) for v, rng in zip(views, rngs)]`` in one forward pass
-    when the views share a shape: the layer scan runs once over [V, B, S] with V× larger
-    matmuls, and every row keeps the dropout key ``embed`` would give it."""
+    when the views share a shape: the rows are concatenated (only token ids move between
+    devices), so the layer scan runs once with V× larger matmuls, and every row keeps the
+    dropout key ``embed`` would give it."""
     if len({batch[f"{v}_input_ids"].shape for v in views}) > 1:
         return [embed(model, batch, v, rng, pooling) for v, rng in zip(views, rngs)]
-    ids, mask, embed_mask = (jnp.stack([batch[f"{v}_{k}"] for v in views])
+    ids, mask, embed_mask = (jnp.concatenate([batch[f"{v}_{k}"] for v in views])
                              for k in ("input_ids", "attention_mask", "embed_mask"))
-    if rngs[0] is None:
-        hidden = jax.vmap(lambda i, m: encode_rows(model, i, m))(ids, mask)
-    else:
-        keys = jnp.stack([jax.random.split(rng, ids.shape[1]) for rng in rngs])
-        hidden = jax.vmap(lambda i, m, k: encode_rows(model, i, m, k))(ids, mask, keys)
-    pooled = jax.vmap(lambda h, m, e: pool(h, m, e, pooling))(hidden, mask, embed_mask)
-    return list(pooled)
+    rows = batch[f"{views[0]}_input_ids"].shape[0]
+    keys = None
+    if rngs[0] is not None:
+        keys = jnp.concatenate([jax.random.split(rng, rows) for rng in rngs])
+    pooled = pool(encode_rows(model, ids, mask, keys), mask, embed_mask, pooling)
+    return jnp.split(pooled, len(views))
 
 
 def contrastive_objective(model, batch, rng, *, scale: float, pooling: str = "mean"):
