@@ -137,6 +137,41 @@ def test_encoder_loads_in_transformers(recipe_run):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
+_REFERENCE_ENCODE = """
+import json, sys
+import torch
+from llm2vec import LLM2Vec
+encoder_dir, texts = sys.argv[1], json.loads(sys.argv[2])
+l2v = LLM2Vec.from_pretrained(encoder_dir, torch_dtype=torch.float32)
+assert l2v.pooling_mode == "mean" and l2v.max_length == 512, (l2v.pooling_mode, l2v.max_length)
+emb = l2v.encode(texts, batch_size=2, show_progress_bar=False)
+print(json.dumps(emb.float().numpy().tolist()))
+"""
+
+
+def test_encoder_loads_in_the_reference_library(recipe_run):
+    """The PyTorch llm2vec 0.2.3 (its own venv: bench/setup_reference_env.sh) loads OUTPUT_DIR/
+    encoder/ as a bidirectional model, reads its llm2vec_config.json, and embeds like we do.
+    Skipped where that venv does not exist (CI installs no second torch stack)."""
+    import os
+    venv = Path(os.environ.get("LLM2VEC_REF_VENV", Path.home() / ".cache/llm2vec-jax/refvenv"))
+    if not (venv / "bin" / "python").is_file():
+        pytest.skip(f"reference venv {venv} not present (bench/setup_reference_env.sh creates it)")
+    from llm2vec_jax import LLM2Vec
+
+    root, _, _, _ = recipe_run
+    encoder_dir = root / "out" / "encoder"
+    texts = ["A man is playing a guitar.", ["Retrieve similar text:", "A dog runs."],
+             "Three people sit on a bench near the river."]
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", _REFERENCE_ENCODE, str(encoder_dir),
+                           json.dumps(texts)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]), np.float32)
+    ours = LLM2Vec.from_pretrained(encoder_dir).encode(texts, show_progress_bar=False)
+    assert theirs.shape == ours.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
 def test_rerun_skips_completed_stages(recipe_run):
     root, _, recipe, _ = recipe_run
     out = root / "out"

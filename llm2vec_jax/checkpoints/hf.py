@@ -29,6 +29,7 @@ from safetensors.numpy import save_file
 from ..models.config import ModelConfig
 from ..models.transformer import (PROJECTIONS, Transformer, WeightSpec, abstract_model,
                                   input_rank, weight_specs)
+from ..host_memory import release_freed_host_memory
 from .safetensors_io import SafetensorsFile, SafetensorsFormatError
 
 SAFE_SINGLE = "model.safetensors"
@@ -145,6 +146,11 @@ class _Reader:
     def shape(self, key: str) -> tuple[int, ...]:
         return self._handle(key).shape(key)
 
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
     def read(self, key: str) -> np.ndarray:
         try:
             return self._handle(key).read(key)
@@ -223,11 +229,16 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype: str = "float32", *,
     specs = weight_specs(config)
     names = hf_tensor_names(config)
     arrays: dict = {"layers": {}}
-    for group, target in (("top", arrays), ("layers", arrays["layers"])):
-        for name, spec in specs[group].items():
-            target[name] = _load_array(name, spec, names[name], group == "layers", reader,
-                                       np_dtype, sharding_fn(spec))
-    return merge_params(abstract_model(config), arrays)
+    try:
+        for group, target in (("top", arrays), ("layers", arrays["layers"])):
+            for name, spec in specs[group].items():
+                target[name] = _load_array(name, spec, names[name], group == "layers", reader,
+                                           np_dtype, sharding_fn(spec))
+    finally:
+        reader.close()
+    model = merge_params(abstract_model(config), arrays)
+    release_freed_host_memory()  # the host copies each weight passed through
+    return model
 
 
 def merge_params(model: Transformer, arrays: dict) -> Transformer:

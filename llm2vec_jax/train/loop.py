@@ -34,7 +34,7 @@ from ..lora import attach_lora, lora_parameter_count, merge_lora
 from ..checkpoints.default_model import resolve_model
 from .config import TrainConfig
 from .flops import mfu, train_flops_per_step
-from .steps import (TrainState, init_state, jit_eval_step, jit_train_step, make_eval_step,
+from .steps import (TrainState, compile_now, init_state, jit_eval_step, jit_train_step, make_eval_step,
                     make_train_step, mntp_objective)
 
 log = logging.getLogger("llm2vec_jax.train")
@@ -258,6 +258,8 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     batch_shardings = jax.tree.map(lambda x: x.sharding, sample)
     step_fn = jit_train_step(make_train_step(graphdef, tx, objective), state, mesh, batch_shardings)
     eval_fn = jit_eval_step(make_eval_step(graphdef, objective), state, mesh, batch_shardings)
+    with jax.set_mesh(mesh):
+        compile_now(step_fn, state, sample, jax.random.key(0))
 
     manager = checkpoint_manager(config)
     state = restore(manager, state, train_iter)
