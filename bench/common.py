@@ -128,7 +128,7 @@ def reference_model_dir(hf_dir: Path, cache_dir: Path = CACHE_DIR) -> Path:
         dst = out / f.name
         if dst.is_symlink() or dst.exists():
             dst.unlink()
-        if f.name.endswith(".safetensors"):
+        if f.name.endswith(".safetensors") or f.is_dir():
             dst.symlink_to(f)
         else:
             shutil.copy2(f, dst)

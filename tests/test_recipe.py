@@ -159,11 +159,16 @@ def test_encoder_loads_in_the_reference_library(recipe_run):
         pytest.skip(f"reference venv {venv} not present (bench/setup_reference_env.sh creates it)")
     from llm2vec_jax import LLM2Vec
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import common  # bench/: the tokenizer.json downgrade the reference's tokenizers 0.19 needs
+
     root, _, _, _ = recipe_run
     encoder_dir = root / "out" / "encoder"
-    texts = ["A man is playing a guitar.", ["Retrieve similar text:", "A dog runs."],
-             "Three people sit on a bench near the river."]
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", _REFERENCE_ENCODE, str(encoder_dir),
+    legacy_view = common.reference_model_dir(encoder_dir, cache_dir=root)
+    # The reference takes all strings or all [instruction, text] pairs, not a mix.
+    texts = [["", "A man is playing a guitar."], ["Retrieve similar text:", "A dog runs."],
+             ["", "Three people sit on a bench near the river."]]
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", _REFERENCE_ENCODE, str(legacy_view),
                            json.dumps(texts)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]), np.float32)
