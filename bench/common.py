@@ -190,10 +190,16 @@ def results_path(name: str) -> Path:
     return RESULTS_DIR / f"{name}-{stamp}.json"
 
 
+def _portable(text: str) -> str:
+    """Machine paths in a results file, as a reader elsewhere would write them."""
+    text = text.replace(str(REPO_ROOT.parent / "shared"), "../shared")
+    text = text.replace(str(REPO_ROOT), ".")
+    return text.replace(str(Path.home()), "~")
+
+
 def write_results(name: str, payload: dict) -> Path:
     path = results_path(name)
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2)
+    path.write_text(_portable(json.dumps(payload, indent=2)))
     return path
 
 
