@@ -106,12 +106,50 @@ def test_simcse_iterator_shuffles_per_epoch_and_resumes(tokenizer):
     for a, b in zip(rest, [next(resumed) for _ in range(5)]):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
-    assert all(b["q_input_ids"].shape == (4, 24) for b in first + rest)
+    assert all(b["q_input_ids"].shape[0] == 4 and b["q_input_ids"].shape[1] in (16, 24)
+               for b in first + rest)
     epoch1 = make()
     epoch1.epoch = 1
     assert list(make()._epoch_order()) != list(epoch1._epoch_order())
     with pytest.raises(ValueError, match="batch_size"):
         SimCSEBatchIterator(sentences, tokenizer, 2, max_length=24).set_state(state)
+
+
+def test_batch_widths_bucket_padding_and_embeddings_do_not_depend_on_it(tokenizer):
+    """Default: each batch is padded to the smallest bucket holding its longest row;
+    "max_length" and compat ("longest") as documented. Padding is only padding: a batch
+    embeds the same at its bucket width and at max_length (tiny random model)."""
+    from llm2vec_jax.encode import default_buckets
+    sentences = [line.strip() for line in WIKI1M.read_text().splitlines()[:64]]
+    buckets = default_buckets(128)
+    bucketed = SimCSEBatchIterator(sentences, tokenizer, 8, max_length=128, shuffle=False)
+    full = SimCSEBatchIterator(sentences, tokenizer, 8, max_length=128, shuffle=False,
+                               padding="max_length")
+    compat = SimCSEBatchIterator(sentences, tokenizer, 8, max_length=128, shuffle=False,
+                                 compat_pool_all_positions=True)
+    widths = []
+    for _ in range(8):
+        b, f, c = next(bucketed), next(full), next(compat)
+        longest = int(c["q_attention_mask"].sum(1).max())
+        width = b["q_input_ids"].shape[1]
+        assert c["q_input_ids"].shape[1] == longest and f["q_input_ids"].shape[1] == 128
+        assert width in buckets and width >= longest
+        assert width == min(x for x in buckets if x >= longest)
+        widths.append(width)
+        # The same rows, only more left padding.
+        np.testing.assert_array_equal(f["q_attention_mask"][:, -width:], b["q_attention_mask"])
+        np.testing.assert_array_equal(f["q_input_ids"][:, -width:], b["q_input_ids"])
+    assert max(widths) < 128  # wiki sentences are short: max_length padding would be waste
+    with pytest.raises(ValueError, match="padding"):
+        SimCSEBatchIterator(sentences, tokenizer, 8, max_length=128, padding="auto")
+
+    config = ModelConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
+                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    model = init_model(config, seed=0)
+    from llm2vec_jax.train.steps import embed
+    emb_b = embed(model, b, "q", None, "mean")
+    emb_f = embed(model, f, "q", None, "mean")
+    np.testing.assert_allclose(np.asarray(emb_b), np.asarray(emb_f), atol=2e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------- supervised data
@@ -144,8 +182,15 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
     train, held = split_held_out(records, 0.25)
     assert len(train) == 36 and len(held) == 12
     assert {r["dataset"] for r in held} == {"allnli", "squad"}
+    # Two processes pad to max_length (what the training loop asks for): one global width.
     make = functools.partial(SupervisedBatchIterator, train, tokenizer, 8, instructions=table,
-                             max_length=64, seed=1, process_count=2)
+                             max_length=64, seed=1, process_count=2, padding="max_length")
+    single = next(SupervisedBatchIterator(train, tokenizer, 8, instructions=table, max_length=64,
+                                          seed=1))
+    widths = {single[f"{v}_input_ids"].shape[1] for v in "qdn"}
+    longest = max(int(single[f"{v}_attention_mask"].sum(1).max()) for v in "qdn")
+    from llm2vec_jax.encode import default_buckets
+    assert len(widths) == 1 and widths.pop() == min(b for b in default_buckets(64) if b >= longest)
     p0, p1 = make(process_index=0), make(process_index=1)
     assert p0.batches_per_epoch == 4  # 18 records per dataset -> 2 full batches of 8 each
     plan = p0.epoch_plan()

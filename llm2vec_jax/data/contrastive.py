@@ -30,9 +30,13 @@ tail is dropped), and the batch order is shuffled; process p takes rows
 sharding gives). The reference shuffles once with Python's global ``random``; here the
 order is a function of (seed, epoch), so resumption reproduces it and every epoch differs.
 
-Widths: rows are padded (left, EOS, as the reference) to ``max_length`` so every step has
-one shape and compiles once; compat mode pads to the local batch's longest row, as the
-reference does, at the cost of a compile per distinct width.
+Widths: rows are padded (left, EOS, as the reference). By default a batch is padded to the
+smallest of ``encode.default_buckets(max_length)`` that holds its longest row (all views of
+a supervised batch share it): at most ~25 % padding, and at most a dozen compiled step shapes
+(the reference pads to the longest row, one shape per batch; padding every batch to
+``max_length`` would spend most of a short-sentence corpus's compute on padding). With
+several processes every batch is padded to ``max_length``: a global array needs one width on
+every process. Compat mode pads to the local batch's longest row, as the reference does.
 """
 
 from __future__ import annotations
@@ -44,22 +48,36 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..encode import (SEPARATOR, check_pooling_mode, collate, pad_token_id,
-                      prepare_for_tokenization, tokenize_strings)
+from ..encode import (SEPARATOR, bucket_for, check_pooling_mode, collate, default_buckets,
+                      pad_token_id, prepare_for_tokenization, tokenize_strings)
 from .epochs import EpochIterator, ShuffledBatches
 
 VIEWS = ("q", "d", "n")
 
 
+PADDING = ("bucket", "max_length", "longest")
+
+
+def batch_width(longest: int, max_length: int, padding: str) -> int | None:
+    """The padded width of a batch whose longest row has ``longest`` tokens (None: longest)."""
+    if padding not in PADDING:
+        raise ValueError(f"padding={padding!r}; choose one of {PADDING}")
+    if padding == "bucket":
+        return bucket_for(longest, default_buckets(max_length, min_bucket=min(16, max_length)))
+    return max_length if padding == "max_length" else None
+
+
 def features(tokenizer, strings: Sequence[str], *, max_length: int,
              compat_pool_all_positions: bool = False, pad_to: int | None = None,
-             pooling: str = "mean") -> dict[str, np.ndarray]:
+             pooling: str = "mean", padding: str | None = None) -> dict[str, np.ndarray]:
     """Separator-carrying strings -> left-padded ``input_ids/attention_mask/embed_mask``.
 
-    ``pad_to=None`` pads to the longest row. In compat mode the pooling mask is all ones,
-    padding included (see the module docstring).
+    Width: ``pad_to``, else ``batch_width(longest row, max_length, padding)``, else the longest
+    row. In compat mode the pooling mask is all ones, padding included (module docstring).
     """
     rows = tokenize_strings(tokenizer, strings, max_length=max_length)
+    if pad_to is None and padding is not None:
+        pad_to = batch_width(max((len(r) for r in rows), default=1), max_length, padding)
     out = collate(rows, pad_id=pad_token_id(tokenizer), padding_side="left", pad_to=pad_to)
     if compat_pool_all_positions and pooling == "mean":
         out["embed_mask"] = np.ones_like(out["embed_mask"])
@@ -84,7 +102,7 @@ class SimCSEBatchIterator(ShuffledBatches):
 
     def __init__(self, sentences: Sequence[str], tokenizer, per_process_batch_size: int, *,
                  max_length: int, pooling: str = "mean",
-                 compat_pool_all_positions: bool = False, pad_to_max_length: bool | None = None,
+                 compat_pool_all_positions: bool = False, padding: str | None = None,
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None):
         super().__init__(len(sentences), per_process_batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, what="sentences")
@@ -95,8 +113,9 @@ class SimCSEBatchIterator(ShuffledBatches):
         self.pooling = pooling
         self.compat = bool(compat_pool_all_positions)
         # The quirk depends on the padded width, so compat pads like the reference: to the
-        # longest row (pass True to force one shape, e.g. for several processes).
-        self.pad_to_max_length = (not self.compat) if pad_to_max_length is None else pad_to_max_length
+        # longest row (pass "max_length" to force one shape, e.g. for several processes).
+        self.padding = padding or ("longest" if self.compat else "bucket")
+        batch_width(1, self.max_length, self.padding)  # validates
 
     def batch_texts(self, rows: Sequence[int]) -> list[str]:
         return [self.sentences[i] for i in rows]
@@ -105,17 +124,17 @@ class SimCSEBatchIterator(ShuffledBatches):
         rows = self._next_rows()
         return simcse_features(self.tokenizer, self.batch_texts(rows), max_length=self.max_length,
                                pooling=self.pooling, compat_pool_all_positions=self.compat,
-                               pad_to=self.max_length if self.pad_to_max_length else None)
+                               padding=self.padding)
 
 
 def simcse_features(tokenizer, sentences: Sequence[str], *, max_length: int,
                     pooling: str = "mean", compat_pool_all_positions: bool = False,
-                    pad_to: int | None = None) -> dict[str, np.ndarray]:
+                    pad_to: int | None = None, padding: str | None = None) -> dict[str, np.ndarray]:
     """One tokenization of ``sentences`` as both the ``q_*`` and ``d_*`` views."""
     # SEPARATOR first: the whole sentence is the pooled part, as encode() pools it.
     feats = features(tokenizer, [SEPARATOR + s for s in sentences], max_length=max_length,
                      compat_pool_all_positions=compat_pool_all_positions, pad_to=pad_to,
-                     pooling=pooling)
+                     pooling=pooling, padding=padding)
     return {f"{view}_{k}": v for view in ("q", "d") for k, v in feats.items()}
 
 
@@ -204,9 +223,12 @@ class SupervisedBatchIterator(EpochIterator):
                  instructions: Mapping[str, str | list[str]], max_length: int,
                  pooling: str = "mean", model_type: str | None = None,
                  name_or_path: str | None = None, seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):
+                 num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
+                 padding: str = "bucket"):
         super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
         check_pooling_mode(pooling)
+        batch_width(1, max_length, padding)  # validates
+        self.padding = padding
         if global_batch_size < 1 or global_batch_size % process_count:
             raise ValueError(f"global_batch_size {global_batch_size} must be a positive "
                              f"multiple of the {process_count} processes")
@@ -284,13 +306,19 @@ class SupervisedBatchIterator(EpochIterator):
         self.position += 1
         lo = self.process_index * self.local_batch_size
         triples = [self.datasets[name][i] for i in rows[lo:lo + self.local_batch_size]]
-        out = {}
+        views = {}
         for v, view in enumerate(VIEWS[:3 if self.with_negative else 2]):
             strings = [prepare_for_tokenization(t[v], pooling_mode=self.pooling,
                                                 model_type=self.model_type,
                                                 name_or_path=self.name_or_path)
                        for t in triples]
-            feats = features(self.tokenizer, strings, max_length=self.max_length,
-                             pad_to=self.max_length, pooling=self.pooling)
+            views[view] = tokenize_strings(self.tokenizer, strings, max_length=self.max_length)
+        # One width for every view, so the step encodes them in one pass.
+        longest = max(len(r) for rows in views.values() for r in rows)
+        width = batch_width(longest, self.max_length, self.padding) or longest
+        out = {}
+        for view, rows in views.items():
+            feats = collate(rows, pad_id=pad_token_id(self.tokenizer), padding_side="left",
+                            pad_to=width)
             out.update({f"{view}_{k}": a for k, a in feats.items()})
         return out

@@ -140,16 +140,17 @@ def _resolve(path: str) -> str:
 
 def simcse_iterators(config: TrainConfig, tokenizer):
     run, section = config.run, config.contrastive
-    pad_to_max = None
-    if section.compat_pool_all_positions and jax.process_count() > 1:
-        # Processes must agree on the global batch's width; the reference pads each device's
-        # batch separately, which a global array cannot express.
-        log.warning("compat_pool_all_positions with several processes pads to max_length, "
-                    "not to each batch's longest row: pooled values differ from the reference")
-        pad_to_max = True
+    padding = None  # the iterator's default: bucket widths (compat: the longest row)
+    if jax.process_count() > 1:
+        # Processes must agree on the global batch's width, which they cannot see locally.
+        if section.compat_pool_all_positions:
+            log.warning("compat_pool_all_positions with several processes pads to max_length, "
+                        "not to each batch's longest row: pooled values differ from the "
+                        "reference")
+        padding = "max_length"
     common = dict(max_length=section.max_length, pooling=section.pooling,
                   compat_pool_all_positions=section.compat_pool_all_positions,
-                  pad_to_max_length=pad_to_max)
+                  padding=padding)
 
     def make_shard(shard: int, num_shards: int, rows: int):
         texts = [t.strip() for t in read_texts(config, shard=shard, num_shards=num_shards)]
@@ -188,7 +189,8 @@ def supervised_iterators(config: TrainConfig, tokenizer, model_type: str):
     common = dict(instructions=instructions, max_length=section.max_length,
                   pooling=section.pooling, model_type=model_type,
                   name_or_path=config.model.path, process_index=jax.process_index(),
-                  process_count=jax.process_count())
+                  process_count=jax.process_count(),
+                  padding="max_length" if jax.process_count() > 1 else "bucket")
     train_iter = SupervisedBatchIterator(train, tokenizer, run.global_batch_size,
                                          seed=run.seed, **common)
     try:

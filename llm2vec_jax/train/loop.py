@@ -8,6 +8,7 @@ state, step and the data iterator's position; the step's dropout rng is derived 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -252,7 +253,8 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     tx = config.optimizer.build(run.max_steps)
     sample = to_global(mesh, next(iter(train_iter)), seq_len)
     train_iter.set_state({"step": 0})
-    flops = train_flops_per_step(model.config, lora_parameter_count(model), sample)
+    # Per batch: contrastive batches come in a few padded widths.
+    step_flops = functools.partial(train_flops_per_step, model.config, lora_parameter_count(model))
     graphdef, state = init_state(model, tx, mesh)
     del model  # the state now owns the arrays
     batch_shardings = jax.tree.map(lambda x: x.sharding, sample)
@@ -271,30 +273,30 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     base_key = jax.random.key(run.seed)
     progress = _progress(run, start)
     last: dict = {}
-    window_start, window_tokens = time.perf_counter(), 0
+    window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
     try:
         with jax.set_mesh(mesh):  # activations are pinned to the mesh by logical axis names
             for step in range(start, run.max_steps):
                 local = next(train_iter)
                 batch = to_global(mesh, local, seq_len)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+                window_flops += step_flops(batch)
                 window_tokens += int(sum(v.sum() for k, v in local.items() if k.endswith("attention_mask"))) \
                     * jax.process_count()
                 done = step + 1
                 if done % run.log_every == 0 or done == run.max_steps:
                     metrics = jax.device_get(metrics)
                     elapsed = time.perf_counter() - window_start
-                    steps_in_window = done - max(start, done - run.log_every) or 1
                     metrics = {k: float(v) for k, v in metrics.items()}
                     metrics["tokens_per_s"] = window_tokens / elapsed
-                    utilisation = mfu(flops * steps_in_window / elapsed)
+                    utilisation = mfu(window_flops / elapsed)
                     if utilisation is not None:
                         metrics["mfu"] = utilisation
                     writer.write(done, "train", metrics)
                     progress.set_postfix(loss=f"{metrics['loss']:.4f}",
                                          tok_s=f"{metrics['tokens_per_s']:.0f}")
                     last = metrics
-                    window_start, window_tokens = time.perf_counter(), 0
+                    window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
                 if done % run.eval_every == 0 or done == run.max_steps:
                     eval_metrics = evaluate(eval_fn, state, eval_iter, mesh, seq_len, run.eval_batches)
                     writer.write(done, "eval", eval_metrics)
