@@ -55,6 +55,15 @@ def test_unknown_key_suggests_the_right_one():
         load_config("nope.yaml")
 
 
+def test_changed_settings_lists_every_differing_leaf():
+    from llm2vec_jax.train.loop import changed_settings
+    before = {"run": {"max_steps": 10, "seed": 0}, "model": {"path": "a"}, "gone": 1}
+    after = {"run": {"max_steps": 20, "seed": 0}, "model": {"path": "a"}, "new": {"x": 2}}
+    assert changed_settings(before, after) == ["gone: 1 -> None", "new: None -> {'x': 2}",
+                                               "run.max_steps: 10 -> 20"]
+    assert changed_settings(after, after) == []
+
+
 def test_paper_configs_parse():
     configs = os.path.join(os.path.dirname(__file__), "..", "configs", "mntp")
     for name in sorted(os.listdir(configs)):
@@ -102,3 +111,13 @@ def test_mntp_run_exports_adapter_and_resumes_exactly(tiny_run):
     for step, values in losses.items():
         assert values == reference[step] * len(values), step
     assert max(losses) == 10
+    assert "differ from the run" not in resumed.stderr
+
+    # Continuing a finished run with changed settings says what changed.
+    longer = subprocess.run(cli(root, model, corpus, straight, "--set", "run.max_steps=11",
+                                "--set", "optimizer.learning_rate=2e-3"),
+                            capture_output=True, text=True, timeout=600)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "differ from the run" in longer.stderr
+    assert "optimizer.learning_rate: 0.001 -> 0.002" in longer.stderr
+    assert "run.max_steps: 10 -> 11" in longer.stderr

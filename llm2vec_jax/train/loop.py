@@ -268,8 +268,14 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(run.output_dir, run.tensorboard)
     if is_main_process():
-        epath.Path(_join(run.output_dir, "train_config.json")).write_text(
-            json.dumps(config.to_dict(), indent=2))
+        config_file = epath.Path(_join(run.output_dir, "train_config.json"))
+        if start and config_file.exists():
+            changed = changed_settings(json.loads(config_file.read_text()), config.to_dict())
+            if changed:
+                log.warning("resuming %s at step %d with settings that differ from the run "
+                            "that wrote its checkpoints: %s", run.output_dir, start,
+                            "; ".join(changed))
+        config_file.write_text(json.dumps(config.to_dict(), indent=2))
     base_key = jax.random.key(run.seed)
     progress = _progress(run, start)
     last: dict = {}
@@ -315,6 +321,18 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
         writer.close()
     export(config, graphdef, state, model_path, tokenizer)
     return last
+
+
+def changed_settings(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two config dicts."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def _progress(run, start: int):
