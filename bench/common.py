@@ -61,8 +61,8 @@ def _top_cpu_processes(n: int = 8, interval: float = 1.0) -> list[dict]:
     return rows[:n]
 
 
-def machine_state(max_load_per_core: float = 0.5, max_other_cpu_per_core: float = 10.0) -> dict:
-    """Load average and top CPU consumers, recorded with every result.
+def machine_state(max_other_cpu_per_core: float = 10.0) -> dict:
+    """Other processes' CPU use (the idle verdict) and the load average, with every result.
 
     A busy machine makes both sides slower by different amounts (they parallelise
     differently), so ratios taken on a loaded box are not trustworthy; we record rather than
@@ -70,10 +70,12 @@ def machine_state(max_load_per_core: float = 0.5, max_other_cpu_per_core: float 
     """
     load1, load5, load15 = os.getloadavg()
     ncpu = os.cpu_count() or 1
-    top = _top_cpu_processes(interval=2.0)
+    top = _top_cpu_processes(interval=3.0)
     busy_pct = sum(r["cpu_percent"] for r in top)
-    # loadavg lags by a minute, the /proc sample is instantaneous: require both to be low
-    idle = load1 / ncpu <= max_load_per_core and busy_pct <= max_other_cpu_per_core * ncpu
+    # The verdict is the /proc sample of *other* processes. The load average is recorded
+    # but not judged: it decays over minutes and counts this harness's own measurement
+    # subprocesses, so it stays high through any multi-process benchmark.
+    idle = busy_pct <= max_other_cpu_per_core * ncpu
     return {
         "loadavg": [round(load1, 2), round(load5, 2), round(load15, 2)],
         "cpu_count": ncpu,
