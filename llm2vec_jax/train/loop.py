@@ -270,7 +270,8 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     if is_main_process():
         config_file = epath.Path(_join(run.output_dir, "train_config.json"))
         if start and config_file.exists():
-            changed = changed_settings(json.loads(config_file.read_text()), config.to_dict())
+            changed = changed_settings(json.loads(config_file.read_text()),
+                                       json.loads(json.dumps(config.to_dict())))
             if changed:
                 log.warning("resuming %s at step %d with settings that differ from the run "
                             "that wrote its checkpoints: %s", run.output_dir, start,
