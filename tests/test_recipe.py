@@ -8,6 +8,7 @@ the API, load in transformers, and a rerun must skip everything already done.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,14 +150,17 @@ print(json.dumps(emb.float().numpy().tolist()))
 """
 
 
+REFERENCE_VENV = Path(os.environ.get("LLM2VEC_REF_VENV",
+                                    Path.home() / ".cache" / "llm2vec-jax" / "refvenv"))
+
+
+@pytest.mark.skipif(not (REFERENCE_VENV / "bin" / "python").is_file(),
+                    reason="no reference venv (bench/setup_reference_env.sh creates it)")
 def test_encoder_loads_in_the_reference_library(recipe_run):
     """The PyTorch llm2vec 0.2.3 (its own venv: bench/setup_reference_env.sh) loads OUTPUT_DIR/
     encoder/ as a bidirectional model, reads its llm2vec_config.json, and embeds like we do.
     Skipped where that venv does not exist (CI installs no second torch stack)."""
-    import os
-    venv = Path(os.environ.get("LLM2VEC_REF_VENV", Path.home() / ".cache/llm2vec-jax/refvenv"))
-    if not (venv / "bin" / "python").is_file():
-        pytest.skip(f"reference venv {venv} not present (bench/setup_reference_env.sh creates it)")
+    venv = REFERENCE_VENV
     from llm2vec_jax import LLM2Vec
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
