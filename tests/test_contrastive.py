@@ -16,15 +16,15 @@ import transformers
 import yaml
 from flax import nnx
 
+from conftest import tiny_lora_model
 from llm2vec_jax.data.contrastive import (SEPARATOR, SimCSEBatchIterator,
                                           SupervisedBatchIterator, load_instructions,
                                           read_triples, simcse_features, split_held_out)
 from llm2vec_jax.encode import pool
-from llm2vec_jax.lora import LoRAConfig, attach_lora
 from llm2vec_jax.models import ModelConfig, init_model, load_hf_checkpoint
 from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.contrastive import grad_cache_objective
-from llm2vec_jax.train.steps import contrastive_objective, split_model
+from llm2vec_jax.train.steps import contrastive_objective
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = SHARED / "data"
@@ -237,16 +237,8 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
 def test_grad_cache_gradients_equal_plain_step():
     """Batch 8 in chunks of 2, attention + LoRA dropout on, hard negatives: same loss and
     LoRA gradients as the one-pass objective."""
-    config = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2,
-                         num_heads=4, num_kv_heads=2, head_dim=16, attention_dropout=0.3)
-    model = init_model(config, seed=0)
-    attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.1), seed=0)
-    graphdef, lora, frozen = split_model(model)
-    # PEFT's B = 0 would give A no gradient at all: randomise the adapter.
-    leaves, treedef = jax.tree.flatten(lora)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    lora = jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, x.shape, x.dtype)
-                                        for k, x in zip(keys, leaves)])
+    graphdef, lora, frozen = tiny_lora_model(vocab_size=128, hidden_size=64,
+                                             intermediate_size=96, head_dim=16)
     rng = np.random.default_rng(0)
     batch = {}
     for view in "qdn":

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm2vec_jax.lora import LoRAConfig, attach_lora
-from llm2vec_jax.models import ModelConfig, init_model
+from conftest import tiny_lora_model
 from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
 from llm2vec_jax.models.transformer import PROJECTIONS, lora_equations, trainable_einsum
-from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views, split_model
+from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.3, 0.5])
@@ -70,15 +69,8 @@ def test_trainable_einsum_matches_autodiff(name, dtype):
 
 
 def _model_and_batch(lengths):
-    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2,
-                         num_heads=4, num_kv_heads=2, head_dim=8, attention_dropout=0.3)
-    model = init_model(config, seed=0)
-    attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.1), seed=0)
-    graphdef, lora, frozen = split_model(model)
-    leaves, treedef = jax.tree.flatten(lora)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    lora = jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, x.shape, x.dtype)
-                                        for k, x in zip(keys, leaves)])
+    graphdef, lora, frozen = tiny_lora_model(vocab_size=96, hidden_size=32,
+                                             intermediate_size=48, head_dim=8)
     rng = np.random.default_rng(0)
     batch = {}
     for view, length in zip("qdn", lengths):
