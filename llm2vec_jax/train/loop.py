@@ -269,14 +269,15 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     writer = MetricsWriter(run.output_dir, run.tensorboard)
     if is_main_process():
         config_file = epath.Path(_join(run.output_dir, "train_config.json"))
+        settings = json.dumps(config.to_dict(), indent=2)
         if start and config_file.exists():
-            changed = changed_settings(json.loads(config_file.read_text()),
-                                       json.loads(json.dumps(config.to_dict())))
+            # Compared as JSON, the form the earlier run wrote (tuples read back as lists).
+            changed = changed_settings(json.loads(config_file.read_text()), json.loads(settings))
             if changed:
                 log.warning("resuming %s at step %d with settings that differ from the run "
                             "that wrote its checkpoints: %s", run.output_dir, start,
                             "; ".join(changed))
-        config_file.write_text(json.dumps(config.to_dict(), indent=2))
+        config_file.write_text(settings)
     base_key = jax.random.key(run.seed)
     progress = _progress(run, start)
     last: dict = {}
