@@ -58,10 +58,14 @@ VIEWS = ("q", "d", "n")
 PADDING = ("bucket", "max_length", "longest")
 
 
-def batch_width(longest: int, max_length: int, padding: str) -> int | None:
-    """The padded width of a batch whose longest row has ``longest`` tokens (None: longest)."""
+def check_padding(padding: str) -> None:
     if padding not in PADDING:
         raise ValueError(f"padding={padding!r}; choose one of {PADDING}")
+
+
+def batch_width(longest: int, max_length: int, padding: str) -> int | None:
+    """The padded width of a batch whose longest row has ``longest`` tokens (None: longest)."""
+    check_padding(padding)
     if padding == "bucket":
         return bucket_for(longest, default_buckets(max_length, min_bucket=min(16, max_length)))
     return max_length if padding == "max_length" else None
@@ -115,7 +119,7 @@ class SimCSEBatchIterator(ShuffledBatches):
         # The quirk depends on the padded width, so compat pads like the reference: to the
         # longest row (pass "max_length" to force one shape, e.g. for several processes).
         self.padding = padding or ("longest" if self.compat else "bucket")
-        batch_width(1, self.max_length, self.padding)  # validates
+        check_padding(self.padding)
 
     def batch_texts(self, rows: Sequence[int]) -> list[str]:
         return [self.sentences[i] for i in rows]
@@ -227,7 +231,7 @@ class SupervisedBatchIterator(EpochIterator):
                  padding: str = "bucket"):
         super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
         check_pooling_mode(pooling)
-        batch_width(1, max_length, padding)  # validates
+        check_padding(padding)
         self.padding = padding
         if global_batch_size < 1 or global_batch_size % process_count:
             raise ValueError(f"global_batch_size {global_batch_size} must be a positive "
