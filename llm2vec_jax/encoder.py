@@ -16,7 +16,10 @@ most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime
 ``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 13 widths).
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
-devices and the parameters are replicated.
+devices and the parameters are replicated. On CPU, 16-bit float parameters are held as
+uint16 views of the same buffers and bitcast back inside the jitted forward: XLA:CPU slices
+each layer's weights out of the stacked bits without first converting (or copying) the whole
+stack (``models.transformer._indexed``).
 
 Padding here is on the right (the reference pads left); per-row results are the same because
 padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
@@ -128,7 +131,9 @@ class LLM2Vec:
         self._data = NamedSharding(self.mesh, P("data"))
         self.model = model
         self._graphdef, state = nnx.split(model)
-        self._state = jax.device_put(state, self._replicated)
+        state = jax.device_put(state, self._replicated)
+        self._dtypes = jax.tree.map(lambda x: x.dtype, state)
+        self._state = jax.tree.map(_cpu_half_as_bits, state)
         self._compiled: dict[tuple[int, int], Any] = {}
 
     # ------------------------------------------------------------------ construction
@@ -211,8 +216,10 @@ class LLM2Vec:
         key = (rows, width)
         if key not in self._compiled:
             graphdef, causal, mode = self._graphdef, not self.bidirectional, self.pooling_mode
+            dtypes = self._dtypes
 
             def forward_pool(state, input_ids, attention_mask, embed_mask):
+                state = jax.tree.map(_bitcast_to, state, dtypes)
                 model = nnx.merge(graphdef, state)
                 hidden = model(input_ids, attention_mask, causal=causal)
                 return _enc.pool(hidden, attention_mask, embed_mask, mode)
@@ -289,6 +296,22 @@ class LLM2Vec:
     @property
     def num_compilations(self) -> int:
         return len(self._compiled)
+
+
+def _cpu_half_as_bits(x: jax.Array) -> jax.Array:
+    """A 16-bit float array on CPU devices as uint16, sharing its buffers (numpy views, which
+    ``device_put`` aliases on CPU); anything else unchanged."""
+    if jnp.dtype(x.dtype).itemsize != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    shards = x.addressable_shards
+    if any(s.device.platform != "cpu" for s in shards):
+        return x
+    views = [jax.device_put(np.asarray(s.data).view(np.uint16), s.device) for s in shards]
+    return jax.make_array_from_single_device_arrays(x.shape, x.sharding, views)
+
+
+def _bitcast_to(x: jax.Array, dtype) -> jax.Array:
+    return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
 
 
 # ---------------------------------------------------------------------- adapters

@@ -131,6 +131,33 @@ def test_order_and_batching_do_not_change_embeddings(encoder):
     _check_rows(single, full[1:2])
 
 
+def test_bfloat16_weights_are_held_as_bits_without_a_copy(smollm2_dir):
+    """On CPU the bf16 encoder keeps its parameters as uint16 views of the model's own
+    buffers, and its embeddings are exactly the bf16 model's pooled forward."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from llm2vec_jax import encode as enc_text
+
+    enc = LLM2Vec.from_pretrained(smollm2_dir, dtype="bfloat16")
+    held = jax.tree.leaves(enc._state)
+    original = jax.tree.leaves(nnx.state(enc.model))
+    assert {x.dtype for x in held} == {jnp.dtype(jnp.uint16)}
+    assert all(h.unsafe_buffer_pointer() == o.unsafe_buffer_pointer() for h, o in zip(held, original))
+    feats = enc.tokenize(TEXTS)
+    args = [jnp.asarray(feats[k]) for k in ("input_ids", "attention_mask", "embed_mask")]
+    got = enc._forward_fn(*args[0].shape)(enc._state, *args)
+
+    @jax.jit
+    def plain(state, ids, mask, embed_mask):  # the model's own bf16 arrays
+        hidden = nnx.merge(enc._graphdef, state)(ids, mask, causal=False)
+        return enc_text.pool(hidden, mask, embed_mask, "mean")
+
+    want = plain(nnx.state(enc.model), *args)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_compilations_are_bounded(encoder):
     enc = _with(encoder, max_length=64)  # widths 16, 32, 64
     rng = np.random.default_rng(1)

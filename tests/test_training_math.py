@@ -1,6 +1,7 @@
-"""The training-path kernels that replace stock JAX ops for speed: the 16-bit dropout mask,
-the LoRA einsum with a hand-written VJP, and the one-pass multi-view contrastive encoder.
-Oracles: binomial statistics, JAX's own autodiff of the plain einsum, and the per-view path."""
+"""The kernels that replace stock JAX ops for speed: the 16-bit dropout mask, the LoRA einsum
+with a hand-written VJP, the one-pass multi-view contrastive encoder, and 16-bit weights
+indexed as raw bits. Oracles: binomial statistics, JAX's own autodiff of the plain ops, the
+per-view path, and the model run with the plain indexing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from flax import nnx
 
 from conftest import tiny_lora_model
 from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
-from llm2vec_jax.models.transformer import PROJECTIONS, lora_equations, trainable_einsum
+from llm2vec_jax.models import ModelConfig, init_model
+from llm2vec_jax.models import transformer
+from llm2vec_jax.models.transformer import (PROJECTIONS, embed_tokens, layer_slice, lora_equations,
+                                            trainable_einsum)
 from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views
 
 
@@ -124,3 +128,47 @@ def test_per_row_keys_give_each_row_the_masks_it_gets_alone():
         np.testing.assert_array_equal(rows[i], np.asarray(keep_mask(keys[i], 0.3, (5, 6))))
     with pytest.raises(ValueError, match="per-row keys"):
         keep_mask(keys, 0.3, (5, 4))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_indexing_as_bits_is_exact_and_differentiable(dtype):
+    stacked = jax.random.normal(jax.random.key(0), (5, 6, 7)).astype(dtype)
+    table = jax.random.normal(jax.random.key(1), (11, 6)).astype(dtype)
+    ids = jnp.array([[3, 0, 10], [3, 3, 1]])
+    np.testing.assert_array_equal(np.asarray(jax.jit(layer_slice)(stacked, 2)), np.asarray(stacked[2]))
+    np.testing.assert_array_equal(np.asarray(jax.jit(embed_tokens)(table, ids)), np.asarray(table[ids]))
+    # Gradients equal autodiff of the plain indexing (repeated ids accumulate).
+    c = jax.random.normal(jax.random.key(2), (2, 3, 6)).astype(dtype)
+    got = jax.grad(lambda t: (embed_tokens(t, ids) * c).astype(jnp.float32).sum())(table)
+    want = jax.grad(lambda t: (t[ids] * c).astype(jnp.float32).sum())(table)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    got = jax.grad(lambda w: layer_slice(w, 4).astype(jnp.float32).sum())(stacked)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.zeros_like(stacked).at[4].set(1)))
+
+
+def test_bf16_forward_has_no_float32_copy_of_the_weights(monkeypatch):
+    """XLA:CPU normalises 16-bit dynamic-slices/gathers to float32 by converting the whole
+    operand: the compiled bf16 forward must not hold any weight-shaped float32 array, and
+    must give exactly what the plain-indexing forward gives."""
+    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=3,
+                         num_heads=4, num_kv_heads=2, head_dim=8, dtype="bfloat16",
+                         param_dtype="bfloat16")
+    graphdef, state = nnx.split(init_model(config, seed=0))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 9)), jnp.int32)
+    mask = jnp.ones_like(ids).at[1, 6:].set(0)
+
+    def forward(state, ids, mask):
+        return nnx.merge(graphdef, state)(ids, mask, causal=False)
+
+    compiled = jax.jit(forward).lower(state, ids, mask).compile()
+    hlo = compiled.as_text()
+    shapes = {x.shape for x in jax.tree.leaves(state) if x.ndim >= 2}
+    assert len(shapes) >= 4
+    for shape in shapes:
+        assert f"f32[{','.join(map(str, shape))}]" not in hlo, shape
+    fast = np.asarray(compiled(state, ids, mask), np.float32)
+    monkeypatch.setattr(transformer, "_is_half", lambda x: False)
+    plain_compiled = jax.jit(lambda *a: forward(*a)).lower(state, ids, mask).compile()  # retrace
+    plain_hlo = plain_compiled.as_text()  # the check above can fail: plain indexing trips it
+    assert any(f"f32[{','.join(map(str, shape))}]" in plain_hlo for shape in shapes)
+    np.testing.assert_array_equal(fast, np.asarray(plain_compiled(state, ids, mask), np.float32))

@@ -113,6 +113,42 @@ def _param(spec: WeightSpec, key, dtype, std) -> nnx.Param:
     return nnx.Param(_init(spec, key, dtype, std), logical_axes=spec.axes)
 
 
+def _is_half(x: jax.Array) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _index_bits(op: Callable, x: jax.Array, index: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return jax.lax.bitcast_convert_type(op(bits, index), x.dtype)
+
+
+@_index_bits.defjvp
+def _index_bits_jvp(op, primals, tangents):
+    x, index = primals
+    return _index_bits(op, x, index), op(tangents[0], index)
+
+
+def _indexed(op: Callable, x: jax.Array, index: jax.Array) -> jax.Array:
+    """``op(x, index)`` (a gather or slice); a 16-bit float ``x`` is indexed as raw bits.
+
+    XLA:CPU has no 16-bit float gather or dynamic-slice: it converts the whole operand to
+    float32 first, which made every bf16 forward copy all stacked layer weights and the
+    embedding table to float32 (a third of a bf16 encode's time). Bits cost nothing on any
+    backend, and the JVP indexes the tangent directly, so gradients stay exact.
+    """
+    return _index_bits(op, x, index) if _is_half(x) else op(x, index)
+
+
+def embed_tokens(table: jax.Array, input_ids: jax.Array) -> jax.Array:
+    return _indexed(lambda t, i: jnp.take(t, i, axis=0), table, input_ids)
+
+
+def layer_slice(stacked: jax.Array, layer: jax.Array) -> jax.Array:
+    return _indexed(lambda w, i: jax.lax.dynamic_index_in_dim(w, i, keepdims=False),
+                    stacked, layer)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     """HF LlamaRMSNorm: normalise in float32, scale in the input dtype."""
     xf = x.astype(jnp.float32)
@@ -253,18 +289,22 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(config, positions)
         allowed = attention_allowed(attention_mask, causal=causal,
                                     sliding_window=config.sliding_window)
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
+        x = embed_tokens(self.embed[...], input_ids).astype(dtype)
 
+        # 16-bit weights are sliced per layer inside the body (see ``layer_slice``); the
+        # rest ride the scan's inputs, so their gradients come back stacked per layer.
         weights = self.layers.arrays()
+        sliced = {k: v for k, v in weights.items() if _is_half(v)}
+        scanned = {k: v for k, v in weights.items() if k not in sliced}
         lora = getattr(self.layers, "lora_config", None)
         static = {}
         if lora is not None:
             static = {"lora_scale": lora.scale, "lora_dropout": lora.dropout if lora_dropout else 0.0}
 
         def layer(x, inputs):
-            w, key = inputs
+            w, key, index = inputs
             x = constrain(x, ACTIVATION_AXES)
-            w = {**w, **static}
+            w = {**w, **{k: layer_slice(v, index) for k, v in sliced.items()}, **static}
             attn_key = proj_key = None
             if key is not None:
                 attn_key, proj_key = split_keys(key, 2)
@@ -286,7 +326,8 @@ class Transformer(nnx.Module):
         keys = None
         if dropout_rng is not None:
             keys = split_keys(dropout_rng, config.num_layers)
-        x, _ = jax.lax.scan(layer, constrain(x, ACTIVATION_AXES), (weights, keys))
+        x, _ = jax.lax.scan(layer, constrain(x, ACTIVATION_AXES),
+                            (scanned, keys, jnp.arange(config.num_layers)))
         return rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
