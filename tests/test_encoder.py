@@ -159,13 +159,14 @@ def test_bfloat16_weights_are_held_as_bits_without_a_copy(smollm2_dir):
 
 
 def test_compilations_are_bounded(encoder):
-    enc = _with(encoder, max_length=64)  # widths 16, 32, 64
+    enc = _with(encoder, max_length=64)  # widths 16, 24, 32, 40, 56, 64
+    assert enc.buckets == (16, 24, 32, 40, 56, 64)
     rng = np.random.default_rng(1)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 80, size=40)]
     enc.encode(texts, batch_size=8, show_progress_bar=False)
     enc.encode(texts[:13], batch_size=8, show_progress_bar=False)
-    # Widths x row counts: 3 widths, rows in {8} plus partial batches rounded to powers of two.
+    # Widths x row counts: rows in {8} plus partial batches rounded to powers of two.
     assert enc.num_compilations <= len(enc.buckets) * 4
     assert {rows for rows, _ in enc._compiled} <= {1, 2, 4, 8}
     assert {width for _, width in enc._compiled} <= set(enc.buckets)
