@@ -8,13 +8,13 @@ Execution model
 ---------------
 Rows are sorted by token length and cut into batches (``plan_batches``); each batch is padded
 to a bucketed width (``encode.default_buckets(max_length, min_step=8)``: 8 tokens apart up
-to 32, then ~1/4 wider each) and to a
+to 64, then ~1/4 wider each) and to a
 bucketed row count (``batch_size`` for full batches; a final partial batch to the next power of
 two, capped at ``batch_size``), both rounded up to a multiple of the device count. One
 ``jax.jit`` function (forward in the compute dtype, pooling in float32) is compiled per
 distinct (rows, width) shape and cached on the encoder, so the number of compilations is at
 most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime and at most
-``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 15 widths).
+``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 16 widths).
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
 devices and the parameters are replicated. On CPU, 16-bit float parameters are held as

@@ -403,8 +403,8 @@ def test_default_buckets():
                                         440, 512)
     assert enc.default_buckets(100) == (16, 32, 48, 64, 80, 100)
     assert enc.default_buckets(8) == (8,)
-    fine = enc.default_buckets(512, min_step=8)  # the encoder's: 8 apart while b/4 < 8
-    assert fine == (16, 24, 32, 40, 56, 72, 96, 120, 152, 192, 240, 304, 384, 480, 512)
+    fine = enc.default_buckets(512, min_step=8)  # the encoder's: 8 apart below 64
+    assert fine == (16, 24, 32, 40, 48, 56, 64, 80, 104, 136, 176, 224, 280, 352, 440, 512)
     assert all(b - a <= max(8, a / 4 + 8) for a, b in zip(fine, fine[1:]))
     with pytest.raises(ValueError, match="multiple of 8"):
         enc.default_buckets(64, min_step=12)
