@@ -146,6 +146,13 @@ def test_indexing_as_bits_is_exact_and_differentiable(dtype):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.zeros_like(stacked).at[4].set(1)))
 
 
+def test_bits_indexing_is_for_cpu_only(monkeypatch):
+    half = jnp.zeros((2, 3), jnp.bfloat16)
+    assert transformer._is_half(half) and not transformer._is_half(half.astype(jnp.float32))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # native 16-bit slicing there
+    assert not transformer._is_half(half)
+
+
 def test_bf16_forward_has_no_float32_copy_of_the_weights(monkeypatch):
     """XLA:CPU normalises 16-bit dynamic-slices/gathers to float32 by converting the whole
     operand: the compiled bf16 forward must not hold any weight-shaped float32 array, and

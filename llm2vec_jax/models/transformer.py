@@ -114,7 +114,11 @@ def _param(spec: WeightSpec, key, dtype, std) -> nnx.Param:
 
 
 def _is_half(x: jax.Array) -> bool:
-    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2
+    """A 16-bit float array on an XLA:CPU backend: the one that needs ``_indexed``'s bits
+    (GPU and TPU slice 16-bit floats natively; there a bitcast of the stack could cost a
+    copy of all weights)."""
+    return (jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2
+            and jax.default_backend() == "cpu")
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -134,8 +138,8 @@ def _indexed(op: Callable, x: jax.Array, index: jax.Array) -> jax.Array:
 
     XLA:CPU has no 16-bit float gather or dynamic-slice: it converts the whole operand to
     float32 first, which made every bf16 forward copy all stacked layer weights and the
-    embedding table to float32 (a third of a bf16 encode's time). Bits cost nothing on any
-    backend, and the JVP indexes the tangent directly, so gradients stay exact.
+    embedding table to float32 (a third of a bf16 encode's time). Integer slices are
+    native, and the JVP indexes the tangent directly, so gradients stay exact.
     """
     return _index_bits(op, x, index) if _is_half(x) else op(x, index)
 
@@ -291,7 +295,7 @@ class Transformer(nnx.Module):
                                     sliding_window=config.sliding_window)
         x = embed_tokens(self.embed[...], input_ids).astype(dtype)
 
-        # 16-bit weights are sliced per layer inside the body (see ``layer_slice``); the
+        # 16-bit weights on CPU are sliced per layer inside the body (``layer_slice``); the
         # rest ride the scan's inputs, so their gradients come back stacked per layer.
         weights = self.layers.arrays()
         sliced = {k: v for k, v in weights.items() if _is_half(v)}
