@@ -148,9 +148,10 @@ def test_indexing_as_bits_is_exact_and_differentiable(dtype):
 
 def test_bits_indexing_is_for_cpu_only(monkeypatch):
     half = jnp.zeros((2, 3), jnp.bfloat16)
-    assert transformer._is_half(half) and not transformer._is_half(half.astype(jnp.float32))
+    assert transformer._indexed_as_bits(half)
+    assert not transformer._indexed_as_bits(half.astype(jnp.float32))
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # native 16-bit slicing there
-    assert not transformer._is_half(half)
+    assert not transformer._indexed_as_bits(half)
 
 
 def test_bf16_forward_has_no_float32_copy_of_the_weights(monkeypatch):
@@ -174,7 +175,7 @@ def test_bf16_forward_has_no_float32_copy_of_the_weights(monkeypatch):
     for shape in shapes:
         assert f"f32[{','.join(map(str, shape))}]" not in hlo, shape
     fast = np.asarray(compiled(state, ids, mask), np.float32)
-    monkeypatch.setattr(transformer, "_is_half", lambda x: False)
+    monkeypatch.setattr(transformer, "_indexed_as_bits", lambda x: False)
     plain_compiled = jax.jit(lambda *a: forward(*a)).lower(state, ids, mask).compile()  # retrace
     plain_hlo = plain_compiled.as_text()  # the check above can fail: plain indexing trips it
     assert any(f"f32[{','.join(map(str, shape))}]" in plain_hlo for shape in shapes)

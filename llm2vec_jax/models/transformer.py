@@ -113,7 +113,7 @@ def _param(spec: WeightSpec, key, dtype, std) -> nnx.Param:
     return nnx.Param(_init(spec, key, dtype, std), logical_axes=spec.axes)
 
 
-def _is_half(x: jax.Array) -> bool:
+def _indexed_as_bits(x: jax.Array) -> bool:
     """A 16-bit float array on an XLA:CPU backend: the one that needs ``_indexed``'s bits
     (GPU and TPU slice 16-bit floats natively; there a bitcast of the stack could cost a
     copy of all weights)."""
@@ -141,7 +141,7 @@ def _indexed(op: Callable, x: jax.Array, index: jax.Array) -> jax.Array:
     embedding table to float32 (a third of a bf16 encode's time). Integer slices are
     native, and the JVP indexes the tangent directly, so gradients stay exact.
     """
-    return _index_bits(op, x, index) if _is_half(x) else op(x, index)
+    return _index_bits(op, x, index) if _indexed_as_bits(x) else op(x, index)
 
 
 def embed_tokens(table: jax.Array, input_ids: jax.Array) -> jax.Array:
@@ -298,7 +298,7 @@ class Transformer(nnx.Module):
         # 16-bit weights on CPU are sliced per layer inside the body (``layer_slice``); the
         # rest ride the scan's inputs, so their gradients come back stacked per layer.
         weights = self.layers.arrays()
-        sliced = {k: v for k, v in weights.items() if _is_half(v)}
+        sliced = {k: v for k, v in weights.items() if _indexed_as_bits(v)}
         scanned = {k: v for k, v in weights.items() if k not in sliced}
         lora = getattr(self.layers, "lora_config", None)
         static = {}
