@@ -55,6 +55,7 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     import numpy as np
 
     from llm2vec_jax.checkpoints.hf import load_hf_checkpoint
+    from llm2vec_jax.host_memory import compile_now
     from llm2vec_jax.data.mntp import predict_bound
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
     from llm2vec_jax.sharding import batch_sharding, make_mesh, replicated, weight_sharding_fn
@@ -106,7 +107,7 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     step_fn = S.jit_train_step(S.make_train_step(graphdef, tx, objective), state, mesh, shardings)
     root = jax.random.key(seed)
     compile_t = time.perf_counter()
-    S.compile_now(step_fn, state, dev_batch, root)  # as the training loop does
+    compile_now(step_fn, state, dev_batch, root)  # as the training loop does
     compile_s = round(time.perf_counter() - compile_t, 3)
 
     times, losses, first_s = [], [], None

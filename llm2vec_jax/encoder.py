@@ -42,7 +42,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import encode as _enc
 from .checkpoints.hf import resolve_checkpoint_dir, save_hf_checkpoint
-from .host_memory import release_freed_host_memory
+from .models.transformer import is_16bit_float
+from .host_memory import compile_now
 
 LLM2VEC_CONFIG = "llm2vec_config.json"
 # The keys the reference writes and reads; its constructor would reject anything else.
@@ -231,10 +232,7 @@ class LLM2Vec:
                          in_shardings=(self._replicated, self._data, self._data, self._data),
                          out_shardings=self._data)
             spec = jax.ShapeDtypeStruct((rows, width), jnp.int32, sharding=self._data)
-            self._compiled[key] = fn.lower(self._state, spec, spec, spec).compile()
-            # Each compile's scratch would otherwise stay in the process (~90 MB after the
-            # five SmolLM2 shapes of a 512-sentence encode).
-            release_freed_host_memory()
+            self._compiled[key] = compile_now(fn, self._state, spec, spec, spec)
         return self._compiled[key]
 
     def _batch_rows(self, n: int, batch_size: int) -> int:
@@ -307,7 +305,7 @@ class LLM2Vec:
 def _cpu_half_as_bits(x: jax.Array) -> jax.Array:
     """A 16-bit float array on CPU devices as uint16, sharing its buffers (numpy views, which
     ``device_put`` aliases on CPU); anything else unchanged."""
-    if jnp.dtype(x.dtype).itemsize != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+    if not is_16bit_float(x.dtype):
         return x
     shards = x.addressable_shards
     if any(s.device.platform != "cpu" for s in shards):

@@ -113,12 +113,15 @@ def _param(spec: WeightSpec, key, dtype, std) -> nnx.Param:
     return nnx.Param(_init(spec, key, dtype, std), logical_axes=spec.axes)
 
 
+def is_16bit_float(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
+
+
 def _indexed_as_bits(x: jax.Array) -> bool:
     """A 16-bit float array on an XLA:CPU backend: the one that needs ``_indexed``'s bits
     (GPU and TPU slice 16-bit floats natively; there a bitcast of the stack could cost a
     copy of all weights)."""
-    return (jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2
-            and jax.default_backend() == "cpu")
+    return is_16bit_float(x.dtype) and jax.default_backend() == "cpu"
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))

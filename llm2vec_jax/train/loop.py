@@ -31,11 +31,12 @@ from ..data.mntp import MNTPBatchIterator, MNTPCollator, group_texts, tokenize_l
 from ..data.sharded import ShardedBatches, shards_of_process
 from ..data.sources import text_source
 from ..distributed import is_main_process, maybe_initialize_distributed
+from ..host_memory import compile_now
 from ..lora import attach_lora, lora_parameter_count, merge_lora
 from ..checkpoints.default_model import resolve_model
 from .config import TrainConfig
 from .flops import mfu, train_flops_per_step
-from .steps import (TrainState, compile_now, init_state, jit_eval_step, jit_train_step, make_eval_step,
+from .steps import (TrainState, init_state, jit_eval_step, jit_train_step, make_eval_step,
                     make_train_step, mntp_objective)
 
 log = logging.getLogger("llm2vec_jax.train")

@@ -24,7 +24,6 @@ import optax
 from flax import nnx
 
 from ..encode import pool
-from ..host_memory import release_freed_host_memory
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from jax.sharding import NamedSharding
 
@@ -201,14 +200,6 @@ def jit_train_step(step, state: TrainState, mesh, batch_shardings):
     shardings = state_shardings(state)
     return jax.jit(step, in_shardings=(shardings, batch_shardings, replicated(mesh)),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
-
-
-def compile_now(jitted, *args) -> None:
-    """Compile ``jitted`` for ``args`` before the first call (jit caches the executable), then
-    hand the compiler's freed scratch memory back to the OS so the first step's buffers do
-    not stack on top of it (about 250 MB of peak RSS for SmolLM2 on CPU)."""
-    jitted.lower(*args).compile()
-    release_freed_host_memory()
 
 
 def jit_eval_step(evaluate, state: TrainState, mesh, batch_shardings):
