@@ -48,15 +48,23 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     """
     batch, seq, heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    q = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
-    logits = jnp.einsum("bskgh,btkh->bkgst", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (head_dim ** -0.5)
-    logits = jnp.where(allowed[:, :, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    # Heads-major [B,K,G,S,H] / [B,K,T,H] operands: both einsums become plain batched matmuls
+    # over (B, K); XLA:CPU runs them ~1.6x faster at 32-64 tokens than with the heads between
+    # the sequence axes.
+    q = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
+    k = k.transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
+    logits = jnp.einsum("bkgsh,bkth->bkgst", q, k, preferred_element_type=jnp.float32)
+    # The mask is added (0 or the finite minimum, as HF), not select()ed: XLA:CPU fuses a
+    # select of the [B,K,G,S,T] logits into the softmax ~4x slower at 128 tokens. Adding the
+    # minimum to a logit gives the minimum exactly (a logit is far below its ulp), so a
+    # row with no visible key is still uniform.
+    bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, :, None]
+    probs = jax.nn.softmax(logits * (head_dim ** -0.5) + bias, axis=-1)
     probs = dropout(probs, dropout_rate, dropout_rng)
-    out = jnp.einsum("bkgst,btkh->bskgh", probs.astype(v.dtype), v,
+    out = jnp.einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
-    return out.reshape(batch, seq, heads, head_dim).astype(q.dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, heads, head_dim).astype(q.dtype)
 
 
 class AttentionImplError(ValueError):
