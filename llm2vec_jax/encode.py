@@ -78,8 +78,9 @@ left-padded row, padding included (fixtures ``simcse_path/*``).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -311,31 +312,44 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, embed_mask: jax.Array,
     ``embed_mask`` is the pooling mask (instruction excluded, or equal to ``attention_mask``
     when instructions are not skipped). Rows with nothing to pool give zeros.
     """
+    segments = (jnp.asarray(attention_mask) > 0).astype(jnp.int32)
+    return pool_segments(hidden, segments, embed_mask, mode, 1)[:, 0]
+
+
+def pool_segments(hidden: jax.Array, segment_ids: jax.Array, embed_mask: jax.Array,
+                  mode: str, num_segments: int) -> jax.Array:
+    """Packed rows: [B, S, D] hidden states -> [B, num_segments, D] float32, one embedding per
+    text; text j of a row is the run of tokens with ``segment_ids == j + 1`` (0 = padding).
+
+    Each segment is pooled exactly as ``pool`` pools a row of its own; absent segments give
+    zeros.
+    """
     check_pooling_mode(mode)
     hidden = jnp.asarray(hidden).astype(jnp.float32)
-    attn = jnp.asarray(attention_mask) > 0
-    emb = jnp.asarray(embed_mask) > 0
+    segment_ids = jnp.asarray(segment_ids)
+    member = segment_ids[..., None] == jnp.arange(1, num_segments + 1)  # [B, S, P]
+    pooled = member & (jnp.asarray(embed_mask) > 0)[..., None]
     if mode in ("mean", "weighted_mean"):
         if mode == "mean":
-            weights = emb.astype(jnp.float32)
+            weights = pooled.astype(jnp.float32)
         else:
             # Rank within the pooled tokens, 1..k: equals the reference's arange over its last k
             # columns because the pooled tokens are a contiguous suffix of the real ones.
-            weights = jnp.cumsum(emb, axis=1).astype(jnp.float32) * emb
+            weights = jnp.cumsum(pooled, axis=1).astype(jnp.float32) * pooled
         total = weights.sum(axis=1, keepdims=True)
         weights = weights / jnp.maximum(total, 1e-9)
         # where(), not multiply: pad-position states may be non-finite and 0*nan is nan.
-        masked = jnp.where(emb[..., None], hidden, 0.0)
-        return jnp.einsum("bs,bsd->bd", weights, masked,
+        masked = jnp.where(pooled.any(-1)[..., None], hidden, 0.0)
+        return jnp.einsum("bsp,bsd->bpd", weights, masked,
                           precision=jax.lax.Precision.HIGHEST)
     s = hidden.shape[1]
-    has_tokens = attn.any(axis=1)
+    position = jnp.arange(s)[None, :, None]
     if mode in ("eos_token", "last_token"):
-        idx = s - 1 - jnp.argmax(attn[:, ::-1], axis=1)
+        idx = jnp.where(member, position, -1).max(axis=1)  # [B, P]
     else:  # bos_token: first real token, which is the BOS for tokenizers that add one
-        idx = jnp.argmax(attn, axis=1)
-    picked = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
-    return jnp.where(has_tokens[:, None], picked, 0.0)
+        idx = jnp.where(member, position, s).min(axis=1)
+    picked = jnp.take_along_axis(hidden, jnp.clip(idx, 0, s - 1)[..., None], axis=1)
+    return jnp.where(member.any(axis=1)[..., None], picked, 0.0)
 
 
 # --------------------------------------------------------------------------- bucketing
@@ -370,52 +384,173 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"a row of {length} tokens fits no bucket (largest {max(buckets)})")
 
 
+def segments_per_row(width: int) -> int:
+    """How many texts a packed row of ``width`` tokens may hold (the static P of its pooled
+    output [rows, P, D]): a text of 4 tokens or more never finds a row full by count."""
+    return max(1, width // 4)
+
+
 @dataclasses.dataclass(frozen=True)
-class BatchPlan:
-    """Batches of input indices (longest first) with their padded widths.
+class PackedBatch:
+    """One forward pass: rows of ``width`` tokens, each holding the texts ``rows[r]`` (input
+    indices) one after another, at most ``segments`` of them."""
 
-    Embeddings computed batch by batch and concatenated are in sorted order; index them with
-    ``restore`` (``np.concatenate(outs)[plan.restore]``) to get input order back.
-    """
+    width: int
+    segments: int
+    rows: tuple[tuple[int, ...], ...]
 
-    batches: tuple[np.ndarray, ...]
-    widths: tuple[int, ...]
-    restore: np.ndarray
+    @property
+    def num_texts(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackPlan:
+    """Every non-empty text in exactly one batch; ``empty``: the zero-token texts, which have
+    nothing to pool (their embedding is the zero vector)."""
+
+    batches: tuple[PackedBatch, ...]
+    empty: tuple[int, ...]
 
     def __iter__(self):
-        return iter(zip(self.batches, self.widths))
+        return iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
 
 
-def plan_batches(lengths: Iterable[int], *, batch_size: int, max_length: int,
-                 buckets: Sequence[int] | None = None) -> BatchPlan:
-    """Sort rows by token length (longest first) and give each batch a bucketed width.
+def padded_row_count(rows: int, rows_per_batch: int) -> int:
+    """Rows a batch of ``rows`` is computed with: full batches as they are, a final partial one
+    padded to the next power of two (capped at ``rows_per_batch``), so row counts, like widths,
+    come from a small set of compiled shapes."""
+    return rows if rows >= rows_per_batch else min(rows_per_batch, 1 << max(0, rows - 1).bit_length())
 
-    Distinct padded widths are bounded by ``len(buckets)``, so a jitted forward compiles a
-    bounded number of times; rows of similar length share a batch, so little compute goes
-    to padding.
+
+class _Unplaced:
+    """Texts not yet in a row, by length: the longest one that fits a room, in O(log n)."""
+
+    def __init__(self, lengths: Sequence[int], indices: Iterable[int]):
+        self.lengths = lengths
+        self._by_length: dict[int, list[int]] = {}
+        for i in sorted(indices, reverse=True):  # reversed: pop() yields input order
+            self._by_length.setdefault(lengths[i], []).append(i)
+        self._present = sorted(self._by_length)  # distinct lengths still to place
+
+    def __bool__(self) -> bool:
+        return bool(self._present)
+
+    def longest(self) -> int:
+        return self._present[-1]
+
+    def take_at_most(self, room: int) -> int | None:
+        at = bisect.bisect_right(self._present, room) - 1
+        if at < 0:
+            return None
+        n = self._present[at]
+        index = self._by_length[n].pop()
+        if not self._by_length[n]:
+            del self._present[at]
+        return index
+
+    def fill_rows(self, width: int, per_row: int, max_rows: int) -> list[tuple[int, ...]]:
+        """Up to ``max_rows`` rows: each takes the longest text left, then, while there is
+        room, the longest that still fits, up to ``per_row`` texts."""
+        rows = []
+        while self and len(rows) < max_rows:
+            row, room = [], width
+            while len(row) < per_row and (index := self.take_at_most(room)) is not None:
+                row.append(index)
+                room -= self.lengths[index]
+            rows.append(tuple(row))
+        return rows
+
+
+def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
+                buckets: Sequence[int] | None = None, packing: bool = True,
+                min_width: int = 64) -> PackPlan:
+    """Pack texts of the given token lengths into batches of ``rows_per_batch`` rows.
+
+    Each batch is as wide as the bucket of its longest text (at least ``min_width`` when
+    packing); a row takes the longest text left, then, while there is room, the longest
+    that still fits (at most ``segments_per_row(width)`` texts). Rows come out nearly full,
+    so almost no compute goes to padding; widths stay in ``buckets``, so a jitted forward
+    compiles a bounded number of times. The final batch, whose rows are padded to a power of
+    two anyway (``padded_row_count``), is repacked into that many rows of the narrowest
+    bucket that holds its texts. ``packing=False``: one text per row, longest first (plain
+    length-sorted batching).
+
+    Why ``min_width``: attention costs grow with the row width, but up to 64 tokens they are
+    a few percent of a forward (SmolLM2, bf16 on CPU: 3,240 tok/s at width 32, 3,120 at 64,
+    2,650 at 128), while rows of 64 pack typical sentences (10-40 tokens) two to five a row.
+    On the 512 benchmark sentences (9-45 tokens) padding is 2.6% of the computed tokens at
+    ``min_width=64``, 5.2% at 48, 10.8% at 32 and 13.8% without packing.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = np.asarray(list(lengths), dtype=np.int64)
-    buckets = tuple(buckets) if buckets is not None else default_buckets(max_length)
-    # Stable, so equal-length rows keep input order and plans are deterministic.
-    order = np.argsort(-lengths, kind="stable")
-    batches, widths = [], []
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batches.append(idx)
-        widths.append(bucket_for(int(lengths[idx].max()), buckets))
-    restore = np.empty_like(order)
-    restore[order] = np.arange(len(order))
-    return BatchPlan(tuple(batches), tuple(widths), restore)
+    if rows_per_batch < 1:
+        raise ValueError(f"batch_size must be >= 1, got {rows_per_batch}")
+    lengths = [int(n) for n in lengths]
+    buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(max_length)
+    empty = tuple(i for i, n in enumerate(lengths) if n == 0)
+    unplaced = _Unplaced(lengths, (i for i, n in enumerate(lengths) if n > 0))
+    if unplaced:
+        bucket_for(unplaced.longest(), buckets)  # fail early, naming the length
+
+    def texts_per_row(width: int) -> int:
+        return segments_per_row(width) if packing else 1
+
+    batches = []
+    while unplaced:
+        width = bucket_for(min(max(unplaced.longest(), min_width if packing else 0),
+                               buckets[-1]), buckets)
+        rows = unplaced.fill_rows(width, texts_per_row(width), rows_per_batch)
+        if not unplaced and len(rows) < rows_per_batch:
+            texts = [i for row in rows for i in row]
+            room = padded_row_count(len(rows), rows_per_batch)
+            for narrower in (b for b in buckets if b < width):
+                tail = _Unplaced(lengths, texts)
+                repacked = tail.fill_rows(narrower, texts_per_row(narrower), room)
+                if not tail:
+                    rows, width = repacked, narrower
+                    break
+        batches.append(PackedBatch(width, texts_per_row(width), tuple(rows)))
+    return PackPlan(tuple(batches), empty)
 
 
-def rows_as_batches(rows: Sequence[TokenizedRow], plan: BatchPlan, *, pad_id: int,
-                    padding_side: str = "right") -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Yield ``(indices, features)`` per planned batch, padded to the batch's bucket width."""
-    for idx, width in plan:
-        yield idx, collate([rows[i] for i in idx], pad_id=pad_id,
-                           padding_side=padding_side, pad_to=width)
+def collate_packed(rows: Sequence[TokenizedRow], batch: PackedBatch, *, pad_id: int,
+                   num_rows: int | None = None) -> dict[str, np.ndarray]:
+    """A packed batch's int32 [num_rows, width] ``input_ids``, ``segment_ids`` (text j of a
+    row is j + 1, padding 0), ``positions`` (0.. within each text, so RoPE sees each text as
+    if alone) and ``embed_mask``; plus ``slots``, the flat index into the pooled
+    [num_rows * P, D] output of each text in ``indices`` (the batch's input indices).
+
+    Rows past the batch's own (``num_rows`` pads the row count to a compiled shape) repeat its
+    first row and own no slot (rows of padding alone would give fully masked softmaxes).
+    """
+    num_rows = len(batch.rows) if num_rows is None else num_rows
+    if num_rows < len(batch.rows):
+        raise ValueError(f"num_rows={num_rows} < the batch's {len(batch.rows)} rows")
+    width, per_row = batch.width, batch.segments
+    shape = (num_rows, width)
+    feats = {"input_ids": np.full(shape, pad_id, np.int32),
+             "segment_ids": np.zeros(shape, np.int32),
+             "positions": np.zeros(shape, np.int32),
+             "embed_mask": np.zeros(shape, np.int32)}
+    indices, slots = [], []
+    for r, row in enumerate(batch.rows):
+        start = 0
+        for j, index in enumerate(row):
+            text = rows[index]
+            end = start + len(text)
+            if end > width:
+                raise ValueError(f"row {r} of the batch holds {end} tokens > width {width}")
+            feats["input_ids"][r, start:end] = text.input_ids
+            feats["segment_ids"][r, start:end] = j + 1
+            feats["positions"][r, start:end] = np.arange(len(text))
+            feats["embed_mask"][r, end - text.n_pooled:end] = 1
+            indices.append(index)
+            slots.append(r * per_row + j)
+            start = end
+    for key in feats:
+        feats[key][len(batch.rows):] = feats[key][0]
+    feats["indices"] = np.asarray(indices, np.int64)
+    feats["slots"] = np.asarray(slots, np.int64)
+    return feats

@@ -6,11 +6,20 @@ module adds the model, batching and devices.
 
 Execution model
 ---------------
-Rows are sorted by token length and cut into batches (``plan_batches``); each batch is padded
-to a bucketed width (``encode.default_buckets(max_length, min_step=8)``: 8 tokens apart up
-to 64, then ~1/4 wider each) and to a
-bucketed row count (``batch_size`` for full batches; a final partial batch to the next power of
-two, capped at ``batch_size``), both rounded up to a multiple of the device count. One
+Texts are packed into rows (``encode.plan_packed``): a batch is ``batch_size`` rows as wide as
+the bucket of its longest text (at least 64 tokens; buckets from
+``encode.default_buckets(max_length, min_step=8)``: 8 tokens apart up to 64, then ~1/4 wider
+each), and each row holds the longest text left followed by the longest ones that still fit.
+Inside a row every text keeps to itself: attention is masked per segment, positions restart
+at 0 for each text, and pooling is per segment (``encode.pool_segments``), so a text's
+embedding is what it would be alone in a row, up to float rounding. Rows come out nearly
+full: on the 512 benchmark sentences 2.6% of the computed tokens are padding, against 13.8%
+when each text pads its own row to a bucket (``packing=False``: one text per row, longest
+first).
+
+The row count is ``batch_size`` for full batches and, for a final partial batch, the next
+power of two, capped at ``batch_size`` (that batch is repacked into the narrowest bucket
+that holds its texts in those rows); both rounded up to a multiple of the device count. One
 ``jax.jit`` function (forward in the compute dtype, pooling in float32) is compiled per
 distinct (rows, width) shape and cached on the encoder, so the number of compilations is at
 most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime and at most
@@ -22,9 +31,9 @@ uint16 views of the same buffers and bitcast back inside the jitted forward: XLA
 each layer's weights out of the stacked bits without first converting (or copying) the whole
 stack (``models.transformer._indexed``).
 
-Padding here is on the right (the reference pads left); per-row results are the same because
+Padding here is on the right (the reference pads left); per-text results are the same because
 padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
-and pooling in ``encode.pool`` is padding-side agnostic.
+and pooling in ``encode.pool_segments`` is padding-side agnostic.
 """
 
 from __future__ import annotations
@@ -50,10 +59,6 @@ LLM2VEC_CONFIG = "llm2vec_config.json"
 _CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
 _DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": 400,
              "skip_instruction": True}
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
 
 
 def _load_tokenizer(directory: str):
@@ -111,7 +116,8 @@ class LLM2Vec:
     def __init__(self, model, tokenizer, *, pooling_mode: str = "mean", max_length: int = 512,
                  doc_max_length: int = 400, skip_instruction: bool = True,
                  bidirectional: bool = True, name_or_path: str = "",
-                 buckets: Sequence[int] | None = None, devices: Sequence | None = None):
+                 buckets: Sequence[int] | None = None, devices: Sequence | None = None,
+                 packing: bool = True):
         _enc.check_pooling_mode(pooling_mode, tokenizer)
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
@@ -123,6 +129,7 @@ class LLM2Vec:
         self.doc_max_length = doc_max_length
         self.skip_instruction = bool(skip_instruction)
         self.bidirectional = bool(bidirectional)
+        self.packing = bool(packing)
         self.name_or_path = name_or_path
         self.buckets = (tuple(buckets) if buckets is not None
                         else _enc.default_buckets(max_length, min_step=8))
@@ -138,7 +145,7 @@ class LLM2Vec:
         state = jax.device_put(state, self._replicated)
         self._dtypes = jax.tree.map(lambda x: x.dtype, state)
         self._state = jax.tree.map(_cpu_half_as_bits, state)
-        self._compiled: dict[tuple[int, int], Any] = {}
+        self._compiled: dict[tuple[int, int, int], Any] = {}  # (rows, width, texts a row)
 
     # ------------------------------------------------------------------ construction
 
@@ -147,7 +154,8 @@ class LLM2Vec:
                         pooling_mode: str | None = None, max_length: int | None = None,
                         doc_max_length: int | None = None, skip_instruction: bool | None = None,
                         bidirectional: bool = True, dtype: str = "float32",
-                        devices: Sequence | None = None, **config_overrides) -> "LLM2Vec":
+                        devices: Sequence | None = None, packing: bool = True,
+                        **config_overrides) -> "LLM2Vec":
         """Load an HF checkpoint (local dir or hub id), optionally a PEFT adapter on top.
 
         Encoder settings come, as in the reference, from ``llm2vec_config.json`` in the adapter
@@ -155,6 +163,7 @@ class LLM2Vec:
         not None override them; the rest default to pooling_mode="mean", max_length=512,
         doc_max_length=400, skip_instruction=True. ``dtype`` is the parameter and compute
         dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
+        ``packing=False`` gives each text a row of its own (see the module docstring).
         """
         from .checkpoints.hf import load_hf_checkpoint
 
@@ -172,7 +181,7 @@ class LLM2Vec:
                     "doc_max_length": doc_max_length, "skip_instruction": skip_instruction}
         settings.update({k: v for k, v in explicit.items() if v is not None})
         tokenizer = _load_tokenizer(directory)
-        return cls(model, tokenizer, bidirectional=bidirectional,
+        return cls(model, tokenizer, bidirectional=bidirectional, packing=packing,
                    name_or_path=_name_or_path(path, directory), devices=devices, **settings)
 
     @property
@@ -216,27 +225,28 @@ class LLM2Vec:
         return _enc.collate(self.tokenize_rows(texts), pad_id=self.pad_id,
                             padding_side=padding_side)
 
-    def _forward_fn(self, rows: int, width: int):
-        key = (rows, width)
+    def _forward_fn(self, rows: int, width: int, per_row: int):
+        """The compiled forward + pooling for [rows, width] features of at most ``per_row``
+        texts a row -> [rows, per_row, D]."""
+        key = (rows, width, per_row)
         if key not in self._compiled:
             graphdef, causal, mode = self._graphdef, not self.bidirectional, self.pooling_mode
             dtypes = self._dtypes
 
-            def forward_pool(state, input_ids, attention_mask, embed_mask):
+            def forward_pool(state, input_ids, segment_ids, positions, embed_mask):
                 state = jax.tree.map(_bitcast_to, state, dtypes)
                 model = nnx.merge(graphdef, state)
-                hidden = model(input_ids, attention_mask, causal=causal)
-                return _enc.pool(hidden, attention_mask, embed_mask, mode)
+                hidden = model(input_ids, segment_ids, causal=causal, positions=positions)
+                return _enc.pool_segments(hidden, segment_ids, embed_mask, mode, per_row)
 
-            fn = jax.jit(forward_pool,
-                         in_shardings=(self._replicated, self._data, self._data, self._data),
+            fn = jax.jit(forward_pool, in_shardings=(self._replicated,) + (self._data,) * 4,
                          out_shardings=self._data)
             spec = jax.ShapeDtypeStruct((rows, width), jnp.int32, sharding=self._data)
-            self._compiled[key] = compile_now(fn, self._state, spec, spec, spec)
+            self._compiled[key] = compile_now(fn, self._state, spec, spec, spec, spec)
         return self._compiled[key]
 
     def _batch_rows(self, n: int, batch_size: int) -> int:
-        rows = batch_size if n >= batch_size else min(batch_size, _next_pow2(n))
+        rows = _enc.padded_row_count(n, batch_size)
         ndev = len(self.devices)
         return -(-rows // ndev) * ndev
 
@@ -251,7 +261,8 @@ class LLM2Vec:
         An empty text has nothing to pool: it embeds to the zero vector (mean/weighted_mean
         always; last_token/eos_token only if the whole row is empty, otherwise the last
         instruction or suffix token). The reference's result there depends on the batch's
-        padding, so it is not reproduced.
+        padding, so it is not reproduced. ``batch_size`` is the rows per forward pass; with
+        packing a row holds several short texts, so a pass may embed more texts than that.
         """
         if texts is None:
             raise TypeError("texts must be a list of str or [instruction, text] pairs, got None")
@@ -265,36 +276,36 @@ class LLM2Vec:
         if not rows:
             out = np.zeros((0, dim), np.float32)
             return out if convert_to_numpy else jnp.asarray(out)
-        plan = _enc.plan_batches([len(r) for r in rows], batch_size=batch_size,
-                                 max_length=self.max_length, buckets=self.buckets)
-        outs: list[np.ndarray] = []
-        pending = None  # (device result, real rows): one batch in flight overlaps host work
+        plan = _enc.plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
+                                max_length=self.max_length, buckets=self.buckets,
+                                packing=self.packing)
+        emb = np.zeros((len(rows), dim), np.float32)  # empty texts stay zero
+        pending = None  # (device result, features): one batch in flight overlaps host work
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), unit="sent", desc="Encoding", file=sys.stderr,
                    disable=not show_progress_bar, dynamic_ncols=True)
+
+        def collect(result, feats):
+            emb[feats["indices"]] = np.asarray(result).reshape(-1, dim)[feats["slots"]]
+            bar.update(len(feats["indices"]))
+
         try:
-            for idx, feats in _enc.rows_as_batches(rows, plan, pad_id=self.pad_id):
-                n = len(idx)
-                target = self._batch_rows(n, batch_size)
-                if target > n:
-                    # Filler rows copy row 0 (all-padding rows would be fine too, but give
-                    # NaN-producing fully-masked softmaxes that trip jax_debug_nans).
-                    feats = {k: np.concatenate([v, np.repeat(v[:1], target - n, 0)])
-                             for k, v in feats.items()}
-                fn = self._forward_fn(target, feats["input_ids"].shape[1])
+            bar.update(len(plan.empty))
+            for batch in plan:
+                feats = _enc.collate_packed(rows, batch, pad_id=self.pad_id,
+                                            num_rows=self._batch_rows(len(batch.rows), batch_size))
+                fn = self._forward_fn(*feats["input_ids"].shape, batch.segments)
                 args = [jax.device_put(feats[k], self._data)
-                        for k in ("input_ids", "attention_mask", "embed_mask")]
+                        for k in ("input_ids", "segment_ids", "positions", "embed_mask")]
                 result = fn(self._state, *args)
                 if pending is not None:
-                    outs.append(np.asarray(pending[0])[:pending[1]])
-                    bar.update(pending[1])
-                pending = (result, n)
-            outs.append(np.asarray(pending[0])[:pending[1]])
-            bar.update(pending[1])
+                    collect(*pending)
+                pending = (result, feats)
+            if pending is not None:
+                collect(*pending)
         finally:
             bar.close()
-        emb = np.concatenate(outs).astype(np.float32, copy=False)[plan.restore]
         return emb if convert_to_numpy else jnp.asarray(emb)
 
     @property

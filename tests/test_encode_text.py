@@ -410,48 +410,125 @@ def test_default_buckets():
         enc.default_buckets(64, min_step=12)
 
 
-def test_plan_batches_restores_order_and_bounds_shapes():
+def _check_plan(plan, lengths, rows_per_batch, buckets):
+    placed = [i for b in plan for row in b.rows for i in row]
+    assert sorted(placed + list(plan.empty)) == list(range(len(lengths)))  # each text once
+    assert all(lengths[i] == 0 for i in plan.empty)
+    for k, b in enumerate(plan):
+        assert b.width in buckets and 1 <= len(b.rows) <= rows_per_batch
+        if k < len(plan) - 1:
+            assert len(b.rows) == rows_per_batch  # only the last batch is partial
+        for row in b.rows:
+            assert 1 <= len(row) <= b.segments and sum(lengths[i] for i in row) <= b.width
+
+
+def test_plan_packed_places_every_text_once_within_bounds():
     rng = np.random.default_rng(1)
     lengths = rng.integers(0, 129, size=203)
-    plan = enc.plan_batches(lengths, batch_size=16, max_length=128)
-    seen = np.concatenate(plan.batches)
-    assert sorted(seen.tolist()) == list(range(203))  # every row exactly once
-    for idx, width in plan:
-        assert len(idx) <= 16
-        assert lengths[idx].max() <= width
-        assert width in enc.default_buckets(128)
-    assert len(set(plan.widths)) <= len(enc.default_buckets(128))
-    assert list(plan.widths) == sorted(plan.widths, reverse=True)
-    # "embeddings" computed per batch in plan order, restored to input order
-    fake = np.concatenate([lengths[idx] * 10 + idx for idx in plan.batches])
-    np.testing.assert_array_equal(fake[plan.restore], lengths * 10 + np.arange(203))
+    buckets = enc.default_buckets(128, min_step=8)
+    for packing in (True, False):
+        plan = enc.plan_packed(lengths, rows_per_batch=16, max_length=128, buckets=buckets,
+                               packing=packing)
+        _check_plan(plan, lengths, 16, buckets)
+        assert len({b.width for b in plan}) <= len(buckets)
 
 
-def test_plan_batches_errors_and_custom_buckets():
+def _real_share(lengths, **kw):
+    plan = enc.plan_packed(lengths, rows_per_batch=16, max_length=128,
+                           buckets=enc.default_buckets(128, min_step=8), **kw)
+    return sum(lengths) / sum(enc.padded_row_count(len(b.rows), 16) * b.width for b in plan)
+
+
+def test_packing_leaves_little_padding():
+    rng = np.random.default_rng(1)
+    sentences = rng.integers(9, 46, size=500)  # like the benchmark's 512 (9-45 tokens)
+    assert _real_share(sentences) > 0.98 > 0.9 > _real_share(sentences, packing=False)
+    # Lengths spread up to max_length are harder (texts over half a row cannot pair), but
+    # packing still beats one text a row.
+    spread = rng.integers(0, 129, size=203)
+    assert _real_share(spread) > _real_share(spread, packing=False) + 0.05
+
+
+def test_plan_packed_without_packing_is_length_sorted_batching():
+    lengths = [5, 40, 17, 40, 0, 3]
+    plan = enc.plan_packed(lengths, rows_per_batch=2, max_length=64, buckets=(16, 24, 48, 64),
+                           packing=False)
+    # Longest first, ties in input order, one text a row, each batch its longest's bucket.
+    assert [(b.width, b.segments, b.rows) for b in plan] == [
+        (48, 1, ((1,), (3,))), (24, 1, ((2,), (0,))), (16, 1, ((5,),))]
+    assert plan.empty == (4,)
+
+
+def test_plan_packed_fills_rows_longest_first():
+    # width 64: [40, then the longest <= 24: 20, then <= 4: 3], [30, then 10, then 5].
+    plan = enc.plan_packed([40, 30, 20, 10, 5, 3], rows_per_batch=2, max_length=64,
+                           buckets=(16, 32, 48, 64))
+    assert [(b.width, b.rows) for b in plan] == [(64, ((0, 2, 5), (1, 3, 4)))]
+    # The final, partial batch is repacked into the narrowest bucket that holds its texts in
+    # its (power-of-two) row count: 20 + 20 + 10 fit one row of 56, not of 32.
+    plan = enc.plan_packed([20, 20, 10], rows_per_batch=4, max_length=64,
+                           buckets=(16, 32, 56, 64))
+    assert [(b.width, b.rows) for b in plan] == [(56, ((0, 1, 2),))]
+    # At most segments_per_row(width) texts a row: 1-token texts, width 16 -> 4 a row.
+    plan = enc.plan_packed([1] * 9, rows_per_batch=8, max_length=16, buckets=(16,))
+    assert enc.segments_per_row(16) == 4
+    assert [len(row) for b in plan for row in b.rows] == [4, 4, 1]
+
+
+def test_plan_packed_errors():
     with pytest.raises(ValueError, match="fits no bucket"):
-        enc.plan_batches([5, 70], batch_size=4, max_length=64)
-    plan = enc.plan_batches([3, 40, 17], batch_size=2, max_length=64, buckets=(24, 48))
-    assert plan.widths == (48, 24)
-    assert len(enc.plan_batches([], batch_size=4, max_length=8)) == 0
+        enc.plan_packed([5, 70], rows_per_batch=4, max_length=64)
+    with pytest.raises(ValueError, match="batch_size"):
+        enc.plan_packed([5], rows_per_batch=0, max_length=64)
+    assert len(enc.plan_packed([], rows_per_batch=4, max_length=8)) == 0
+
+
+def test_padded_row_count():
+    assert [enc.padded_row_count(n, 32) for n in (32, 1, 3, 16, 17, 31)] == [32, 1, 4, 16, 32, 32]
+    assert enc.padded_row_count(5, 6) == 6
 
 
 @needs_ref
-def test_bucketed_batches_reproduce_unbucketed_rows(tok, meta):
+def test_packed_batches_hold_each_rows_own_features(tok, meta):
     texts = meta["texts"] + [[meta["instruction"], t] for t in meta["texts"]]
     rows = enc.tokenize_rows(tok, texts, max_length=64, doc_max_length=400)
     full = enc.collate(rows, pad_id=tok.eos_token_id, padding_side="right")
-    plan = enc.plan_batches([len(r) for r in rows], batch_size=3, max_length=64)
-    parts = []
-    for idx, f in enc.rows_as_batches(rows, plan, pad_id=tok.eos_token_id):
-        assert f["input_ids"].shape[1] in enc.default_buckets(64)
-        parts.append(f)
-    width = full["input_ids"].shape[1]
-    for key in ("input_ids", "attention_mask", "embed_mask"):
-        padded = [np.pad(p[key], ((0, 0), (0, width - p[key].shape[1])),
-                         constant_values=tok.eos_token_id if key == "input_ids" else 0)
-                  if p[key].shape[1] < width else p[key][:, :width] for p in parts]
-        cat = np.concatenate(padded)[plan.restore]
-        np.testing.assert_array_equal(cat, full[key])
+    plan = enc.plan_packed([len(r) for r in rows], rows_per_batch=3, max_length=64)
+    seen = []
+    for b in plan:
+        f = enc.collate_packed(rows, b, pad_id=tok.eos_token_id, num_rows=4)
+        assert f["input_ids"].shape == (4, b.width)
+        np.testing.assert_array_equal(f["input_ids"][len(b.rows):], np.repeat(
+            f["input_ids"][:1], 4 - len(b.rows), 0))  # filler rows copy row 0, own no slot
+        for index, slot in zip(f["indices"], f["slots"]):
+            r, j = divmod(int(slot), b.segments)
+            at = f["segment_ids"][r] == j + 1
+            n = int(full["attention_mask"][index].sum())
+            np.testing.assert_array_equal(f["input_ids"][r][at], full["input_ids"][index, :n])
+            np.testing.assert_array_equal(f["embed_mask"][r][at], full["embed_mask"][index, :n])
+            np.testing.assert_array_equal(f["positions"][r][at], np.arange(n))
+            seen.append(int(index))
+    assert sorted(seen) == list(range(len(texts)))
+
+
+def test_pool_segments_pools_each_text_as_alone():
+    real, k = _tiny_case()
+    widths = [len(h) for h in real]
+    s = sum(widths) + 2
+    hidden = np.full((1, s, real[0].shape[1]), np.nan, np.float32)  # padding must not leak
+    segments = np.zeros((1, s), np.int32)
+    embed_mask = np.zeros((1, s), np.int32)
+    start = 0
+    for j, (h, n_pooled) in enumerate(zip(real, k)):
+        hidden[0, start:start + len(h)] = h
+        segments[0, start:start + len(h)] = j + 1
+        embed_mask[0, start + len(h) - n_pooled:start + len(h)] = 1
+        start += len(h)
+    for mode in enc.POOLING_MODES:
+        got = np.asarray(enc.pool_segments(hidden, segments, embed_mask, mode, 3))
+        assert got.shape == (1, 3, 2)
+        np.testing.assert_allclose(got[0, :2], _expected(real, k, mode), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got[0, 2], 0.0)  # no third text
 
 
 def test_pool_is_jittable_with_static_mode():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm2vec_jax import encode as enc_text
 from llm2vec_jax.encoder import LLM2Vec
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2"
@@ -131,6 +132,24 @@ def test_order_and_batching_do_not_change_embeddings(encoder):
     _check_rows(single, full[1:2])
 
 
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_packed_rows_give_each_texts_own_embedding(encoder, pooling):
+    """Several texts a row (the default) vs one text a row: same embeddings, every mode."""
+    texts = (TEXTS + [[INSTRUCTION, t] for t in TEXTS[:2]]
+             + ["Tiny.", "", "A second fairly long sentence about encoders and batching."])
+    packed = _with(encoder, pooling_mode=pooling)
+    plan = enc_text.plan_packed([len(r) for r in packed.tokenize_rows(texts)], rows_per_batch=2,
+                                max_length=packed.max_length, buckets=packed.buckets)
+    assert max(len(row) for b in plan for row in b.rows) >= 3 and len(plan) >= 2
+    got = packed.encode(texts, batch_size=2, show_progress_bar=False)
+    alone = _with(encoder, pooling_mode=pooling, packing=False).encode(
+        texts, batch_size=2, show_progress_bar=False)
+    # "" embeds to zeros, except in eos_token mode (its " </s>" suffix is text to pool).
+    nonzero = [i for i, t in enumerate(texts) if t or pooling == "eos_token"]
+    _check_rows(got[nonzero], alone[nonzero])
+    assert (got[texts.index("")].any()) == (pooling == "eos_token")
+
+
 def test_bfloat16_weights_are_held_as_bits_without_a_copy(smollm2_dir):
     """On CPU the bf16 encoder keeps its parameters as uint16 views of the model's own
     buffers, and its embeddings are exactly the bf16 model's pooled forward."""
@@ -138,23 +157,23 @@ def test_bfloat16_weights_are_held_as_bits_without_a_copy(smollm2_dir):
     import jax.numpy as jnp
     from flax import nnx
 
-    from llm2vec_jax import encode as enc_text
-
     enc = LLM2Vec.from_pretrained(smollm2_dir, dtype="bfloat16")
     held = jax.tree.leaves(enc._state)
     original = jax.tree.leaves(nnx.state(enc.model))
     assert {x.dtype for x in held} == {jnp.dtype(jnp.uint16)}
     assert all(h.unsafe_buffer_pointer() == o.unsafe_buffer_pointer() for h, o in zip(held, original))
-    feats = enc.tokenize(TEXTS)
-    args = [jnp.asarray(feats[k]) for k in ("input_ids", "attention_mask", "embed_mask")]
-    got = enc._forward_fn(*args[0].shape)(enc._state, *args)
+    feats = enc.tokenize(TEXTS)  # one text per row: segment ids = attention mask
+    ids, mask, embed_mask = (jnp.asarray(feats[k])
+                             for k in ("input_ids", "attention_mask", "embed_mask"))
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    got = enc._forward_fn(*ids.shape, 1)(enc._state, ids, mask, positions, embed_mask)[:, 0]
 
     @jax.jit
     def plain(state, ids, mask, embed_mask):  # the model's own bf16 arrays
         hidden = nnx.merge(enc._graphdef, state)(ids, mask, causal=False)
         return enc_text.pool(hidden, mask, embed_mask, "mean")
 
-    want = plain(nnx.state(enc.model), *args)
+    want = plain(nnx.state(enc.model), ids, mask, embed_mask)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -168,8 +187,8 @@ def test_compilations_are_bounded(encoder):
     enc.encode(texts[:13], batch_size=8, show_progress_bar=False)
     # Widths x row counts: rows in {8} plus partial batches rounded to powers of two.
     assert enc.num_compilations <= len(enc.buckets) * 4
-    assert {rows for rows, _ in enc._compiled} <= {1, 2, 4, 8}
-    assert {width for _, width in enc._compiled} <= set(enc.buckets)
+    assert {rows for rows, _, _ in enc._compiled} <= {1, 2, 4, 8}
+    assert {width for _, width, _ in enc._compiled} <= set(enc.buckets)
 
 
 def test_progress_bar(encoder, capsys):
@@ -290,21 +309,25 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from llm2vec_jax.encoder import LLM2Vec
     assert jax.local_device_count() == 8, jax.local_devices()
-    texts = json.loads(sys.argv[2])
+    long_texts, short_texts = json.loads(sys.argv[2]), json.loads(sys.argv[3])
     many = LLM2Vec.from_pretrained(sys.argv[1])
     one = LLM2Vec.from_pretrained(sys.argv[1], devices=jax.local_devices()[:1])
-    # Same per-device program: 8 devices x 1 row vs 1 device x 1 row, one width bucket.
-    a = many.encode(texts, batch_size=8, show_progress_bar=False)
-    b = one.encode(texts, batch_size=1, show_progress_bar=False)
-    # Same batch size: per-device shapes differ, so float32 rounding may too.
-    c = one.encode(texts, batch_size=8, show_progress_bar=False)
+    # Same per-device program: 8 devices x 1 row vs 1 device x 1 row (each long text fills
+    # a row of 64 on its own, so the rows are the same either way).
+    a = many.encode(long_texts, batch_size=8, show_progress_bar=False)
+    b = one.encode(long_texts, batch_size=1, show_progress_bar=False)
+    # Same global batch of packed short texts: per-device shapes differ, so float32
+    # rounding may too.
+    c = many.encode(short_texts, batch_size=8, show_progress_bar=False)
+    d = one.encode(short_texts, batch_size=8, show_progress_bar=False)
+    norm = np.linalg.norm
     print(json.dumps({"same_program": float(np.abs(a - b).max()),
-                      "same_batch": float(np.abs(a - c).max()),
-                      "cos": float(((a * c).sum(1) / np.maximum(
-                          np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1), 1e-30))[
-                          np.linalg.norm(c, axis=1) > 0].min()),
-                      "shape": list(a.shape), "devices": len(many.devices),
-                      "shapes_many": sorted(many._compiled), "shapes_one": sorted(one._compiled)}))
+                      "same_batch": float(np.abs(c - d).max()),
+                      "cos": float(((c * d).sum(1) / np.maximum(norm(c, axis=1) * norm(d, axis=1),
+                                                                1e-30))[norm(d, axis=1) > 0].min()),
+                      "shapes": [list(a.shape), list(c.shape)], "devices": len(many.devices),
+                      "shapes_many": sorted(k[:2] for k in many._compiled),
+                      "shapes_one": sorted(k[:2] for k in one._compiled)}))
 """)
 
 
@@ -318,18 +341,24 @@ def test_eight_devices_match_one(smollm2_dir):
     """
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
+    filler = "The quick brown fox jumps over the lazy dog. " * 5
+    long_texts = [filler + f"Sentence number {i} has a few more words." for i in range(9)]
+    long_texts += [["Find similar text:", t] for t in long_texts[:2]]  # 11 texts, 60-64 tokens
     short = ["The quick brown fox jumps over the lazy dog.", "Short one.", "x", "",
              "Embeddings from decoder-only models.", "A cat sat.", "Numbers like 2024.",
              "Odd one out"]
-    texts = short + [["Find similar text:", t] for t in short[:3]]  # 11: not a multiple of 8
+    short_texts = (short + [["Find similar text:", t] for t in short[:3]]) * 3  # 33: 3 rows
     proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT, str(smollm2_dir),
-                           json.dumps(texts)], env=env, capture_output=True, text=True,
-                          timeout=900)
+                           json.dumps(long_texts), json.dumps(short_texts)], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["devices"] == 8 and result["shape"] == [len(texts), 576]
-    # Every global batch padded to a multiple of the device count; one width bucket (16).
-    assert result["shapes_many"] == [[8, 16]] and result["shapes_one"] == [[1, 16], [4, 16], [8, 16]]
+    assert result["devices"] == 8 and result["shapes"] == [[11, 576], [33, 576]]
+    # 8 devices: every global batch padded to a multiple of the device count (11 long texts:
+    # 8 rows + 3 rows padded to 8; the short texts' 3 rows fit a narrower final width). One
+    # device: 1-row batches, and 3 rows padded to a power of two (4).
+    assert result["shapes_many"] == [[8, 56], [8, 64]], result
+    assert result["shapes_one"] == [[1, 64], [4, 56]], result
     assert result["same_program"] <= 1e-5, result
     assert result["same_batch"] <= 1e-3 and result["cos"] >= 0.99999, result
 

@@ -101,8 +101,26 @@ def _qkv(seed, B=2, S=12, N=4, K=2, H=8, dtype=jnp.float32):
             jax.random.normal(kv, (B, S, K, H), dtype))
 
 
+def test_segment_ids_confine_attention_to_each_text():
+    # One row: text 1 (2 tokens), text 2 (2 tokens), one pad. Hand-written "may attend".
+    mask = jnp.asarray([[1, 1, 2, 2, 0]])
+    bidirectional = [[1, 1, 0, 0, 0],
+                     [1, 1, 0, 0, 0],
+                     [0, 0, 1, 1, 0],
+                     [0, 0, 1, 1, 0],
+                     [1, 1, 1, 1, 0]]  # pad query: every real key (its output is never read)
+    causal = [[1, 0, 0, 0, 0],
+              [1, 1, 0, 0, 0],
+              [0, 0, 1, 0, 0],
+              [0, 0, 1, 1, 0],
+              [1, 1, 1, 1, 0]]
+    np.testing.assert_array_equal(attention_allowed(mask, causal=False)[0, 0], bidirectional)
+    np.testing.assert_array_equal(attention_allowed(mask, causal=True)[0, 0], causal)
+
+
 @pytest.mark.parametrize("causal,padding", [(False, "left"), (False, "right"), (True, "right"),
-                                            (True, "left"), (False, "none")])
+                                            (True, "left"), (False, "none"), (False, "packed"),
+                                            (True, "packed")])
 def test_cudnn_mask_handling_matches_einsum_path(causal, padding):
     q, k, v = _qkv(0)
     mask = np.ones((2, 12), np.int32)
@@ -110,6 +128,8 @@ def test_cudnn_mask_handling_matches_einsum_path(causal, padding):
         mask[0, :5] = 0
     elif padding == "right":
         mask[1, 7:] = 0
+    elif padding == "packed":
+        mask[0] = [1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0]
     allowed = attention_allowed(jnp.asarray(mask), causal=causal)
     ours = grouped_query_attention(q, k, v, allowed)
     same_call = cudnn_attention(q, k, v, allowed, implementation="xla")

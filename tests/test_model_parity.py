@@ -58,3 +58,32 @@ def test_logits_match_hf(pair):
     got = np.asarray(ours.logits(ours(ids, mask, causal=True)))
     real = mask.astype(bool)
     assert np.abs(got[real] - ref[real]).max() <= TOL
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_packed_row_matches_hf_on_each_text_alone(pair, causal):
+    """Texts one after another in a row (attention_mask = segment ids 1, 2, ..., 0 for
+    padding; positions restarting at 0 per text), as the encoder packs them: each text's
+    hidden states are HF's for that text alone. The first text outruns Mistral's sliding
+    window."""
+    name, hf, ours = pair
+    lengths = [SEQ, 3, SEQ - 2]
+    ids, _ = batch("none", len(lengths), SEQ, seed=7)
+    texts = [ids[i, :n] for i, n in enumerate(lengths)]
+    width = sum(lengths) + 3  # then padding
+    row = np.full((1, width), 2, np.int32)
+    segments = np.zeros((1, width), np.int32)
+    positions = np.zeros((1, width), np.int32)
+    starts = np.cumsum([0] + lengths)
+    for j, text in enumerate(texts):
+        row[0, starts[j]:starts[j + 1]] = text
+        segments[0, starts[j]:starts[j + 1]] = j + 1
+        positions[0, starts[j]:starts[j + 1]] = np.arange(len(text))
+    got = np.asarray(ours(row, segments, causal=causal, positions=positions))
+    for j, text in enumerate(texts):
+        ref = hf_hidden(hf, text[None], np.ones((1, len(text)), np.int32), causal=causal)[0]
+        assert np.abs(got[0, starts[j]:starts[j + 1]] - ref).max() <= TOL, (name, j)
+    # Attention really is confined: the same row read as one text differs.
+    whole = np.asarray(ours(row, (segments > 0).astype(np.int32), causal=causal,
+                            positions=positions))
+    assert np.abs(whole[0, starts[1]:starts[2]] - got[0, starts[1]:starts[2]]).max() > 1e-3

@@ -4,8 +4,10 @@ attention.
 Dimensions: B batch, S query length, T key length, N query heads, K kv heads, G = N/K query
 heads per kv head, H head dim.
 
-Masks are boolean "may attend" arrays built from an ``attention_mask`` [B, T] (1 = token,
-0 = pad), so left padding, right padding and batch size 1 all go through the same code.
+Masks are boolean "may attend" arrays built from an ``attention_mask`` [B, T]: 0 = padding,
+any other value a segment id. A 0/1 mask is one text per row, so left padding, right padding
+and batch size 1 all go through the same code; packed rows (several texts one after another,
+ids 1, 2, ...) keep each text's attention inside its own segment.
 A query row with no allowed key (a pad position in causal mode with left padding) gets a
 uniform distribution instead of NaN: masked logits are the dtype's finite minimum, not -inf.
 """
@@ -20,14 +22,18 @@ from .dropout import dropout
 
 def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
                       sliding_window: int | None = None) -> jnp.ndarray:
-    """[B, 1, S, S] bool: query s may attend key t.
+    """[B, 1, S, S] bool: query s may attend key t (``attention_mask``: see module docstring).
 
     Bidirectional mode ignores ``sliding_window``, as the PyTorch llm2vec reference does (its
     bidirectional mask builder drops the window); causal mode honours it like HF Mistral:
     key t is visible from query s when ``s - sliding_window < t <= s``.
     """
     seq = attention_mask.shape[-1]
-    allowed = attention_mask.astype(bool)[:, None, None, :]  # padded keys never visible
+    keys = attention_mask[:, None, None, :]
+    queries = attention_mask[:, None, :, None]
+    # Padded keys are never visible; a real query sees its own segment. (Pad queries see all
+    # real keys, as in HF: their outputs are never used.)
+    allowed = (keys != 0) & ((keys == queries) | (queries == 0))
     if causal:
         query = jnp.arange(seq)[:, None]
         key = jnp.arange(seq)[None, :]

@@ -279,6 +279,9 @@ class Transformer(nnx.Module):
                  dropout_rng: jax.Array | None = None, lora_dropout: bool = False) -> jax.Array:
         """Hidden states [B, S, D] in the compute dtype.
 
+        ``attention_mask`` [B, S]: 0 = padding, 1 = token; or segment ids 1, 2, ... for rows
+        packing several texts, each attending only within its own segment (pass
+        ``positions`` restarting at 0 per text for it to see what it would alone).
         ``positions`` defaults to 0..S-1 for every row, as HF's forward does (RoPE is
         relative, so left padding does not change real tokens' results beyond rounding).
         ``dropout_rng`` turns on attention-probability dropout (rate ``config.attention_dropout``)
