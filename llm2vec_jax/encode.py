@@ -312,8 +312,13 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, embed_mask: jax.Array,
     ``embed_mask`` is the pooling mask (instruction excluded, or equal to ``attention_mask``
     when instructions are not skipped). Rows with nothing to pool give zeros.
     """
-    segments = (jnp.asarray(attention_mask) > 0).astype(jnp.int32)
-    return pool_segments(hidden, segments, embed_mask, mode, 1)[:, 0]
+    embed_mask = jnp.asarray(embed_mask)
+    row = jnp.asarray(attention_mask) > 0
+    if mode in ("mean", "weighted_mean"):
+        # The averaged positions are embed_mask's, even padding (the reference's SimCSE
+        # collator pools every column: ``simcse_features(compat_pool_all_positions=True)``).
+        row = row | (embed_mask > 0)
+    return pool_segments(hidden, row.astype(jnp.int32), embed_mask, mode, 1)[:, 0]
 
 
 def pool_segments(hidden: jax.Array, segment_ids: jax.Array, embed_mask: jax.Array,
