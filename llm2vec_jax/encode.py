@@ -366,10 +366,10 @@ def default_buckets(max_length: int, *, min_bucket: int = 16, min_step: int = 16
     so a long row is padded by at most ~25% (powers of two waste up to 50%) while the number
     of compiled shapes stays small (max_length 512: 13 widths; 16 with ``min_step=8``).
 
-    ``LLM2Vec`` encodes with ``min_step=8``: a forward compiles in under a second, and short
-    texts (most sentences are 10-40 tokens) waste less: 13.8% of the computed tokens instead
-    of 22.6% on the 512 benchmark sentences at batch 32. Training keeps 16, as a train step
-    takes far longer to compile."""
+    ``LLM2Vec`` takes its row widths from ``min_step=8`` buckets: a forward compiles in under
+    a second, and a batch of short texts gets a closer fit (one text a row, on the 512
+    benchmark sentences at batch 32, 13.8% of the computed tokens are padding instead of
+    22.6%). Training keeps 16, as a train step takes far longer to compile."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     if min_step < 8 or min_step % 8:
@@ -403,10 +403,6 @@ class PackedBatch:
     width: int
     segments: int
     rows: tuple[tuple[int, ...], ...]
-
-    @property
-    def num_texts(self) -> int:
-        return sum(len(r) for r in self.rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,7 +524,8 @@ def collate_packed(rows: Sequence[TokenizedRow], batch: PackedBatch, *, pad_id: 
     [num_rows * P, D] output of each text in ``indices`` (the batch's input indices).
 
     Rows past the batch's own (``num_rows`` pads the row count to a compiled shape) repeat its
-    first row and own no slot (rows of padding alone would give fully masked softmaxes).
+    first row and own no slot (rather than padding alone: a row with no visible key is left to
+    each attention kernel's own conventions, cuDNN's included).
     """
     num_rows = len(batch.rows) if num_rows is None else num_rows
     if num_rows < len(batch.rows):
