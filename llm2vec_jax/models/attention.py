@@ -63,8 +63,8 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     logits = jnp.einsum("bkgsh,bkth->bkgst", q, k, preferred_element_type=jnp.float32)
     # The mask is added (0 or the finite minimum, as HF), not select()ed: XLA:CPU fuses a
     # select of the [B,K,G,S,T] logits into the softmax ~4x slower at 128 tokens. Adding the
-    # minimum to a logit gives the minimum exactly (a logit is far below its ulp), so a
-    # row with no visible key is still uniform.
+    # minimum to a logit gives the minimum exactly (a logit is far below the minimum's ulp),
+    # so a row with no visible key is still uniform.
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, :, None]
     probs = jax.nn.softmax(logits * (head_dim ** -0.5) + bias, axis=-1)
     probs = dropout(probs, dropout_rate, dropout_rng)
