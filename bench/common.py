@@ -21,7 +21,7 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 CACHE_DIR = Path(os.environ.get("LLM2VEC_JAX_CACHE", Path.home() / ".cache" / "llm2vec-jax"))
 DEFAULT_REF_VENV = Path(os.environ.get("LLM2VEC_REF_VENV", CACHE_DIR / "refvenv"))
-SENTENCES_512 = REPO_ROOT.parent / "shared" / "reference" / "smollm2" / "encode_sentences_512.txt"
+SENTENCES_512 = REPO_ROOT / "tests" / "fixtures" / "smollm2" / "encode_sentences_512.txt"
 
 
 # ---------------------------------------------------------------------------- machine state

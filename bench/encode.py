@@ -1,7 +1,7 @@
 """Encode throughput, llm2vec-jax vs the PyTorch reference, in one run.
 
 SmolLM2-135M (converted from the GGUF once into the cache dir), bidirectional, mean pooling,
-max_length 128, batch 32, on the 512 sentences of shared/reference; fp32 and bf16. The two
+max_length 128, batch 32, on the 512 sentences of tests/fixtures/smollm2; fp32 and bf16. The two
 sides alternate, each configuration in its own subprocess (so peak RSS is per side and per
 dtype); each subprocess does ``--warmup`` untimed passes over all sentences (ours: compiles)
 and reports the median of ``--passes`` timed ones.

@@ -7,19 +7,23 @@
 # the configs/simcse/smollm2.yaml default (lr 3e-4 linear over 100 steps) for the last two.
 set -euo pipefail
 M=$(python -c "from llm2vec_jax.checkpoints.default_model import resolve_model; print(resolve_model('smollm2'))")
-DEV=../shared/data/stsb/dev.tsv
+DEV=${DEV:-../shared/data/stsb/dev.tsv}  # the developers' copy; or DEV=hf:mteb/stsbenchmark-sts
+# configs/simcse/smollm2.yaml names Wiki1M on the hub; offline, its first 11,914 lines
+# (the same sentences) from the developers' copy.
+WIKI1M=${WIKI1M:-../shared/data/wiki1m_prefix/wiki1m_for_simcse.first11914.txt}
+DATA="--set data.path=$WIKI1M --set data.data_files=null"
 O=outputs/sts-simcse-study
 mkdir -p $O
 COMMON="--set run.global_batch_size=32 --set optimizer.learning_rate=5e-5 --set optimizer.decay_steps=150 --set run.eval_every=50 --set run.save_every=50 --set run.progress_bar=false"
 
 simcse() {  # name, steps, extra overrides...
     local name=$1 steps=$2; shift 2
-    python -m llm2vec_jax.train --config configs/simcse/smollm2.yaml $COMMON \
+    python -m llm2vec_jax.train --config configs/simcse/smollm2.yaml $COMMON $DATA \
         --set run.max_steps=$steps --set run.output_dir=$O/$name "$@" > $O/$name.log 2>&1
 }
 simcse_default() {  # name, extra overrides...: the config as shipped (100 x 32, lr 3e-4)
     local name=$1; shift
-    python -m llm2vec_jax.train --config configs/simcse/smollm2.yaml --set run.progress_bar=false \
+    python -m llm2vec_jax.train --config configs/simcse/smollm2.yaml $DATA --set run.progress_bar=false \
         --set run.output_dir=$O/$name "$@" > $O/$name.log 2>&1
 }
 sts() {  # model, adapter, result name

@@ -1,7 +1,7 @@
 """Model-independent half of the encoder: text preparation, tokenization, pooling, bucketing.
 
 Everything here reproduces what the PyTorch reference ``llm2vec`` 0.2.3 (``LLM2Vec`` in
-``llm2vec/llm2vec.py``) does, verified against ``shared/reference/smollm2`` fixtures.
+``llm2vec/llm2vec.py``) does, verified against its real outputs (``tests/fixtures/smollm2``).
 
 Reference semantics
 -------------------

@@ -1,6 +1,7 @@
 """Evaluation CLI.
 
-    python -m llm2vec_jax.evaluate sts --model DIR [--adapter DIR] --data FILE.tsv
+    python -m llm2vec_jax.evaluate sts --model DIR [--adapter DIR]
+        --data FILE.tsv | sample:stsb-dev | hf:mteb/stsbenchmark-sts [--split validation]
         [--pooling-mode mean] [--batch-size 32] [--max-length 512] [--causal] [--limit N]
         [--instruction TEXT] [--dtype float32]
 
@@ -15,7 +16,8 @@ import json
 import sys
 import time
 
-from .evaluation import STSFormatError, evaluate_sts, read_sts_tsv
+from .data.sources import SourceError
+from .evaluation import STSFormatError, evaluate_sts, load_sts
 
 
 def _positive_int(s: str) -> int:
@@ -36,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     sts.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
     sts.add_argument("--adapter", default=None, help="PEFT adapter directory (merged on load)")
     sts.add_argument("--data", required=True,
-                     help="TSV with header source<TAB>score<TAB>sentence1<TAB>sentence2")
+                     help="TSV with header source<TAB>score<TAB>sentence1<TAB>sentence2, "
+                          "sample:stsb-dev (300 bundled STS-B dev pairs) or a hub dataset "
+                          "hf:ID with columns sentence1, sentence2, score "
+                          "(e.g. hf:mteb/stsbenchmark-sts)")
+    sts.add_argument("--split", default="validation", help="split of an hf: dataset")
     sts.add_argument("--pooling-mode", default=None,
                      help="mean, weighted_mean, eos_token, last_token, bos_token "
                           "(default: llm2vec_config.json, else mean)")
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_sts(args) -> dict:
-    data = read_sts_tsv(args.data)
+    data = load_sts(args.data, split=args.split)
     from .encoder import LLM2Vec  # after the data check: a bad file fails before loading jax
 
     start = time.perf_counter()
@@ -77,8 +83,8 @@ def main(argv=None) -> int:
     try:
         if args.task == "sts":
             result = run_sts(args)
-    except (STSFormatError, FileNotFoundError, IsADirectoryError, UnicodeDecodeError,
-            ValueError) as e:
+    except (STSFormatError, SourceError, FileNotFoundError, IsADirectoryError,
+            UnicodeDecodeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result), flush=True)

@@ -78,6 +78,42 @@ def read_sts_tsv(path: str | os.PathLike) -> STSData:
     return STSData(tuple(sources), np.asarray(scores, dtype=np.float64), tuple(s1), tuple(s2))
 
 
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+
+
+def load_sts(ref: str | os.PathLike, *, split: str = "validation", config: str | None = None,
+             columns: Sequence[str] = STS_COLUMNS) -> STSData:
+    """STS pairs from a local TSV (``read_sts_tsv``), a bundled sample (``sample:stsb-dev``)
+    or a hub dataset (``hf:mteb/stsbenchmark-sts``: ``split``, ``config`` and the
+    ``columns`` holding sentence 1, sentence 2 and the gold score)."""
+    from .data.samples import is_sample, sample_path
+    from .data.sources import HF_PREFIX, is_hub_ref, load_hf_dataset
+
+    ref = os.fspath(ref)
+    if is_sample(ref):
+        return read_sts_tsv(sample_path(ref))
+    if not is_hub_ref(ref):
+        return read_sts_tsv(ref)
+    name = ref[len(HF_PREFIX):]
+    if len(columns) != 3:
+        raise STSFormatError(f"{ref}: columns must name sentence 1, sentence 2 and the score, "
+                             f"got {list(columns)}")
+    ds = load_hf_dataset(name, config, split=split)
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise STSFormatError(f"{ref} split {split}: no column(s) {missing} (has "
+                             f"{ds.column_names}); set the STS columns")
+    s1, s2, score = (ds[c] for c in columns)
+    scores = np.asarray(score, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise STSFormatError(f"{ref} split {split}: row {bad[0]} has score {scores[bad[0]]}")
+    if len(scores) == 0:
+        raise STSFormatError(f"{ref} split {split}: no sentence pairs")
+    return STSData(tuple(f"{name}/{split}/{i}" for i in range(len(scores))), scores,
+                   tuple(s1), tuple(s2))
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two [N, D] arrays (float64; zero vectors give 0)."""
     a = np.asarray(a, dtype=np.float64)

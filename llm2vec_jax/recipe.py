@@ -5,7 +5,7 @@ A recipe is a YAML file with a top-level ``stages:`` list::
 
     output_dir: outputs/llm2vec-smollm2
     model: smollm2                    # or {path: ..., dtype: bfloat16, remat: full}
-    eval: {sts_dev: ../shared/data/stsb/dev.tsv, limit: null, batch_size: 32}
+    eval: {sts_dev: hf:mteb/stsbenchmark-sts, split: validation, limit: null, batch_size: 32}
     encoder: {stage: null, max_length: 512}  # stage: whose adapter chain is exported (last)
     stages:
       - config: configs/mntp/smollm2-wikitext.yaml     # a stage YAML, and/or inline sections
@@ -41,6 +41,9 @@ from pathlib import Path
 
 import yaml
 
+from .data.samples import is_sample
+from .data.sources import DatasetUnavailableError, is_hub_ref
+from .evaluation import STS_COLUMNS, load_sts
 from .train.config import STAGES, TrainConfig, TrainConfigError, _from_dict, _set_dotted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +51,8 @@ DEFAULT_RECIPE = REPO_ROOT / "configs" / "recipes" / "default.yaml"
 SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 RECIPE_KEYS = ("output_dir", "model", "eval", "encoder", "stages")
 STAGE_KEYS = ("name", "stage", "config", "after", "set") + SECTIONS
-EVAL_KEYS = ("sts_dev", "if_missing", "limit", "batch_size", "max_length", "causal_base")
+EVAL_KEYS = ("sts_dev", "split", "config", "columns", "if_missing", "limit", "batch_size",
+             "max_length", "causal_base")
 ENCODER_KEYS = ("stage", "max_length", "dtype")
 RECIPE_INFO = "llm2vec_recipe.json"   # not llm2vec_config.json: the reference rejects extra keys
 _AFTER_PREVIOUS = object()
@@ -115,8 +119,13 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
+    # A local STS TSV (source, score, sentence1, sentence2), sample:stsb-dev (300 bundled
+    # pairs) or a hub dataset, hf:mteb/stsbenchmark-sts, read with split/config/columns.
     sts_dev: str | None = None
-    if_missing: str = "error"       # error | skip: what a missing sts_dev file does
+    split: str = "validation"
+    config: str | None = None
+    columns: tuple[str, ...] = STS_COLUMNS
+    if_missing: str = "error"       # error | skip: a missing file / unreachable hub dataset
     limit: int | None = None        # first N pairs (quick runs)
     batch_size: int = 32
     max_length: int = 512
@@ -144,11 +153,32 @@ class Recipe:
     def adapter_dirs(self, names) -> list[str]:
         return [self.stage(n).adapter for n in names]
 
-    def sts_file(self) -> str | None:
-        if not self.eval.sts_dev:
-            return None
-        path = _resolve(self.eval.sts_dev)
+    def sts_ref(self) -> str | None:
+        """``eval.sts_dev`` as ``load_sts`` reads it: a sample or hub reference as written,
+        a local file resolved (None when it does not exist)."""
+        ref = self.eval.sts_dev
+        if not ref or is_sample(ref) or is_hub_ref(ref):
+            return ref or None
+        path = _resolve(ref)
         return path if os.path.isfile(path) else None
+
+    def load_sts(self):
+        """The STS pairs, or None (with a note) when they are missing and if_missing: skip."""
+        ref = self.sts_ref()
+        if ref is None:
+            if self.eval.sts_dev and self.eval.if_missing == "error":
+                raise FileNotFoundError(f"eval.sts_dev {self.eval.sts_dev!r} does not exist "
+                                        "(set eval.if_missing: skip to run without the STS "
+                                        "evaluation)")
+            return None
+        try:
+            return load_sts(ref, split=self.eval.split, config=self.eval.config,
+                            columns=self.eval.columns)
+        except DatasetUnavailableError as e:
+            if self.eval.if_missing == "error":
+                raise
+            print(f"STS eval skipped: {e}", file=sys.stderr, flush=True)
+            return None
 
 
 def _apply_overrides(raw: dict, overrides: list[str]) -> None:
@@ -370,10 +400,11 @@ def describe(recipe: Recipe) -> str:
         on = " + ".join(["base"] + list(s.chain))
         lines.append(f"  {s.name} ({c.run.stage}): {c.run.max_steps} steps x "
                      f"{c.run.global_batch_size} x {seq} tokens, on {on} | {describe_data(c)}")
-    sts = recipe.sts_file()
+    sts = recipe.sts_ref()
     if sts:
         limit = f", first {recipe.eval.limit} pairs" if recipe.eval.limit else ""
-        lines.append(f"  STS eval after each stage: {sts}{limit}")
+        split = f" (split {recipe.eval.split})" if is_hub_ref(sts) else ""
+        lines.append(f"  STS eval before training and after each stage: {sts}{split}{limit}")
     elif recipe.eval.sts_dev:
         lines.append(f"  STS eval: skipped ({recipe.eval.sts_dev} not found)")
     else:
@@ -386,18 +417,18 @@ def describe(recipe: Recipe) -> str:
 def run_recipe(recipe: Recipe) -> dict:
     """Run (or resume) every stage, the evaluations and the encoder export; returns results."""
     from .distributed import is_main_process, maybe_initialize_distributed
-    from .evaluation import read_sts_tsv
     from .train.loop import train
 
     maybe_initialize_distributed()
     main = is_main_process()
-    sts_path = recipe.sts_file()
-    if recipe.eval.sts_dev and sts_path is None and recipe.eval.if_missing == "error":
-        raise FileNotFoundError(f"eval.sts_dev {recipe.eval.sts_dev!r} does not exist (set "
-                                "eval.if_missing: skip to run without the STS evaluation)")
-    sts_data = read_sts_tsv(sts_path) if sts_path else None
-    signature = {"sts_dev": os.path.abspath(sts_path) if sts_path else None,
-                 "limit": recipe.eval.limit, "max_length": recipe.eval.max_length}
+    sts_data = recipe.load_sts()
+    sts_ref = recipe.sts_ref() if sts_data is not None else None
+    if sts_ref and not (is_sample(sts_ref) or is_hub_ref(sts_ref)):
+        sts_ref = os.path.abspath(sts_ref)
+    signature = {"sts_dev": sts_ref, "limit": recipe.eval.limit,
+                 "max_length": recipe.eval.max_length}
+    if is_hub_ref(sts_ref):
+        signature["split"] = recipe.eval.split
     results = Results(os.path.join(recipe.output_dir, "results.json"), main)
     results.data.update(model=recipe.base_model, eval=signature)
     results.save()
@@ -458,6 +489,7 @@ def run_recipe(recipe: Recipe) -> dict:
         results.data["encoder"] = {"path": encoder_dir, "adapters": list(chain)}
         results.save()
         print(format_table(results.data, recipe), flush=True)
+        print(usage_example(encoder_dir), flush=True)
     _barrier("llm2vec-recipe-end")
     return results.data
 
@@ -539,6 +571,11 @@ def format_table(data: dict, recipe: Recipe | None = None) -> str:
     if "encoder" in data:
         out.append(f"encoder: {data['encoder']['path']}")
     return "\n".join(out)
+
+
+def usage_example(encoder_dir: str) -> str:
+    return ("encode with it:\n  from llm2vec_jax import LLM2Vec\n"
+            f"  LLM2Vec.from_pretrained({json.dumps(encoder_dir)}).encode([\"A sentence to embed.\"])")
 
 
 def _n(rows: dict) -> str:

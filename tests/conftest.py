@@ -1,13 +1,49 @@
-"""Shared fixtures: the real SmolLM2-135M checkpoint (converted once per session) and the
-repository's sibling ``shared/`` folder with reference outputs and data."""
+"""Shared fixtures: the real SmolLM2-135M checkpoint (converted once per session), the PyTorch
+reference's outputs in ``tests/fixtures`` and the data samples bundled with the package.
 
+Nothing here reads outside the repository: the suite runs on a fresh clone with no network.
+"""
+
+import gzip
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference" / "smollm2"
-DATA = SHARED / "data"
+# A test never reaches the hub: an hf: dataset or hub model it names fails at once. Set
+# before anything imports huggingface_hub, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+from llm2vec_jax.data.samples import sample_path  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE = FIXTURES / "smollm2"          # llm2vec 0.2.3 outputs on SmolLM2 (README there)
+TOKENIZER_FILES = REFERENCE / "hf_config_and_tokenizer"
+STSB_DEV = Path(sample_path("sample:stsb-dev"))
+WIKITEXT = Path(sample_path("sample:wikitext"))
+WIKI1M = Path(sample_path("sample:wiki1m"))
+NLI = Path(sample_path("sample:nli"))
+
+
+def unpack_tokenizer(directory: Path) -> Path:
+    """The reference's SmolLM2 config + tokenizer files (tokenizer.json is kept gzipped)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for src in TOKENIZER_FILES.iterdir():
+        if src.suffix == ".gz":
+            with gzip.open(src, "rb") as fin, open(directory / src.stem, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        else:
+            shutil.copy(src, directory / src.name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's config.json and tokenizer as the reference used them (the oracle of our GGUF
+    tokenizer conversion; also the vocabulary of the tiny random test models)."""
+    return unpack_tokenizer(tmp_path_factory.mktemp("smollm2-tokenizer"))
 
 
 @pytest.fixture(scope="session")

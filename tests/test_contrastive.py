@@ -16,7 +16,7 @@ import transformers
 import yaml
 from flax import nnx
 
-from conftest import tiny_lora_model
+from conftest import NLI, REFERENCE, WIKI1M, tiny_lora_model
 from llm2vec_jax.data.contrastive import (SEPARATOR, SimCSEBatchIterator,
                                           SupervisedBatchIterator, load_instructions,
                                           read_triples, simcse_features, split_held_out)
@@ -26,19 +26,13 @@ from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.contrastive import grad_cache_objective
 from llm2vec_jax.train.steps import contrastive_objective
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATA = SHARED / "data"
-REFERENCE = SHARED / "reference" / "smollm2"
-TOKENIZER_DIR = REFERENCE / "hf_config_and_tokenizer"
-WIKI1M = DATA / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt"
-STSB_TRAIN = DATA / "stsb" / "train.tsv"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 E5_INSTRUCTIONS = CONFIGS / "supervised" / "e5_instructions.yaml"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+def tokenizer(tokenizer_dir):
+    return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
 @pytest.fixture(scope="module")
@@ -155,18 +149,41 @@ def test_batch_widths_bucket_padding_and_embeddings_do_not_depend_on_it(tokenize
 # ---------------------------------------------------------------------------- supervised data
 
 
-def _stsb_jsonl(path, n_per_dataset=24):
-    """Train-split STS-B pairs: score >= 4 as query/positive, a score <= 1 sentence as negative."""
-    lines = STSB_TRAIN.read_text(encoding="utf-8").splitlines()[1:]
-    rows = [line.split("\t") for line in lines]
-    high = [(r[2], r[3]) for r in rows if float(r[1]) >= 4.0]
-    low = [r[3] for r in rows if float(r[1]) <= 1.0]
+def _nli_jsonl(path, n_per_dataset=24):
+    """Short NLI triplets of the bundled sample (no text truncated at 64 tokens), alternately
+    labelled as two datasets."""
+    records = [json.loads(line) for line in NLI.read_text(encoding="utf-8").splitlines()]
+    short = [r for r in records
+             if max(len(r[k].split()) for k in ("query", "positive", "negative")) <= 20]
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(2 * n_per_dataset):
-            q, p = high[i]
-            f.write(json.dumps({"query": q, "positive": p, "negative": low[i],
+        for i, r in enumerate(short[:2 * n_per_dataset]):
+            f.write(json.dumps({"query": r["query"], "positive": r["positive"],
+                                "negative": r["negative"],
                                 "dataset": ["allnli", "squad"][i % 2]}) + "\n")
     return path
+
+
+def test_supervised_records_from_a_hub_dataset(tmp_path):
+    """hf: triplets through `datasets` (a local dataset folder, offline): columns renamed to
+    query/positive/negative, dataset from its column or the configured name."""
+    from llm2vec_jax.data.contrastive import read_hub_triples
+    folder = tmp_path / "all-nli"
+    folder.mkdir()
+    rows = [{"anchor": f"premise {i}", "positive": f"entailed {i}", "negative": f"contra {i}"}
+            for i in range(5)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = read_hub_triples(str(folder), columns=("anchor", "positive", "negative"),
+                               dataset_name="allnli", max_records=4)
+    assert records == [{"query": f"premise {i}", "positive": f"entailed {i}",
+                        "negative": f"contra {i}", "dataset": "allnli"} for i in range(4)]
+    pairs = read_hub_triples(str(folder), columns=("anchor", "positive"))
+    assert pairs[0] == {"query": "premise 0", "positive": "entailed 0", "dataset": "all-nli"}
+    with pytest.raises(ValueError, match=r"no column\(s\) \['query'\].*set data.columns"):
+        read_hub_triples(str(folder))
+    # The bundled sample: what the E5 table's allnli instructions are for.
+    nli = read_triples(NLI)
+    assert len(nli) == 1000 and {r["dataset"] for r in nli} == {"allnli"}
+    assert all(r["negative"] for r in nli)
 
 
 def test_e5_instruction_table():
@@ -177,7 +194,7 @@ def test_e5_instruction_table():
 
 
 def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenizer, tmp_path):
-    records = read_triples(_stsb_jsonl(tmp_path / "pairs.jsonl"))
+    records = read_triples(_nli_jsonl(tmp_path / "pairs.jsonl"))
     table = load_instructions(E5_INSTRUCTIONS)
     train, held = split_held_out(records, 0.25)
     assert len(train) == 36 and len(held) == 12
@@ -206,12 +223,14 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
                 pooled = b["q_input_ids"][row][b["q_embed_mask"][row] == 1]
                 text, query = tokenizer.decode(ids), tokenizer.decode(pooled)
                 # The pooled count is the query's own token count; in context its first
-                # token carries the space after "; " (the reference's count-based mask).
+                # token usually carries the space after "; " (the reference's count-based
+                # mask), unless the query starts with a digit (SmolLM2 splits digits off).
                 record = by_query[query.strip()]
                 assert record["dataset"] == name  # the whole global batch is one dataset
                 prefix = text[:len(text) - len(query)]
                 options = [table[name]] if isinstance(table[name], str) else table[name]
-                assert text.endswith(query) and prefix in [o + ";" for o in options]
+                assert text.endswith(query) and prefix.rstrip(" ") in [o + ";" for o in options]
+                assert prefix.endswith(";") != query.strip()[0].isdigit()
                 # Positives and negatives: no instruction, every real token pooled.
                 np.testing.assert_array_equal(b["d_embed_mask"][row], b["d_attention_mask"][row])
                 assert tokenizer.decode(b["d_input_ids"][row][b["d_embed_mask"][row] == 1]) \
@@ -273,14 +292,14 @@ def test_grad_cache_gradients_equal_plain_step():
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def tiny_checkpoint(tmp_path_factory, tokenizer_dir):
     """A random 2-layer model with SmolLM2's vocabulary and tokenizer, as an HF checkpoint."""
     from llm2vec_jax.checkpoints.hf import save_hf_checkpoint
-    config = ModelConfig.from_hf(TOKENIZER_DIR / "config.json", hidden_size=32,
+    config = ModelConfig.from_hf(tokenizer_dir / "config.json", hidden_size=32,
                                  intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                  head_dim=8)
     out = tmp_path_factory.mktemp("tiny") / "hf"
-    return save_hf_checkpoint(init_model(config, seed=0), out, tokenizer_dir=TOKENIZER_DIR)
+    return save_hf_checkpoint(init_model(config, seed=0), out, tokenizer_dir=tokenizer_dir)
 
 
 def _config(tmp_path, checkpoint, name, overrides=()):
@@ -327,7 +346,7 @@ def test_train_simcse_end_to_end_resumes_and_exports(tiny_checkpoint, tmp_path):
 
 def test_train_supervised_grad_cache_end_to_end(tiny_checkpoint, tmp_path):
     from llm2vec_jax.train.loop import train
-    data = _stsb_jsonl(tmp_path / "pairs.jsonl", n_per_dataset=16)
+    data = _nli_jsonl(tmp_path / "pairs.jsonl", n_per_dataset=16)
     config = _config(tmp_path, tiny_checkpoint, "supervised", [
         "run.stage=supervised", "data.kind=auto", f"data.path={data}", "data.eval_fraction=0.5",
         f"contrastive.instructions={E5_INSTRUCTIONS}", "contrastive.scale=50",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import WIKI1M, WIKITEXT
 
 from llm2vec_jax.data import (
     IGNORE_INDEX,
@@ -27,23 +28,11 @@ from llm2vec_jax.data import (
     tokenize_lines,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATA = SHARED / "data"
-TOKENIZER_DIR = SHARED / "reference" / "smollm2" / "hf_config_and_tokenizer"
-WIKITEXT = DATA / "wikitext103" / "wiki.test.raw.txt"
-WIKI1M = DATA / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt"
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data missing: {path}")
-    return path
-
 
 @pytest.fixture
-def tokenizer():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(_need(TOKENIZER_DIR)))
+def tokenizer(tokenizer_dir):
+    import transformers
+    return transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
 # ---------------------------------------------------------------------------- sources
@@ -60,7 +49,7 @@ def test_text_file_lines_and_sharding(tmp_path):
 
 
 def test_shards_partition_the_real_file():
-    path = _need(WIKITEXT)
+    path = WIKITEXT
     full = list(text_file_source(path))
     shards = [list(text_file_source(path, process_index=p, process_count=3)) for p in range(3)]
     assert sorted(sum(shards, [])) == sorted(full)
@@ -103,9 +92,9 @@ def test_source_errors(tmp_path):
 
 
 def test_read_sentences_wiki1m():
-    path = _need(WIKI1M)
+    path = WIKI1M
     sents = read_sentences(path)
-    assert len(sents) == 11914
+    assert len(sents) == 3000
     assert all(s == s.strip() and s for s in sents)
     assert read_sentences(path, max_sentences=5) == sents[:5]
     assert read_sentences(path, process_index=1, process_count=4)[:2] == [sents[1], sents[5]]
@@ -165,11 +154,53 @@ def test_hf_datasets_source(tmp_path):
         list(hf_source("text", split="train", text_field="body", **kw))
 
 
+def test_dataset_references(tmp_path):
+    """hf:<id> is a hub dataset, sample:<name> a bundled file, anything else a local path."""
+    from llm2vec_jax.data.samples import SAMPLES
+    from llm2vec_jax.data.sources import DatasetUnavailableError, resolve_source
+
+    assert resolve_source("auto", "hf:Salesforce/wikitext") == ("hf", "Salesforce/wikitext")
+    assert resolve_source("hf", "hf:Salesforce/wikitext") == ("hf", "Salesforce/wikitext")
+    kind, path = resolve_source("auto", "sample:wikitext")
+    assert kind == "file" and path == str(WIKITEXT) and WIKITEXT.is_file()
+    for name, (file, _, _) in SAMPLES.items():  # every sample ships inside the package
+        assert resolve_source("file", f"sample:{name}")[1].endswith(file)
+    assert resolve_source("auto", tmp_path) == ("dir", str(tmp_path))
+    with pytest.raises(SourceError, match="names a hub dataset but kind is 'file'"):
+        resolve_source("file", "hf:Salesforce/wikitext")
+    with pytest.raises(SourceError, match="bundled sample file but kind is 'hf'"):
+        resolve_source("hf", "sample:wikitext")
+    with pytest.raises(ValueError, match="unknown sample 'sample:wiki'.*sample:wiki1m"):
+        resolve_source("auto", "sample:wiki")
+    with pytest.raises(FileNotFoundError, match="hf:<dataset id>"):
+        resolve_source("auto", tmp_path / "missing.txt")
+    # The bundled WikiText sample reads as the file it is.
+    assert list(text_source("auto", "sample:wikitext"))[0] == " = Robert Boulter = "
+    # Offline (conftest) with nothing cached: one line naming the download and the cache.
+    with pytest.raises(DatasetUnavailableError,
+                       match=r"hf:Salesforce/wikitext is not in the datasets cache.*"
+                             r"load_dataset\('Salesforce/wikitext', 'wikitext-103-raw-v1', "
+                             r"split='train'\)"):
+        list(text_source("auto", "hf:Salesforce/wikitext", config="wikitext-103-raw-v1"))
+
+
+def test_hub_text_dataset_through_datasets(tmp_path):
+    """hf:<local dataset folder> runs the real `datasets` loader offline: data_files and the
+    text column as a hub repository of plain files would (princeton-nlp/datasets-for-simcse)."""
+    folder = tmp_path / "simcse-data"
+    folder.mkdir()
+    (folder / "wiki1m_for_simcse.txt").write_text("one\ntwo\n\nthree\n", encoding="utf-8")
+    (folder / "other.txt").write_text("not this\n", encoding="utf-8")
+    texts = text_source("auto", f"hf:{folder}", data_files="wiki1m_for_simcse.txt",
+                        cache_dir=str(tmp_path / "cache"))
+    assert list(texts) == ["one", "two", "three"]
+
+
 # ---------------------------------------------------------------------------- tokenization
 
 
 def test_group_texts_matches_reference_chunking(tokenizer):
-    texts = list(text_file_source(_need(WIKITEXT)))[:50]
+    texts = list(text_file_source(WIKITEXT))[:50]
     ex = group_texts(texts, tokenizer, 64)
     flat = [t for seq in tokenizer(texts)["input_ids"] for t in seq]
     n = len(flat) // 64
@@ -203,12 +234,12 @@ def test_tokenize_lines_pads_and_truncates(tokenizer):
     np.testing.assert_array_equal(left.attention_mask[0], [0, 0, 1, 1])
 
 
-def test_mask_token_types(tokenizer):
+def test_mask_token_types(tokenizer, tokenizer_dir):
     assert set_mask_token(tokenizer, "blank") == 79
     import transformers
-    t = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    t = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     assert set_mask_token(t, "eos") == t.eos_token_id == 2
-    t = transformers.AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    t = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     n = len(t)
     assert set_mask_token(t, "mask") == n and len(t) == n + 1
     assert MNTPCollator.from_tokenizer(t, "mask").vocab_size == n + 1
@@ -297,7 +328,7 @@ def test_predict_bound_and_overflow_bucket():
 
 
 def _examples(tokenizer, S=32):
-    return group_texts(list(text_file_source(_need(WIKITEXT)))[:40], tokenizer, S)
+    return group_texts(list(text_file_source(WIKITEXT))[:40], tokenizer, S)
 
 
 def _same(a, b):
@@ -350,7 +381,7 @@ def test_iterator_epochs_and_order(tokenizer):
 
 
 def test_mntp_batches_end_to_end(tokenizer):
-    texts = text_file_source(_need(WIKITEXT), process_index=1, process_count=4)
+    texts = text_file_source(WIKITEXT, process_index=1, process_count=4)
     it = mntp_batches(texts, tokenizer, max_seq_length=128, per_process_batch_size=4,
                       process_index=1)
     b = next(it)

@@ -1,45 +1,40 @@
 """Tokenization, pooling and bucketing against the PyTorch llm2vec 0.2.3 fixtures (no model)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REFERENCE
 
 from llm2vec_jax import encode as enc
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REF = SHARED / "reference" / "smollm2"
 POOLED_MODES_IN_FIXTURES = ("mean", "weighted_mean", "eos_token", "last_token")
-
-needs_ref = pytest.mark.skipif(not (REF / "reference_fixtures.npz").exists(),
-                               reason="shared/reference fixtures not present")
 
 
 @pytest.fixture(scope="module")
 def fx():
-    return np.load(REF / "reference_fixtures.npz")
+    return np.load(REFERENCE / "reference_fixtures.npz")
 
 
 @pytest.fixture(scope="module")
 def meta():
-    return json.loads((REF / "reference_fixtures.json").read_text())
+    return json.loads((REFERENCE / "reference_fixtures.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tokenizer_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(REF / "hf_config_and_tokenizer")
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
-def bos_tok():
+def bos_tok(tokenizer_dir):
     """The SmolLM2 tokenizer, changed to prepend <|im_start|> as BOS (like Llama's <s>)."""
     from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
-    t = Tokenizer.from_file(str(REF / "hf_config_and_tokenizer" / "tokenizer.json"))
+    t = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     t.post_processor = processors.TemplateProcessing(
         single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|im_start|>",
@@ -75,14 +70,12 @@ def _assert_rows_close(got, want):
 # --------------------------------------------------------------------------- tokenization
 
 
-@needs_ref
 @pytest.mark.parametrize("kind", ["plain", "instr"])
 def test_strings_match_reference(tok, meta, kind):
     got = enc.build_strings(tok, _inputs(meta, kind), max_length=512, doc_max_length=400)
     assert got == meta[f"converted_strings_{kind}"]
 
 
-@needs_ref
 @pytest.mark.parametrize("kind", ["plain", "instr"])
 def test_tokenize_left_matches_reference_bit_for_bit(tok, fx, meta, kind):
     f = enc.tokenize(tok, _inputs(meta, kind), max_length=512, doc_max_length=400,
@@ -92,7 +85,6 @@ def test_tokenize_left_matches_reference_bit_for_bit(tok, fx, meta, kind):
         np.testing.assert_array_equal(f[key], fx[f"feat/{kind}/{key}"], err_msg=key)
 
 
-@needs_ref
 @pytest.mark.parametrize("kind", ["plain", "instr"])
 def test_right_padding_same_row_content(tok, meta, kind):
     kw = dict(max_length=512, doc_max_length=400, skip_instruction=True)
@@ -107,13 +99,11 @@ def test_right_padding_same_row_content(tok, meta, kind):
         assert rm[: rm.sum()].all()  # real tokens first
 
 
-@needs_ref
 def test_fixture_hidden_inputs_are_the_plain_features(fx):
     for key in ("input_ids", "attention_mask"):
         np.testing.assert_array_equal(fx[f"hidden/{key}"], fx[f"feat/plain/{key}"])
 
 
-@needs_ref
 def test_instruction_tokens_attended_not_pooled(tok, fx, meta):
     f = enc.tokenize(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
                      padding_side="right")
@@ -127,7 +117,6 @@ def test_instruction_tokens_attended_not_pooled(tok, fx, meta):
     np.testing.assert_array_equal(g["embed_mask"], g["attention_mask"])
 
 
-@needs_ref
 def test_eos_token_mode_appends_literal_eos_text(tok, meta):
     # Reference quirk: Llama-config models get " </s>" as *text*; SmolLM2 tokenizes it as 3
     # ordinary tokens, which are part of the pooled text.
@@ -214,7 +203,6 @@ def test_doc_max_length_by_whole_words_with_capped_measure():
     assert enc.truncate_document(tok, messy, max_length=10, doc_max_length=2) == "a b"
 
 
-@needs_ref
 def test_doc_max_length_real_tokenizer_only_touches_text(tok):
     text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod. " * 6
     s = enc.build_strings(tok, [["Represent this:", text]], max_length=512, doc_max_length=20)[0]
@@ -224,7 +212,6 @@ def test_doc_max_length_real_tokenizer_only_touches_text(tok):
     assert text.split()[: len(doc.split())] == doc.split()
 
 
-@needs_ref
 def test_max_length_truncation_slides_mask_onto_instruction(tok, meta):
     instr = meta["instruction"]
     n_instr = len(tok(instr, add_special_tokens=False)["input_ids"])  # 8
@@ -235,7 +222,6 @@ def test_max_length_truncation_slides_mask_onto_instruction(tok, meta):
     assert f["embed_mask"].sum() == 12 and n_instr < 12
 
 
-@needs_ref
 def test_empty_text_and_pad_to(tok):
     f = enc.tokenize(tok, ["", "Short one."], max_length=32, doc_max_length=400, pad_to=16)
     assert f["input_ids"].shape == (2, 16)
@@ -245,7 +231,6 @@ def test_empty_text_and_pad_to(tok):
         enc.tokenize(tok, ["Short one."], max_length=32, doc_max_length=400, pad_to=2)
 
 
-@needs_ref
 def test_separator_inside_text_is_removed(tok):
     # the reference removes every separator from the row but pools only parts[1]
     rows = enc.tokenize_strings(tok, [enc.SEPARATOR + "one" + enc.SEPARATOR + " two three"],
@@ -257,7 +242,6 @@ def test_separator_inside_text_is_removed(tok):
 # --------------------------------------------------------------------------- pooling modes
 
 
-@needs_ref
 def test_pooling_matches_reference_fixtures(fx):
     hidden = fx["hidden/bidirectional"]
     am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
@@ -266,7 +250,6 @@ def test_pooling_matches_reference_fixtures(fx):
         _assert_rows_close(enc.pool(hidden, am, em, mode), fx[f"enc/{mode}/plain"])
 
 
-@needs_ref
 def test_eos_token_pooling_is_last_position(fx):
     # enc/eos_token/plain came from the " </s>"-suffixed input (different hidden states: see
     # test_eos_token_mode_appends_literal_eos_text); with the same hidden states eos_token
@@ -278,7 +261,6 @@ def test_eos_token_pooling_is_last_position(fx):
     assert not np.allclose(fx["enc/eos_token/plain"], fx["enc/last_token/plain"], atol=1e-2)
 
 
-@needs_ref
 @pytest.mark.parametrize("mode", POOLED_MODES_IN_FIXTURES)
 def test_pooling_left_equals_right_on_fixtures(fx, mode):
     hidden = fx["hidden/bidirectional"]
@@ -289,7 +271,6 @@ def test_pooling_left_equals_right_on_fixtures(fx, mode):
     np.testing.assert_allclose(right, left, rtol=0, atol=1e-6)
 
 
-@needs_ref
 def test_simcse_path_quirk_pools_padding(fx):
     # The reference's training collators have no separator: mean over every column.
     hidden = fx["hidden/bidirectional"]
@@ -368,7 +349,6 @@ def test_unknown_pooling_mode_lists_valid_ones():
     assert all(m in str(e.value) for m in enc.POOLING_MODES)
 
 
-@needs_ref
 def test_bos_token_needs_a_bos_adding_tokenizer(tok, bos_tok):
     assert not enc.tokenizer_adds_bos(tok)
     with pytest.raises(ValueError, match="BOS"):
@@ -378,7 +358,6 @@ def test_bos_token_needs_a_bos_adding_tokenizer(tok, bos_tok):
     assert enc.tokenizer_adds_bos(bos_tok)
 
 
-@needs_ref
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_bos_tokenizer_rows_and_bos_pooling(bos_tok, meta, side):
     f = enc.tokenize(bos_tok, meta["texts"][:3], max_length=64, doc_max_length=400,
@@ -488,7 +467,6 @@ def test_padded_row_count():
     assert enc.padded_row_count(5, 6) == 6
 
 
-@needs_ref
 def test_packed_batches_hold_each_rows_own_features(tok, meta):
     texts = meta["texts"] + [[meta["instruction"], t] for t in meta["texts"]]
     rows = enc.tokenize_rows(tok, texts, max_length=64, doc_max_length=400)

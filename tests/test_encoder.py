@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REFERENCE
 
 from llm2vec_jax import encode as enc_text
 from llm2vec_jax.encoder import LLM2Vec
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2"
 META = json.loads((REFERENCE / "reference_fixtures.json").read_text())
 TEXTS, INSTRUCTION = META["texts"], META["instruction"]
 POOLINGS = ("mean", "weighted_mean", "eos_token", "last_token")

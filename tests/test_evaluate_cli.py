@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import STSB_DEV
 
 from llm2vec_jax import evaluate as cli
 from llm2vec_jax.evaluation import read_sts_tsv, sts_scores
 
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "dev.tsv"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,13 @@ def test_bad_file(tmp_path, capsys, content, message):
     assert cli.main(["sts", "--model", "unused", "--data", str(path)]) == 2
     out = capsys.readouterr()
     assert out.out == "" and message in out.err and str(path) in out.err
+
+
+def test_unreachable_hub_dataset(capsys):
+    assert cli.main(["sts", "--model", "unused", "--data", "hf:mteb/stsbenchmark-sts"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: hub dataset hf:mteb/stsbenchmark-sts is not in the datasets "
+                          "cache") and "\n" not in err
 
 
 def test_missing_file(tmp_path, capsys):

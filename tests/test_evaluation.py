@@ -1,13 +1,16 @@
 """STS reader and metrics."""
 
-from pathlib import Path
+import json
 
 import numpy as np
 import pytest
 
+from llm2vec_jax.data.samples import sample_path
+from llm2vec_jax.data.sources import DatasetUnavailableError
 from llm2vec_jax.evaluation import (
     STSFormatError,
     cosine_similarity,
+    load_sts,
     pearson,
     rankdata_average,
     read_sts_tsv,
@@ -15,22 +18,52 @@ from llm2vec_jax.evaluation import (
     sts_scores,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEV = SHARED / "data" / "stsb" / "dev.tsv"
 HEADER = "source\tscore\tsentence1\tsentence2\n"
 
 
-@pytest.mark.skipif(not DEV.exists(), reason="shared STS-B data not present")
-def test_read_stsb_dev():
-    d = read_sts_tsv(DEV)
-    assert len(d) == 1500
+def test_read_bundled_stsb_dev_sample():
+    d = load_sts("sample:stsb-dev")
+    assert len(d) == 300
     assert d.scores.dtype == np.float64
     assert d.sources[0] == "main-captions/MSRvid/2012test/0000"
-    assert d.scores[0] == 5.0 and d.scores[1] == 4.75
+    assert d.scores[0] == 5.0 and d.scores[1] == 2.615
     assert d.sentences1[0] == "A man with a hard hat is dancing."
     assert d.sentences2[0] == "A man wearing a hard hat is dancing."
     assert d.scores.min() >= 0 and d.scores.max() <= 5
     assert any('"' in s for s in d.sentences1 + d.sentences2)  # no quoting: kept verbatim
+    # Every 5th pair of the 1,500: all three genres, in the dev split's proportions.
+    genres = [s.split("/")[0] for s in d.sources]
+    assert {g: genres.count(g) for g in set(genres)} == {
+        "main-captions": 125, "main-news": 100, "main-forums": 75}
+    same = read_sts_tsv(sample_path("sample:stsb-dev"))
+    assert same.sentences1 == d.sentences1 and (same.scores == d.scores).all()
+
+
+def test_load_sts_from_a_datasets_dataset(tmp_path):
+    """hf: goes through `datasets.load_dataset`; a local dataset folder stands in for the hub
+    (same loader, no network): columns picked by name, any score scale."""
+    folder = tmp_path / "my-sts"
+    folder.mkdir()
+    rows = [{"s1": "a cat", "s2": "a dog", "gold": 0.25, "extra": 1},
+            {"s1": "red", "s2": "crimson", "gold": 0.9, "extra": 2}]
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = load_sts(f"hf:{folder}", split="validation", columns=("s1", "s2", "gold"))
+    assert d.sentences1 == ("a cat", "red") and d.sentences2 == ("a dog", "crimson")
+    np.testing.assert_array_equal(d.scores, [0.25, 0.9])
+    assert d.sources[1] == f"{folder}/validation/1"
+    with pytest.raises(STSFormatError, match=r"no column\(s\) \['score'\]"):
+        load_sts(f"hf:{folder}", split="validation", columns=("s1", "s2", "score"))
+
+
+def test_hub_dataset_offline_is_one_clear_line():
+    # conftest sets HF_HUB_OFFLINE: nothing is cached, nothing can be downloaded.
+    with pytest.raises(DatasetUnavailableError) as info:
+        load_sts("hf:mteb/stsbenchmark-sts", split="validation")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "hf:mteb/stsbenchmark-sts is not in the datasets cache" in message
+    assert "datasets.load_dataset('mteb/stsbenchmark-sts', split='validation')" in message
+    assert "HF_DATASETS_CACHE" in message and "sample:stsb-dev" in message
 
 
 def _write(tmp_path, text, name="x.tsv"):

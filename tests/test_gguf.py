@@ -1,7 +1,8 @@
 """GGUF -> Hugging Face conversion (llm2vec_jax.checkpoints.gguf).
 
-The SmolLM2 tests check the converted checkpoint against the oracle in ../shared/reference
-(config + tokenizer of the correct conversion) and against HF PyTorch (torch is test-only).
+The SmolLM2 tests check the converted checkpoint against the oracle in tests/fixtures
+(config + tokenizer of the correct conversion, as the PyTorch reference used them) and
+against HF PyTorch (torch is test-only).
 The tiny hand-written GGUFs check the tensor plumbing and the error paths in milliseconds.
 """
 
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REFERENCE, STSB_DEV, WIKI1M, WIKITEXT
 
-gguf = pytest.importorskip("gguf")
+import gguf
 
 from llm2vec_jax.checkpoints.gguf import (  # noqa: E402
     GGUFError,
@@ -25,28 +27,12 @@ from llm2vec_jax.checkpoints.gguf import (  # noqa: E402
     unpermute_qk,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-ORACLE_DIR = REFERENCE / "smollm2" / "hf_config_and_tokenizer"
-STSB_DEV = REFERENCE.parent / "data" / "stsb" / "dev.tsv"
-
-
-def _smollm2_or_skip() -> str:
-    try:
-        return find_smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
-def _oracle_or_skip() -> Path:
-    if not ORACLE_DIR.is_dir():
-        pytest.skip(f"reference oracle folder missing: {ORACLE_DIR}")
-    return ORACLE_DIR
 
 
 @pytest.fixture(scope="module")
 def smol_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gguf") / "smollm2"
-    return Path(convert_gguf(_smollm2_or_skip(), out))
+    return Path(convert_gguf(find_smollm2_gguf(), out))
 
 
 # ---------------------------------------------------------------------------- SmolLM2
@@ -61,8 +47,8 @@ def test_output_files(smol_dir):
     assert [p.name for p in smol_dir.parent.iterdir()] == ["smollm2"]
 
 
-def test_config_matches_oracle(smol_dir):
-    oracle = json.loads((_oracle_or_skip() / "config.json").read_text())
+def test_config_matches_oracle(smol_dir, tokenizer_dir):
+    oracle = json.loads((tokenizer_dir / "config.json").read_text())
     ours = json.loads((smol_dir / "config.json").read_text())
     for key in ("model_type", "architectures", "hidden_size", "intermediate_size",
                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -73,8 +59,8 @@ def test_config_matches_oracle(smol_dir):
         assert ours[key] == oracle[key], key
 
 
-def test_tokenizer_json_matches_oracle(smol_dir):
-    oracle = json.loads((_oracle_or_skip() / "tokenizer.json").read_text())
+def test_tokenizer_json_matches_oracle(smol_dir, tokenizer_dir):
+    oracle = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     ours = json.loads((smol_dir / "tokenizer.json").read_text())
     for key in ("normalizer", "pre_tokenizer", "decoder", "added_tokens"):
         assert ours[key] == oracle[key], key
@@ -84,12 +70,10 @@ def test_tokenizer_json_matches_oracle(smol_dir):
     assert as_str(ours["model"]["merges"]) == as_str(oracle["model"]["merges"])
 
 
-def test_tokenizer_ids_match_oracle(smol_dir):
+def test_tokenizer_ids_match_oracle(smol_dir, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    oracle_dir = _oracle_or_skip()
-    if not STSB_DEV.is_file():
-        pytest.skip(f"STS-B dev file missing: {STSB_DEV}")
+    oracle_dir = tokenizer_dir
     ours = AutoTokenizer.from_pretrained(smol_dir)
     ref = AutoTokenizer.from_pretrained(oracle_dir)
 
@@ -101,9 +85,12 @@ def test_tokenizer_ids_match_oracle(smol_dir):
     assert ours("Paris").input_ids == ref("Paris").input_ids
     assert ours("Paris").input_ids[0] != ours.bos_token_id
 
+    # Every text in the repository: STS-B, Wikipedia, WikiText, the 512 encode sentences.
     lines = STSB_DEV.read_text(encoding="utf-8").splitlines()[1:]
     sentences = [s for line in lines if line for s in line.split("\t")[2:4]]
-    assert len(sentences) > 1000
+    for path in (WIKI1M, WIKITEXT, REFERENCE / "encode_sentences_512.txt"):
+        sentences += path.read_text(encoding="utf-8").splitlines()
+    assert len(sentences) > 4000
     ours_ids = ours(sentences).input_ids
     ref_ids = ref(sentences).input_ids
     mismatches = [s for s, a, b in zip(sentences, ours_ids, ref_ids) if a != b]
@@ -114,10 +101,10 @@ def test_tokenizer_ids_match_oracle(smol_dir):
     assert ours.decode(ours(tricky).input_ids) == tricky
 
 
-def test_chat_template(smol_dir):
+def test_chat_template(smol_dir, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    oracle_cfg = json.loads((_oracle_or_skip() / "tokenizer_config.json").read_text())
+    oracle_cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     ours = AutoTokenizer.from_pretrained(smol_dir)
     assert ours.chat_template == oracle_cfg["chat_template"]
 
@@ -130,7 +117,7 @@ def test_weights_match_transformers_gguf_loader(smol_dir):
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
-    path = Path(_smollm2_or_skip())
+    path = Path(find_smollm2_gguf())
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     sd = hf.state_dict()
     ours = load_file(smol_dir / "model.safetensors")

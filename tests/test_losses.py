@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REFERENCE
 
 from llm2vec_jax.data import IGNORE_INDEX, MNTPCollator
 from llm2vec_jax.train.losses import contrastive_loss, lm_head_weight, mntp_loss
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smollm2"
-FIXTURES = REFERENCE / "reference_fixtures.npz"
-
-
 @pytest.fixture(scope="module")
 def fixtures():
-    if not FIXTURES.is_file():
-        pytest.skip(f"reference fixtures missing: {FIXTURES}")
-    return dict(np.load(FIXTURES))
+    return dict(np.load(REFERENCE / "reference_fixtures.npz"))
 
 
 def _log_softmax(x):
@@ -118,7 +112,12 @@ def test_mntp_loss_gradient_matches_full_form():
 
 @pytest.mark.slow
 def test_mntp_loss_reference_smollm2(fixtures, smollm2_dir):
-    """The reference's MNTP loss and logits on SmolLM2-135M, bidirectional, mask token "_"."""
+    """The reference's MNTP loss on SmolLM2-135M, bidirectional, mask token "_"; the logits
+    against HF PyTorch's bidirectional forward of the same checkpoint."""
+    import torch
+    import transformers
+    from hf_oracle import hf_hidden
+
     from llm2vec_jax.models import load_hf_checkpoint
     model = load_hf_checkpoint(smollm2_dir)
     ids = fixtures["mntp/input_ids"].astype(np.int32)
@@ -126,7 +125,11 @@ def test_mntp_loss_reference_smollm2(fixtures, smollm2_dir):
     attn = np.ones_like(ids)  # one unpadded sequence
     hidden = model(jnp.asarray(ids), jnp.asarray(attn), causal=False)
     logits0 = np.asarray(model.logits(hidden))[0]
-    np.testing.assert_allclose(logits0, fixtures["mntp/logits_first_seq"], atol=1e-3, rtol=0)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        hf_logits = hf.lm_head(torch.tensor(hf_hidden(hf, ids, attn, causal=False)))[0].numpy()
+    np.testing.assert_allclose(logits0, hf_logits, atol=1e-3, rtol=0)
     idx, lab = _predict_arrays(labels)
     loss, metrics = mntp_loss(hidden, lm_head_weight(model), idx, lab)
     ref = float(fixtures["mntp/loss"])

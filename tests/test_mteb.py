@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STSB_DEV
 
 from llm2vec_jax.evaluation import read_sts_tsv, sts_scores
 from llm2vec_jax.mteb_wrapper import LLM2VecMTEB, llm2vec_instruction
 
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "dev.tsv"
 N_PAIRS = 32
 
 

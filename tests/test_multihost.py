@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, REFERENCE
+from conftest import WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from llm2vec_jax.data.sharded import ShardedBatches, shards_of_process
 
@@ -63,10 +63,10 @@ def losses(out):
         return {r["step"]: r["loss"] for r in map(json.loads, f) if r["split"] == "train"}
 
 
-def test_two_processes_match_one_process_with_eight_devices(tmp_path):
-    model = tiny_model_with_tokenizer(tmp_path / "model", REFERENCE / "hf_config_and_tokenizer")
+def test_two_processes_match_one_process_with_eight_devices(tmp_path, tokenizer_dir):
+    model = tiny_model_with_tokenizer(tmp_path / "model", tokenizer_dir)
     corpus = tmp_path / "corpus.txt"
-    lines = (DATA / "wikitext103" / "wiki.test.raw.txt").read_text(encoding="utf-8").splitlines()
+    lines = WIKITEXT.read_text(encoding="utf-8").splitlines()
     corpus.write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
 
     def command(out):

@@ -13,8 +13,8 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "llm2vec_jax_colab_tpu.ipynb"
-PARAMETERS = ("MODEL", "MNTP_STEPS", "SIMCSE_STEPS", "BATCH", "MAX_LEN", "OUT", "STS_LIMIT",
-              "REPO_URL")
+PARAMETERS = ("MODEL", "MNTP_STEPS", "SIMCSE_STEPS", "BATCH", "MAX_LEN", "OUT", "STS_DATA",
+              "STS_LIMIT", "REPO_URL")
 
 
 def parameters_cell(nb):
@@ -43,7 +43,8 @@ def test_runs_on_cpu_with_a_tiny_budget(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     parameters_cell(nb).source = "\n".join([
         'MODEL = "smollm2"', "MNTP_STEPS = 2", "SIMCSE_STEPS = 2", "BATCH = 2", "MAX_LEN = 32",
-        f"OUT = {str(tmp_path / 'out')!r}", "STS_LIMIT = 32", 'REPO_URL = "unused"'])
+        f"OUT = {str(tmp_path / 'out')!r}", 'STS_DATA = "sample:stsb-dev"', "STS_LIMIT = 32",
+        'REPO_URL = "unused"'])
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
@@ -60,7 +61,7 @@ def test_runs_on_cpu_with_a_tiny_budget(tmp_path):
     encoders = ["base (bidirectional, no training)", "+ MNTP"] + (["+ MNTP + SimCSE"] if simcse else [])
     for name in encoders:
         assert re.search(rf"(?m)^{re.escape(name)} +Spearman +-?\d", text), name
-    assert "STS: 32 pairs" in text or "STS: 8 pairs from the inline sample" in text
+    assert "STS: 32 pairs from sample:stsb-dev" in text
     assert "(4, 576)" in text  # four sentences, SmolLM2-135M's hidden size
     for stage in stages:
         adapter = tmp_path / "out" / stage / "adapter"

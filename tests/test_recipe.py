@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DATA, REFERENCE
+from conftest import WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from llm2vec_jax.recipe import load_recipe
 from llm2vec_jax.train.config import TrainConfigError
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
-STSB_DEV = DATA / "stsb" / "dev.tsv"
 TINY_RUN = dict(global_batch_size=4, log_every=1, eval_every=3, eval_batches=1, save_every=3,
                 progress_bar=False, async_checkpointing=False)
 
@@ -32,7 +31,7 @@ def _recipe(root: Path, model: str, corpus: Path) -> Path:
     data = {
         "output_dir": str(root / "out"),
         "model": {"path": model},
-        "eval": {"sts_dev": str(STSB_DEV), "limit": 16, "batch_size": 8, "max_length": 64},
+        "eval": {"sts_dev": "sample:stsb-dev", "limit": 16, "batch_size": 8, "max_length": 64},
         "stages": [
             {"name": "mntp", "data": {"kind": "file", "path": str(corpus), "max_seq_length": 32},
              "lora": {"r": 4, "alpha": 8},
@@ -56,10 +55,10 @@ def _cli(recipe: Path, *extra):
 
 
 @pytest.fixture(scope="module")
-def recipe_run(tmp_path_factory):
+def recipe_run(tmp_path_factory, tokenizer_dir):
     root = tmp_path_factory.mktemp("recipe")
-    model = tiny_model_with_tokenizer(root / "model", REFERENCE / "hf_config_and_tokenizer")
-    lines = (DATA / "wikitext103" / "wiki.test.raw.txt").read_text(encoding="utf-8").splitlines()
+    model = tiny_model_with_tokenizer(root / "model", tokenizer_dir)
+    lines = WIKITEXT.read_text(encoding="utf-8").splitlines()
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(ln for ln in lines[:400] if ln.strip()) + "\n", encoding="utf-8")
     recipe = _recipe(root, model, corpus)
@@ -210,8 +209,22 @@ def test_shipped_recipes_parse_and_chain_adapters():
             assert recipe.stage("supervised").chain == ("mntp",)
     default = load_recipe(None)  # configs/recipes/default.yaml
     assert default.base_model == "smollm2"
-    assert all(s.config.data.kind == "builtin" for s in default.stages)
+    # Offline: the bundled samples, for training and for the STS evaluation.
+    assert [s.config.data.path for s in default.stages] == ["sample:wikitext", "sample:wiki1m"]
+    assert default.eval.sts_dev == "sample:stsb-dev" and default.eval.causal_base
     assert [s.config.run.max_steps for s in default.stages] == [20, 20]
+
+
+def test_nothing_shipped_reads_outside_the_repository():
+    """Configs, the package, notebooks and TPU scripts name data by hub id, bundled sample or
+    a path the user provides: never a folder beside the checkout."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(root)) for folder in ("configs", "llm2vec_jax", "notebooks",
+                                                         "tpu_scripts")
+                 for p in (root / folder).rglob("*") if p.is_file() and p.suffix in
+                 (".py", ".yaml", ".yml", ".ipynb", ".sh", ".md", ".txt")
+                 and "shared/" in p.read_text(encoding="utf-8", errors="replace")]
+    assert not offenders, offenders
 
 
 def test_recipe_overrides_and_errors(tmp_path):

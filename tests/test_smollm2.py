@@ -1,5 +1,5 @@
 """Real weights: SmolLM2-135M converted from its GGUF by our converter, against what the
-PyTorch reference produced (shared/reference/smollm2) and the known greedy continuation."""
+PyTorch reference produced (tests/fixtures/smollm2) and the known greedy continuation."""
 
 import jax
 import jax.numpy as jnp

@@ -9,17 +9,17 @@ import time
 
 import pytest
 
-from conftest import DATA, REFERENCE
+from conftest import WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from llm2vec_jax.train.config import TrainConfigError, load_config
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tokenizer_dir):
     root = tmp_path_factory.mktemp("train")
-    model = tiny_model_with_tokenizer(root / "model", REFERENCE / "hf_config_and_tokenizer")
+    model = tiny_model_with_tokenizer(root / "model", tokenizer_dir)
     corpus = root / "corpus.txt"
-    lines = (DATA / "wikitext103" / "wiki.test.raw.txt").read_text(encoding="utf-8").splitlines()
+    lines = WIKITEXT.read_text(encoding="utf-8").splitlines()
     corpus.write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
     return root, model, corpus
 
@@ -53,6 +53,20 @@ def test_unknown_key_suggests_the_right_one():
         load_config(None, ["run.stage=pretrain"])
     with pytest.raises(TrainConfigError, match="config file 'nope.yaml' does not exist"):
         load_config("nope.yaml")
+
+
+def test_unreachable_hub_dataset_is_one_line(tiny_run):
+    """Offline with no cache (conftest), a named dataset stops the CLI with one line, exit 2."""
+    root, model, corpus = tiny_run
+    done = subprocess.run(cli(root, model, corpus, root / "offline", "--set", "data.kind=auto",
+                              "--set", "data.path=hf:Salesforce/wikitext",
+                              "--set", "data.config=wikitext-103-raw-v1"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("data error: hub dataset hf:Salesforce/wikitext is not in the "
+                           "datasets cache"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 def test_changed_settings_lists_every_differing_leaf():

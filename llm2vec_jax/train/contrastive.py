@@ -29,7 +29,10 @@ from flax import nnx
 
 from .. import sharding as shd
 from ..data.contrastive import (VIEWS, SimCSEBatchIterator, SupervisedBatchIterator,
-                                load_instructions, read_triples, split_held_out)
+                                load_instructions, read_hub_triples, read_triples,
+                                split_held_out)
+from ..data.samples import is_sample, sample_path
+from ..data.sources import HF_PREFIX, is_hub_ref
 from ..data.sharded import ShardedBatches
 from ..distributed import maybe_initialize_distributed
 from ..encode import check_pooling_mode, pool
@@ -167,22 +170,34 @@ def simcse_iterators(config: TrainConfig, tokenizer):
     return sharded_iterators(config, make_shard)
 
 
+def supervised_records(config: TrainConfig, path: str, split: str, max_records=None):
+    """Records of a local JSONL file/dir, a bundled sample or a hub dataset (``hf:<id>``)."""
+    data, section = config.data, config.contrastive
+    if is_hub_ref(path):
+        return read_hub_triples(path[len(HF_PREFIX):], data.config, split=split,
+                                columns=data.columns, dataset_field=section.dataset_field,
+                                dataset_name=data.dataset_name, max_records=max_records)
+    local = sample_path(path) if is_sample(path) else _resolve(path)
+    return read_triples(local, dataset_field=section.dataset_field,
+                        dataset_name=data.dataset_name, max_records=max_records)
+
+
 def supervised_iterators(config: TrainConfig, tokenizer, model_type: str):
     data, run, section = config.data, config.run, config.contrastive
     if not data.path:
         raise ValueError("supervised training needs data.path: a JSONL file or a directory of "
-                         "<dataset>.jsonl files with query/positive[/negative] records")
-    if data.kind not in ("builtin", "auto", "file", "dir"):
-        raise ValueError(f"supervised data is read from local JSONL; data.kind={data.kind!r} "
-                         "is not supported for it")
+                         "<dataset>.jsonl files with query/positive[/negative] records, a hub "
+                         "dataset (hf:<id>) or sample:nli")
+    if data.kind not in ("builtin", "auto", "file", "dir", "hf"):
+        raise ValueError(f"supervised data is read from JSONL or a hub dataset; "
+                         f"data.kind={data.kind!r} is not supported for it")
     if not section.instructions:
         raise ValueError("supervised training needs contrastive.instructions: a YAML table "
                          "dataset -> instruction (e.g. configs/supervised/e5_instructions.yaml)")
     instructions = load_instructions(_resolve(section.instructions))
-    records = read_triples(_resolve(data.path), dataset_field=section.dataset_field,
-                           max_records=data.max_texts)
+    records = supervised_records(config, data.path, data.split, data.max_texts)
     if data.eval_path:
-        held = read_triples(_resolve(data.eval_path), dataset_field=section.dataset_field)
+        held = supervised_records(config, data.eval_path, data.eval_split or data.split)
         train = records
     else:
         train, held = split_held_out(records, data.eval_fraction)

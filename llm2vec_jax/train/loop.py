@@ -29,7 +29,7 @@ from ..checkpoints.peft import load_peft_adapter, save_peft_adapter
 from ..data.builtin import DESCRIPTION as BUILTIN_DESCRIPTION, builtin_texts
 from ..data.mntp import MNTPBatchIterator, MNTPCollator, group_texts, tokenize_lines
 from ..data.sharded import ShardedBatches, shards_of_process
-from ..data.sources import text_source
+from ..data.sources import resolve_source, text_source
 from ..distributed import is_main_process, maybe_initialize_distributed
 from ..host_memory import compile_now
 from ..lora import attach_lora, lora_parameter_count, merge_lora
@@ -46,18 +46,21 @@ log = logging.getLogger("llm2vec_jax.train")
 
 def read_texts(config: TrainConfig, path: str | None = None, *, shard: int = 0,
                num_shards: int = 1) -> list[str]:
-    """Texts of data shard ``shard`` of ``num_shards`` (``path`` overrides ``data.path``)."""
+    """Texts of data shard ``shard`` of ``num_shards`` (``path``: ``data.eval_path``, read
+    with ``data.eval_split``, instead of ``data.path``)."""
     data = config.data
-    if data.kind == "builtin" and path is None:
+    if data.kind == "builtin" and path is None and data.path is None:
         texts = builtin_texts()[shard::num_shards]
     else:
-        kind = "auto" if data.kind == "builtin" else data.kind
+        kind, location = resolve_source("auto" if data.kind == "builtin" else data.kind,
+                                        path or data.path)
         kwargs = dict(process_index=shard, process_count=num_shards)
         if kind in ("hf", "tfds"):
-            kwargs.update(split=data.split, text_field=data.text_field)
+            split = (data.eval_split or data.split) if path else data.split
+            kwargs.update(split=split, text_field=data.text_field)
         if kind == "hf":
-            kwargs.update(config=data.config)
-        source = text_source(kind, path or data.path, **kwargs)
+            kwargs.update(config=data.config, data_files=data.data_files)
+        source = text_source(kind, location, **kwargs)
         texts = []
         for text in source:
             texts.append(text)
@@ -377,8 +380,10 @@ def export(config: TrainConfig, graphdef, state: TrainState, model_path: str, to
 
 
 def describe_data(config: TrainConfig) -> str:
-    if config.data.kind == "builtin":
+    data = config.data
+    if data.kind == "builtin" and data.path is None:
         return f"data: built-in default corpus, {BUILTIN_DESCRIPTION}"
-    return f"data: {config.data.kind} {config.data.path}" + (
-        f" ({config.data.config})" if config.data.config else "")
-
+    kind = "" if data.kind in ("builtin", "auto") else f"{data.kind} "
+    details = [d for d in (data.config, f"split {data.split}" if data.kind == "hf" or
+                           str(data.path).startswith("hf:") else None, data.data_files) if d]
+    return f"data: {kind}{data.path}" + (f" ({', '.join(details)})" if details else "")
