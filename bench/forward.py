@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from llm2vec_jax.checkpoints.default_model import resolve_model
-from llm2vec_jax.models import load_hf_checkpoint
+from llm2vec_jax import load_hf_checkpoint
 
 
 def main() -> None:

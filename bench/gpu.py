@@ -108,8 +108,8 @@ def jax_child(a) -> None:
 
     sys.path.insert(0, str(REPO))
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
-    from llm2vec_jax.models.config import ModelConfig
-    from llm2vec_jax.models.transformer import abstract_model, init_model
+    from llm2vec_jax.models import (Kernels, ModelConfig, abstract_model, init_model,
+                                    resolve_kernels)
     from llm2vec_jax.sharding import batch_sharding, make_mesh, replicated
     from llm2vec_jax.train import steps as S
 
@@ -138,7 +138,7 @@ def jax_child(a) -> None:
             continue
         try:
             t_build = time.time()
-            cfg = base.replace(attention_impl=impl,
+            cfg = base.replace(kernels=resolve_kernels(Kernels(attention=impl)),
                                attention_dropout=SIMCSE_DROPOUT if stage == "simcse" else 0.0)
             if carried is None:
                 # One jitted draw instead of dozens of eager ops, each its own small compile.
@@ -205,7 +205,7 @@ def jax_child(a) -> None:
                    "cut_by_time_guard": cut, "losses": [round(x, 4) for x in losses],
                    "trainable_params": int(n_lora),
                    "peak_mem_gb": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2) or None,
-                   "notes": f"attention_impl={impl}, bidirectional, no remat, bf16, "
+                   "notes": f"kernels.attention={impl}, bidirectional, no remat, bf16, "
                             "float32 LoRA cast to bf16 per matmul"})
         except Exception as e:
             # A failure mid-step may have consumed donated buffers: start the next one fresh.
@@ -463,15 +463,15 @@ def _flops_fn(shape: dict):
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    from llm2vec_jax.lora import LoRAConfig, lora_specs  # imports jax; no backend is started
-    from llm2vec_jax.models.config import ModelConfig
+    from llm2vec_jax.lora import LoRAConfig  # imports jax; no backend is started
+    from llm2vec_jax.models import ModelConfig, lora_weight_specs
     from llm2vec_jax.train.flops import train_flops_per_step
 
     cfg = ModelConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"],
                       intermediate_size=shape["mlp"], num_layers=shape["layers"],
                       num_heads=shape["heads"], num_kv_heads=shape["kv_heads"],
                       head_dim=shape["head_dim"])
-    n_lora = sum(int(np.prod(s)) for s, _ in lora_specs(cfg, LoRAConfig(**LORA)).values())
+    n_lora = sum(int(np.prod(s.shape)) for s in lora_weight_specs(cfg, LoRAConfig(**LORA)).values())
     batches = make_batches(shape)
 
     def flops(stage: str) -> float:
@@ -566,7 +566,7 @@ def main(argv=None) -> int:
                    help="seconds kept for the torch child at the end (default 110; dry run 60)")
     p.add_argument("--sides", default="jax,torch")
     p.add_argument("--jax-variants", default="mntp:xla,simcse:xla,mntp:cudnn",
-                   help="stage:attention_impl list, run in this order")
+                   help="stage:kernels.attention list, run in this order")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10; dry 2)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; dry 1)")
     p.add_argument("--out-dir", default=None,

@@ -26,10 +26,11 @@ most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime
 ``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 16 widths).
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
-devices and the parameters are replicated. On CPU, 16-bit float parameters are held as
+devices and the parameters are replicated. With the ``bits`` weight-indexing kernel (the
+CPU backend's, ``models/kernels.py``), 16-bit float parameters on CPU devices are held as
 uint16 views of the same buffers and bitcast back inside the jitted forward: XLA:CPU slices
 each layer's weights out of the stacked bits without first converting (or copying) the whole
-stack (``models.transformer._indexed``).
+stack.
 
 Padding here is on the right (the reference pads left); per-text results are the same because
 padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
@@ -51,7 +52,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import encode as _enc
 from .checkpoints.hf import resolve_checkpoint_dir, save_hf_checkpoint
-from .models.transformer import is_16bit_float
+from .models.kernels import is_16bit_float
 from .host_memory import compile_now
 
 LLM2VEC_CONFIG = "llm2vec_config.json"
@@ -144,7 +145,8 @@ class LLM2Vec:
         self._graphdef, state = nnx.split(model)
         state = jax.device_put(state, self._replicated)
         self._dtypes = jax.tree.map(lambda x: x.dtype, state)
-        self._state = jax.tree.map(_cpu_half_as_bits, state)
+        self._state = (jax.tree.map(_cpu_half_as_bits, state)
+                       if model.config.kernels.weight_indexing == "bits" else state)
         self._compiled: dict[tuple[int, int, int], Any] = {}  # (rows, width, texts a row)
 
     # ------------------------------------------------------------------ construction
@@ -355,10 +357,10 @@ def _apply_adapter(model, adapter_dir: str, dtype: str):
 
 def _save_weights(model, out_dir: str, overwrite: bool) -> None:
     """HF checkpoint of the model; an attached adapter is merged into the saved weights only."""
-    if getattr(model.layers, "lora_config", None) is None:
+    from .lora import has_lora, merge_lora, unmerge_lora
+    if not has_lora(model):
         save_hf_checkpoint(model, out_dir, overwrite=overwrite)
         return
-    from .lora import merge_lora, unmerge_lora
 
     adapter = merge_lora(model)
     try:

@@ -1,12 +1,14 @@
 """LoRA adapters (Hu et al. 2021) on the decoder's projections, PEFT-compatible.
 
-Layout. For a projection ``p`` (see ``models.transformer.PROJECTIONS``) whose weight is
-[L, in..., out...], the adapter is two parameters on ``model.layers``:
+Layout. For a projection ``p`` (see ``models.specs.PROJECTIONS``) whose weight is
+[L, in..., out...], the adapter is two parameters on ``model.layers``, declared by
+``models.specs.lora_weight_specs`` (names from ``lora_names``, shapes and logical axes from
+the base weight's spec, so the sharding rules place them like everything else):
 
-  ``{p}_lora_a``  [L, in...,  R]   e.g. q: [L, D, R],    o: [L, N, H, R]
-  ``{p}_lora_b``  [L, R, out...]   e.g. q: [L, R, N, H], o: [L, R, D]
+  A  [L, in...,  R]   e.g. q: [L, D, R],    o: [L, N, H, R]
+  B  [L, R, out...]   e.g. q: [L, R, N, H], o: [L, R, D]
 
-and ``model.layers.lora_config`` (a static ``LoRAConfig``) carries ``scale = alpha / r`` and the
+and ``model.lora_config`` (a static ``LoRAConfig``) carries ``scale = alpha / r`` and the
 dropout rate. ``project()`` adds ``scale · dropout(x)·A·B`` to the projection, so these are
 PEFT's ``lora_A`` / ``lora_B`` with our axis order (torch's ``lora_A.weight`` is [R, in],
 ``lora_B.weight`` [out, R]; ``checkpoints.peft`` converts). As in PEFT, A starts
@@ -20,31 +22,32 @@ returning it as a ``LoRAAdapter``; ``unmerge_lora(model, adapter)`` subtracts it
 re-attaches it (W + Δ − Δ: exact up to float rounding). ``merge_and_reattach`` merges and
 attaches a fresh adapter (SimCSE after MNTP). Merging is one jitted call over all adapted
 weights whose outputs keep the weights' shardings, and fresh adapters are drawn inside jit
-with shardings that follow the base weight's, so sharded models never pass through the host.
+into the shardings ``sharding_fn`` gives their specs (the loader's, e.g.
+``sharding.weight_sharding_fn(mesh)``), so sharded models never pass through the host.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-from .models.transformer import PROJECTIONS, Transformer, input_rank, weight_specs
+from .models.specs import (PROJECTIONS, WeightSpec, init_weight, lora_names, lora_weight_specs,
+                           projection_einsum)
+from .models.transformer import Transformer
 
 ALL_TARGETS: tuple[str, ...] = tuple(PROJECTIONS)
 # Our projection name → the HF module name PEFT's target_modules uses.
 HF_MODULES: dict[str, str] = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
                               "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 _HF_QUALIFIED = {p: ("self_attn." if p in "qkvo" else "mlp.") + m for p, m in HF_MODULES.items()}
-RANK_AXIS = "lora_rank"
+ShardingFn = Callable[[WeightSpec], jax.sharding.Sharding]
 
 
 class LoRAError(ValueError):
@@ -124,121 +127,83 @@ class LoRAAdapter:
     arrays: dict[str, tuple[jax.Array, jax.Array]]
 
 
-# -- shapes, axes, shardings ----------------------------------------------------------------
-
-def lora_specs(model_config, lora_config: LoRAConfig) -> dict[str, tuple[tuple, tuple]]:
-    """``{p}_lora_a`` / ``{p}_lora_b`` → (shape, logical axes), derived from the weight's spec."""
-    specs = weight_specs(model_config)["layers"]
-    out = {}
-    for p in lora_config.targets:
-        spec = specs[p]
-        n_in = 1 + input_rank(p)  # the L axis plus the input axes
-        r = lora_config.r
-        out[f"{p}_lora_a"] = (spec.shape[:n_in] + (r,), spec.axes[:n_in] + (RANK_AXIS,))
-        out[f"{p}_lora_b"] = ((spec.shape[0], r) + spec.shape[n_in:],
-                              (spec.axes[0], RANK_AXIS) + spec.axes[n_in:])
-    return out
-
-
-def _lora_shardings(weight: jax.Array, name: str):
-    """Shardings for A and B that follow the base weight's (None when it has none)."""
-    sharding = getattr(weight, "sharding", None)
-    if sharding is None:
-        return None, None
-    if isinstance(sharding, NamedSharding):
-        spec = tuple(sharding.spec) + (None,) * (weight.ndim - len(sharding.spec))
-        n_in = 1 + input_rank(name)
-        return (NamedSharding(sharding.mesh, PartitionSpec(*spec[:n_in], None)),
-                NamedSharding(sharding.mesh, PartitionSpec(spec[0], None, *spec[n_in:])))
-    devices = sorted(sharding.device_set, key=lambda d: d.id)
-    if len(devices) == 1:
-        single = jax.sharding.SingleDeviceSharding(devices[0])
-        return single, single
-    mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return replicated, replicated
-
-
-def _place(array, sharding):
-    return jnp.asarray(array) if sharding is None else jax.device_put(array, sharding)
-
-
 # -- attach / read / detach -------------------------------------------------------------------
 
 def has_lora(model: Transformer) -> bool:
-    return getattr(model.layers, "lora_config", None) is not None
+    return model.lora_config is not None
 
 
-def _set_adapter(model: Transformer, config: LoRAConfig, arrays: Mapping[str, tuple]) -> None:
-    """Attach given (A, B) arrays after checking their shapes against the model."""
+def require_no_lora(model: Transformer) -> None:
     if has_lora(model):
         raise LoRAError("model already has a LoRA adapter; merge_lora() or remove_lora() first "
                         "(or use merge_and_reattach)")
-    specs = lora_specs(model.config, config)
+
+
+def set_adapter(model: Transformer, config: LoRAConfig, arrays: Mapping[str, tuple], *,
+                sharding_fn: ShardingFn | None = None) -> None:
+    """Attach given (A, B) arrays per target after checking their shapes against the model's
+    LoRA specs; ``sharding_fn`` places each by its spec (None: left where they are)."""
+    require_no_lora(model)
+    specs = lora_weight_specs(model.config, config)
     if set(arrays) != set(config.targets):
         raise LoRAError(f"adapter arrays for {sorted(arrays)} but config targets "
                         f"{list(config.targets)}")
-    for p, (a, b) in arrays.items():
-        for suffix, value in (("a", a), ("b", b)):
-            shape, _ = specs[f"{p}_lora_{suffix}"]
-            if tuple(value.shape) != shape:
-                raise LoRAError(f"{p}_lora_{suffix} has shape {tuple(value.shape)}, "
-                                f"expected {shape} for this model and r={config.r}")
+    for p, pair in arrays.items():
+        for name, value in zip(lora_names(p), pair):
+            if tuple(value.shape) != specs[name].shape:
+                raise LoRAError(f"{name} has shape {tuple(value.shape)}, expected "
+                                f"{specs[name].shape} for this model and r={config.r}")
     for p in config.targets:
-        a, b = arrays[p]
-        for suffix, value in (("a", a), ("b", b)):
-            _, axes = specs[f"{p}_lora_{suffix}"]
-            setattr(model.layers, f"{p}_lora_{suffix}", LoRAWeight(value, logical_axes=axes))
-    model.layers.lora_config = config
+        for name, value in zip(lora_names(p), arrays[p]):
+            spec = specs[name]
+            value = jnp.asarray(value) if sharding_fn is None else jax.device_put(
+                value, sharding_fn(spec))
+            setattr(model.layers, name, LoRAWeight(value, logical_axes=spec.axes))
+    model.lora_config = config
 
 
 @functools.lru_cache(maxsize=None)
-def _init_fn(shapes: tuple, dtype, shardings: tuple):
-    """One jitted draw of every (A, B): one compile per adapter layout, not per projection.
+def _init_fn(specs: tuple[WeightSpec, ...], dtype, shardings: tuple | None):
+    """One jitted draw of every A and B: one compile per adapter layout, not per projection.
 
     Drawn inside jit with the target shardings, so each device creates only its shard.
     """
     def init(keys):
-        out = []
-        for key, (shape_a, shape_b) in zip(keys, shapes):
-            bound = 1.0 / math.sqrt(math.prod(shape_a[1:-1]))  # fan_in: the input features
-            a = jax.random.uniform(key, shape_a, jnp.float32, -bound, bound).astype(dtype)
-            out.append((a, jnp.zeros(shape_b, dtype)))
-        return tuple(out)
+        return tuple(init_weight(spec, key, dtype) for spec, key in zip(specs, keys))
     return jax.jit(init) if shardings is None else jax.jit(init, out_shardings=shardings)
 
 
 def attach_lora(model: Transformer, config: LoRAConfig | None = None, *, seed: int = 0,
-                dtype: str = "float32") -> None:
+                dtype: str = "float32", sharding_fn: ShardingFn | None = None) -> None:
     """Attach a fresh adapter in place: A ~ PEFT's kaiming_uniform(a=√5), i.e.
     U(±1/√fan_in) with fan_in = the projection's input features; B = 0 (identity).
 
     ``dtype`` is the adapter's storage dtype: float32 by default even for bf16 models, as
     PEFT's autocast_adapter_dtype does, so optimizer updates are not rounded away.
+    ``sharding_fn`` places the adapter by its logical axes (None: the default device).
     """
     config = LoRAConfig() if config is None else config
-    if has_lora(model):
-        raise LoRAError("model already has a LoRA adapter; merge_lora() or remove_lora() first "
-                        "(or use merge_and_reattach)")
-    specs = lora_specs(model.config, config)
-    shapes = tuple((specs[f"{p}_lora_a"][0], specs[f"{p}_lora_b"][0]) for p in config.targets)
-    shardings = tuple(_lora_shardings(getattr(model.layers, p)[...], p) for p in config.targets)
-    if any(s is None for pair in shardings for s in pair):
-        shardings = None
+    require_no_lora(model)
+    specs = lora_weight_specs(model.config, config)
+    names = [name for p in config.targets for name in lora_names(p)]
+    shardings = None if sharding_fn is None else tuple(sharding_fn(specs[n]) for n in names)
     root = jax.random.key(seed)
-    # Keyed by the projection's name, so a target's draw does not depend on the others.
-    keys = tuple(jax.random.fold_in(root, ALL_TARGETS.index(p)) for p in config.targets)
-    drawn = _init_fn(shapes, jnp.dtype(dtype), shardings)(keys)
-    _set_adapter(model, config, dict(zip(config.targets, drawn)))
+    # Keyed by the projection's name, so a target's draw does not depend on the others (B,
+    # zeros, takes the same key unused).
+    keys = tuple(jax.random.fold_in(root, ALL_TARGETS.index(p)) for p in config.targets
+                 for _ in range(2))
+    drawn = _init_fn(tuple(specs[n] for n in names), jnp.dtype(dtype), shardings)(keys)
+    arrays = dict(zip(config.targets, zip(drawn[0::2], drawn[1::2])))
+    set_adapter(model, config, arrays)
 
 
 def get_adapter(model: Transformer) -> LoRAAdapter | None:
     """The attached adapter (config and current arrays), or None."""
     if not has_lora(model):
         return None
-    config = model.layers.lora_config
-    return LoRAAdapter(config, {p: (getattr(model.layers, f"{p}_lora_a")[...],
-                                    getattr(model.layers, f"{p}_lora_b")[...])
+    config = model.lora_config
+    return LoRAAdapter(config, {p: tuple(getattr(model.layers, name)[...]
+                                         for name in lora_names(p))
                                 for p in config.targets})
 
 
@@ -248,22 +213,13 @@ def remove_lora(model: Transformer) -> LoRAAdapter:
     if adapter is None:
         raise LoRAError("model has no LoRA adapter")
     for p in adapter.config.targets:
-        delattr(model.layers, f"{p}_lora_a")
-        delattr(model.layers, f"{p}_lora_b")
-    del model.layers.lora_config
+        for name in lora_names(p):
+            delattr(model.layers, name)
+    model.lora_config = None
     return adapter
 
 
 # -- merge ------------------------------------------------------------------------------------
-
-def _delta_equation(name: str) -> str:
-    """W's einsum from A and B with the L axis kept, e.g. q: ``ldr,lrnh->ldnh``."""
-    x_sub, w_sub = PROJECTIONS[name].split("->")[0].split(",")
-    inputs = "".join(ch for ch in w_sub if ch in x_sub)
-    outputs = "".join(ch for ch in w_sub if ch not in x_sub)
-    assert "l" not in w_sub and "r" not in w_sub
-    return f"l{inputs}r,lr{outputs}->l{w_sub}"
-
 
 @functools.lru_cache(maxsize=None)
 def _merge_fn(targets: tuple[str, ...], shardings):
@@ -274,7 +230,8 @@ def _merge_fn(targets: tuple[str, ...], shardings):
     def merge(ws, adapters, scale):
         out = []
         for p, w, (a, b) in zip(targets, ws, adapters):
-            delta = jnp.einsum(_delta_equation(p), a.astype(jnp.float32), b.astype(jnp.float32),
+            delta = jnp.einsum(projection_einsum(p).lora_delta(), a.astype(jnp.float32),
+                               b.astype(jnp.float32),
                                precision=jax.lax.Precision.HIGHEST)
             out.append((w.astype(jnp.float32) + scale * delta).astype(w.dtype))
         return tuple(out)
@@ -309,17 +266,18 @@ def unmerge_lora(model: Transformer, adapter: LoRAAdapter) -> None:
     if has_lora(model):
         raise LoRAError("model has an attached LoRA adapter; unmerge_lora expects the state "
                         "merge_lora left (adapter merged and removed)")
-    _set_adapter(model, adapter.config, adapter.arrays)  # validates shapes before touching W
+    set_adapter(model, adapter.config, adapter.arrays)  # validates shapes before touching W
     _add_delta(model, adapter, -1.0)
 
 
 def merge_and_reattach(model: Transformer, new_config: LoRAConfig | None = None, *,
-                       seed: int = 0, dtype: str = "float32") -> LoRAAdapter:
+                       seed: int = 0, dtype: str = "float32",
+                       sharding_fn: ShardingFn | None = None) -> LoRAAdapter:
     """Merge the current adapter into the weights, then attach a fresh one (e.g. SimCSE
     training after MNTP). Returns the merged adapter."""
     adapter = merge_lora(model)
     attach_lora(model, new_config if new_config is not None else adapter.config, seed=seed,
-                dtype=dtype)
+                dtype=dtype, sharding_fn=sharding_fn)
     return adapter
 
 

@@ -40,8 +40,9 @@ def grads_on(mesh_shape, checkpoint):
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     mesh = shd.make_mesh(shd.MeshConfig(*mesh_shape), devices)
     model = load_hf_checkpoint(checkpoint, sharding_fn=shd.weight_sharding_fn(mesh))
-    attach_lora(model, LoRAConfig(r=4, dropout=0.0), seed=1)
-    for p in model.layers.lora_config.targets:  # B != 0, so A's gradients are non-zero too
+    attach_lora(model, LoRAConfig(r=4, dropout=0.0), seed=1,
+                sharding_fn=shd.weight_sharding_fn(mesh))
+    for p in model.lora_config.targets:  # B != 0, so A's gradients are non-zero too
         var = getattr(model.layers, f"{p}_lora_b")
         var.set_value(var[...] + 0.05 * jax.random.normal(jax.random.key(len(p)), var.shape))
     graphdef, lora, frozen = split_model(model)

@@ -383,7 +383,7 @@ def test_adapter_is_loaded_merged_and_its_config_read(encoder, smollm2_dir, tmp_
 
     enc = LLM2Vec.from_pretrained(smollm2_dir, adapter=adapter_dir)
     assert enc.pooling_mode == "weighted_mean"
-    assert getattr(enc.model.layers, "lora_config", None) is None  # merged
+    assert enc.model.lora_config is None  # merged
     # Unmerged reference point: the same adapter applied inside the forward.
     unmerged = LLM2Vec(model, encoder.tokenizer, pooling_mode="weighted_mean")
     got = enc.encode(TEXTS, show_progress_bar=False)

@@ -17,7 +17,7 @@ import pytest
 
 from llm2vec_jax.models.attention import (AttentionImplError, attention_allowed, attend,
                                           cudnn_attention, grouped_query_attention)
-from llm2vec_jax.models.config import ConfigError, ModelConfig
+from llm2vec_jax.models import Kernels
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu.py"
@@ -63,7 +63,7 @@ def test_dry_run_measures_both_sides(tmp_path):
     # cuDNN cannot run on a CPU: a clear error record, and the run goes on.
     err = [x for x in records if x["record"] == "error"]
     assert len(err) == 1 and err[0]["variant"] == "cudnn"
-    assert "AttentionImplError" in err[0]["error"] and "attention_impl='xla'" in err[0]["error"]
+    assert "AttentionImplError" in err[0]["error"] and "kernels.attention='xla'" in err[0]["error"]
 
     saved = json.loads((tmp_path / "smoke-gpu_results_dry.json").read_text())
     assert len(saved["records"]) == len(records)
@@ -92,7 +92,7 @@ def test_parent_never_starts_a_jax_backend():
     assert r.stdout.strip() == "0"
 
 
-# ---------------------------------------------------------------------- attention_impl option
+# ---------------------------------------------------------------------- the attention kernel
 
 
 def _qkv(seed, B=2, S=12, N=4, K=2, H=8, dtype=jnp.float32):
@@ -139,10 +139,9 @@ def test_cudnn_mask_handling_matches_einsum_path(causal, padding):
     assert np.isfinite(np.asarray(same_call)).all()
 
 
-def test_attention_impl_validation_and_errors():
-    with pytest.raises(ConfigError, match="attention_impl"):
-        ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2,
-                    num_kv_heads=1, head_dim=4, attention_impl="flash")
+def test_attention_kernel_validation_and_errors():
+    with pytest.raises(ValueError, match="kernels.attention='flash'"):
+        Kernels(attention="flash")
     q, k, v = _qkv(1, dtype=jnp.bfloat16)
     allowed = attention_allowed(jnp.ones((2, 12), jnp.int32), causal=False)
     with pytest.raises(AttentionImplError, match="dropout"):
@@ -153,5 +152,5 @@ def test_attention_impl_validation_and_errors():
     out = attend(q, k, v, allowed, dropout_rate=0.0, dropout_rng=jax.random.key(0))
     assert out.shape == q.shape and out.dtype == jnp.bfloat16
     if jax.default_backend() != "gpu":
-        with pytest.raises(AttentionImplError, match="attention_impl='xla'"):
+        with pytest.raises(AttentionImplError, match="kernels.attention='xla'"):
             attend(q, k, v, allowed, impl="cudnn")

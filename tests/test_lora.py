@@ -42,7 +42,7 @@ def tiny_model(name="llama"):
 def randomize_adapter(model, seed=1, std=0.05):
     """Non-zero B (and new A) so the adapter changes the output."""
     key = jax.random.key(seed)
-    for i, p in enumerate(model.layers.lora_config.targets):
+    for i, p in enumerate(model.lora_config.targets):
         for j, suffix in enumerate("ab"):
             var = getattr(model.layers, f"{p}_lora_{suffix}")
             var.set_value(std * jax.random.normal(jax.random.fold_in(key, 2 * i + j), var.shape))
@@ -161,7 +161,7 @@ def test_merge_and_reattach():
     with_lora = np.asarray(run(model, ids, mask))
     new = LoRAConfig(r=2, alpha=4, targets=("q", "k", "v"))
     old = merge_and_reattach(model, new, seed=5)
-    assert old.config.r == 4 and model.layers.lora_config == new
+    assert old.config.r == 4 and model.lora_config == new
     assert not hasattr(model.layers, "o_lora_a")
     assert not np.asarray(model.layers.q_lora_b[...]).any()
     np.testing.assert_allclose(np.asarray(run(model, ids, mask)), with_lora, atol=1e-5)
@@ -264,7 +264,9 @@ _SHARDED_SCRIPT = textwrap.dedent("""
         if isinstance(var, nnx.Variable):
             axes = var.get_metadata()["logical_axes"]
             var.set_value(jax.device_put(var[...], NamedSharding(mesh, P(*(rules.get(a) for a in axes)))))
-    attach_lora(model, LoRAConfig(r=2, alpha=4))
+    # Placed by logical axes, the same rules as the base weights (not copied off the arrays).
+    attach_lora(model, LoRAConfig(r=2, alpha=4),
+                sharding_fn=lambda spec: NamedSharding(mesh, P(*(rules.get(a) for a in spec.axes))))
     assert model.layers.q_lora_b[...].sharding.spec == P(None, None, "model", None)
     assert model.layers.down_lora_a[...].sharding.spec == P(None, "model", None)
     for p in ("q", "down"):

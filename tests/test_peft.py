@@ -127,7 +127,7 @@ def test_peft_adapter_loads_into_ours(checkpoint, ours, tmp_path, head):
 
     config = load_peft_adapter(ours, tmp_path / "adapter")
     assert config == LoRAConfig(r=4, alpha=16, dropout=0.1, targets=("q", "v", "o", "down"))
-    assert ours.layers.lora_config == config
+    assert ours.lora_config == config
     ids, mask = batch("left", 3, SEQ)
     ref = torch_hidden(pm if head == "bare" else pm.base_model.model.model, ids, mask, True)
     assert err_on_tokens(run(ours, ids, mask), ref, mask) <= TOL

@@ -1,9 +1,12 @@
-"""The kernels that replace stock JAX ops for speed: the 16-bit dropout mask, the LoRA einsum
-with a hand-written VJP, the one-pass multi-view contrastive encoder, and 16-bit weights
-indexed as raw bits. Oracles: binomial statistics, JAX's own autodiff of the plain ops, the
-per-view path, and the model run with the plain indexing."""
+"""The kernels that replace stock JAX ops for speed (``models/kernels.py``): the 16-bit dropout
+mask, the LoRA einsum with a hand-written VJP, 16-bit weights indexed as raw bits; and the
+one-pass multi-view contrastive encoder. Oracles: binomial statistics, JAX's own autodiff of
+the plain ops, the per-view path, and the model run with the plain kernels."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +15,13 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_lora_model
+from llm2vec_jax.models import Kernels, ModelConfig, init_model
+from llm2vec_jax.models import kernels as K
 from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
-from llm2vec_jax.models import ModelConfig, init_model
-from llm2vec_jax.models import transformer
-from llm2vec_jax.models.transformer import (PROJECTIONS, embed_tokens, layer_slice, lora_equations,
-                                            trainable_einsum)
+from llm2vec_jax.models.specs import PROJECTIONS, projection_einsum
 from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views
+
+BITS = dataclasses.replace(K.PLAIN, weight_indexing="bits")
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.3, 0.5])
@@ -34,6 +38,11 @@ def test_keep_mask_rate_and_independence(rate):
     assert abs(np.corrcoef(lo, hi)[0, 1]) < 5 / np.sqrt(n // 2)
     other = np.asarray(keep_mask(jax.random.key(1), rate, (n,)))
     assert (keep != other).mean() > 2 * p * (1 - p) - 10 * sigma
+    # The plain implementation keeps 1 - rate exactly in expectation; bits16 is within 2⁻¹⁶.
+    plain = np.asarray(keep_mask(jax.random.key(0), rate, (n,), "bernoulli"))
+    sigma = np.sqrt(rate * (1 - rate) / n)
+    assert abs(plain.mean() - (1 - rate)) < 5 * sigma
+    assert abs(plain.mean() - keep.mean()) < 10 * sigma
 
 
 def test_dropout_scales_kept_values_and_is_identity_without_key():
@@ -52,7 +61,7 @@ def test_dropout_scales_kept_values_and_is_identity_without_key():
 def test_trainable_einsum_matches_autodiff(name, dtype):
     """Value and both gradients of the two LoRA einsums equal JAX's autodiff of jnp.einsum."""
     shapes = {"b": 2, "s": 5, "d": 12, "n": 3, "k": 1, "h": 4, "f": 20, "r": 6}
-    for equation in lora_equations(PROJECTIONS[name]):
+    for equation in projection_einsum(name).lora():
         (x_sub, w_sub), out = [t.split(",") for t in equation.split("->")[0:1]][0], equation.split("->")[1]
         kx, kw, kg = jax.random.split(jax.random.key(len(equation)), 3)
         x = jax.random.normal(kx, [shapes[c] for c in x_sub]).astype(dtype)
@@ -63,7 +72,7 @@ def test_trainable_einsum_matches_autodiff(name, dtype):
             return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
 
         want, want_vjp = jax.vjp(plain, x, w)
-        got, got_vjp = jax.vjp(lambda x, w: trainable_einsum(equation, x, w), x, w)
+        got, got_vjp = jax.vjp(lambda x, w: K.narrow_first_einsum(equation, x, w), x, w)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         tol = 1e-6 if dtype == jnp.float32 else 1e-2
         for a, b in zip(got_vjp(g), want_vjp(g)):
@@ -135,32 +144,75 @@ def test_indexing_as_bits_is_exact_and_differentiable(dtype):
     stacked = jax.random.normal(jax.random.key(0), (5, 6, 7)).astype(dtype)
     table = jax.random.normal(jax.random.key(1), (11, 6)).astype(dtype)
     ids = jnp.array([[3, 0, 10], [3, 3, 1]])
-    np.testing.assert_array_equal(np.asarray(jax.jit(layer_slice)(stacked, 2)), np.asarray(stacked[2]))
+    layer_slice = jax.jit(lambda w, i: K.layer_slice(w, i, BITS))
+    embed_tokens = functools.partial(K.embed_tokens, kernels=BITS)
+    np.testing.assert_array_equal(np.asarray(layer_slice(stacked, 2)), np.asarray(stacked[2]))
     np.testing.assert_array_equal(np.asarray(jax.jit(embed_tokens)(table, ids)), np.asarray(table[ids]))
     # Gradients equal autodiff of the plain indexing (repeated ids accumulate).
     c = jax.random.normal(jax.random.key(2), (2, 3, 6)).astype(dtype)
     got = jax.grad(lambda t: (embed_tokens(t, ids) * c).astype(jnp.float32).sum())(table)
     want = jax.grad(lambda t: (t[ids] * c).astype(jnp.float32).sum())(table)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    got = jax.grad(lambda w: layer_slice(w, 4).astype(jnp.float32).sum())(stacked)
+    got = jax.grad(lambda w: K.layer_slice(w, 4, BITS).astype(jnp.float32).sum())(stacked)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.zeros_like(stacked).at[4].set(1)))
 
 
-def test_bits_indexing_is_for_cpu_only(monkeypatch):
+def test_one_resolver_picks_the_kernels_per_backend():
+    cpu = K.resolve_kernels(None, "cpu")
+    assert cpu == K.BACKEND_KERNELS["cpu"] and cpu.weight_indexing == "bits"
+    assert K.resolve_kernels(None, "gpu") == K.PLAIN == K.resolve_kernels(None, "tpu")
+    # An explicit choice wins; the rest is the backend's.
+    chosen = K.resolve_kernels(Kernels(attention="cudnn", lora_grad="autodiff"), "cpu")
+    assert chosen == dataclasses.replace(cpu, attention="cudnn", lora_grad="autodiff")
     half = jnp.zeros((2, 3), jnp.bfloat16)
-    assert transformer._indexed_as_bits(half)
-    assert not transformer._indexed_as_bits(half.astype(jnp.float32))
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # native 16-bit slicing there
-    assert not transformer._indexed_as_bits(half)
+    assert K.indexed_as_bits(half, cpu) and not K.indexed_as_bits(half.astype(jnp.float32), cpu)
+    assert not K.indexed_as_bits(half, K.PLAIN)
+    # The model records what it runs with.
+    config = ModelConfig(vocab_size=16, hidden_size=8, intermediate_size=8, num_layers=1,
+                         num_heads=2, num_kv_heads=1, head_dim=4)
+    assert config.kernels == Kernels()
+    assert init_model(config).config.kernels == K.resolve_kernels()
+    with pytest.raises(ValueError, match="kernels.weight_indexing='fast'"):
+        Kernels(weight_indexing="fast")
 
 
-def test_bf16_forward_has_no_float32_copy_of_the_weights(monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_kernels_give_the_plain_kernels_loss_and_gradients(dtype):
+    """The whole LoRA model (no dropout: the random streams differ by design) with the CPU
+    backend's kernels against the plain ones."""
+    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=8, dtype=dtype, param_dtype=dtype)
+    from llm2vec_jax.lora import LoRAConfig, attach_lora
+    from llm2vec_jax.train.steps import split_model
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 9)), jnp.int32)
+    results = []
+    for kernels in (K.BACKEND_KERNELS["cpu"], K.PLAIN):
+        model = init_model(config.replace(kernels=kernels), seed=0)
+        attach_lora(model, LoRAConfig(r=4, alpha=8), seed=0)
+        graphdef, lora, frozen = split_model(model)
+        lora = jax.tree.map(lambda x: x + 0.05, lora)  # B != 0: A gets a gradient too
+
+        def loss(lora):
+            hidden = nnx.merge(graphdef, lora, frozen)(ids, causal=False)
+            return jnp.mean(hidden.astype(jnp.float32) ** 2)
+        results.append(jax.jit(jax.value_and_grad(loss))(lora))
+    (fast, fast_grads), (plain, plain_grads) = results
+    # The two weight gradients contract the same terms in different orders: float32 rounding
+    # of sums over B·S·D ≈ 600 terms (≤ 600 eps ≈ 7e-5 relative in the worst case).
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    assert abs(float(fast) - float(plain)) <= tol * abs(float(plain))
+    for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.abs(a - b).max() <= tol * max(np.abs(b).max(), 1e-6)
+
+
+def test_bf16_forward_has_no_float32_copy_of_the_weights():
     """XLA:CPU normalises 16-bit dynamic-slices/gathers to float32 by converting the whole
     operand: the compiled bf16 forward must not hold any weight-shaped float32 array, and
     must give exactly what the plain-indexing forward gives."""
     config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=3,
                          num_heads=4, num_kv_heads=2, head_dim=8, dtype="bfloat16",
-                         param_dtype="bfloat16")
+                         param_dtype="bfloat16", kernels=BITS)
     graphdef, state = nnx.split(init_model(config, seed=0))
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 9)), jnp.int32)
     mask = jnp.ones_like(ids).at[1, 6:].set(0)
@@ -175,7 +227,7 @@ def test_bf16_forward_has_no_float32_copy_of_the_weights(monkeypatch):
     for shape in shapes:
         assert f"f32[{','.join(map(str, shape))}]" not in hlo, shape
     fast = np.asarray(compiled(state, ids, mask), np.float32)
-    monkeypatch.setattr(transformer, "_indexed_as_bits", lambda x: False)
+    graphdef = nnx.graphdef(init_model(config.replace(kernels=K.PLAIN), seed=0))
     plain_compiled = jax.jit(lambda *a: forward(*a)).lower(state, ids, mask).compile()  # retrace
     plain_hlo = plain_compiled.as_text()  # the check above can fail: plain indexing trips it
     assert any(f"f32[{','.join(map(str, shape))}]" in plain_hlo for shape in shapes)

@@ -27,8 +27,8 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from ..models.config import ModelConfig
-from ..models.transformer import (PROJECTIONS, Transformer, WeightSpec, abstract_model,
-                                  input_rank, weight_specs)
+from ..models.specs import PROJECTIONS, WeightSpec, input_rank, weight_specs
+from ..models.transformer import Transformer, abstract_model
 from ..host_memory import release_freed_host_memory
 from .safetensors_io import SafetensorsFile, SafetensorsFormatError
 

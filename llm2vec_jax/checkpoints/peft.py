@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..lora import (ALL_TARGETS, HF_MODULES, LoRAConfig, LoRAError, _lora_shardings, _place,
-                    _set_adapter, get_adapter, has_lora, lora_specs)
+from ..lora import (ALL_TARGETS, HF_MODULES, LoRAConfig, LoRAError, ShardingFn, get_adapter,
+                    require_no_lora, set_adapter)
+from ..models.specs import lora_names, lora_weight_specs
 from ..models.transformer import Transformer
 from .hf import HF_NAMES, to_hf, to_ours
 from .safetensors_io import SafetensorsFile, SafetensorsFormatError
@@ -175,15 +176,14 @@ def _config_from_json(raw: dict) -> LoRAConfig:
 
 
 def load_peft_adapter(model: Transformer, adapter_dir: str | os.PathLike, *,
-                      dtype: str = "float32") -> LoRAConfig:
+                      dtype: str = "float32", sharding_fn: ShardingFn | None = None) -> LoRAConfig:
     """Attach the PEFT LoRA adapter in ``adapter_dir`` to ``model`` (in place).
 
     Targets come from the tensors present (checked against ``target_modules``): every layer
     must have both matrices with the shapes this model and ``r`` imply. Arrays are stored in
-    ``dtype`` and placed with shardings that follow the base weights'.
+    ``dtype`` and placed by ``sharding_fn`` (the loader's; None: the default device).
     """
-    if has_lora(model):
-        raise LoRAError("model already has a LoRA adapter; merge_lora() or remove_lora() first")
+    require_no_lora(model)
     adapter_dir = os.fspath(adapter_dir)
     config_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
     weights_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
@@ -231,9 +231,9 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | os.PathLike, *,
         if unexpected:
             problems.append(f"unexpected {unexpected[:6]}"
                             + (f" (+{len(unexpected) - 6})" if len(unexpected) > 6 else ""))
-        specs = lora_specs(model.config, config)
+        specs = lora_weight_specs(model.config, config)
         for p in present:
-            shape_a, shape_b = specs[f"{p}_lora_a"][0][1:], specs[f"{p}_lora_b"][0][1:]
+            shape_a, shape_b = (specs[name].shape[1:] for name in lora_names(p))
             want = {"A": to_hf(p, np.empty(shape_a, np.int8)).shape,
                     "B": _torch_b(np.empty(shape_b, np.int8)).shape}
             for i in range(num_layers):
@@ -249,13 +249,9 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | os.PathLike, *,
                                   + "; ".join(problems))
         arrays = {}
         for p in present:
-            stacked = []
-            for w, suffix in (("A", "a"), ("B", "b")):
-                shape = specs[f"{p}_lora_{suffix}"][0]
-                layers = [to_ours(p, f.read(peft_key(p, i, w, prefix)), shape[1:])
-                          for i in range(num_layers)]
-                stacked.append(np.stack(layers).astype(jnp.dtype(dtype)))
-            sh_a, sh_b = _lora_shardings(getattr(model.layers, p)[...], p)
-            arrays[p] = (_place(stacked[0], sh_a), _place(stacked[1], sh_b))
-    _set_adapter(model, config, arrays)
+            arrays[p] = tuple(
+                np.stack([to_ours(p, f.read(peft_key(p, i, w, prefix)), specs[name].shape[1:])
+                          for i in range(num_layers)]).astype(jnp.dtype(dtype))
+                for w, name in zip("AB", lora_names(p)))
+    set_adapter(model, config, arrays, sharding_fn=sharding_fn)
     return config

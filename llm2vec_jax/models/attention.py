@@ -46,7 +46,8 @@ def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
 
 def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
                             allowed: jnp.ndarray, *, dropout_rate: float = 0.0,
-                            dropout_rng: jax.Array | None = None) -> jnp.ndarray:
+                            dropout_rng: jax.Array | None = None,
+                            dropout_impl: str = "bits16") -> jnp.ndarray:
     """softmax(q kᵀ / √H) v with GQA; q [B,S,N,H], k/v [B,T,K,H], allowed [B,1,S,T].
 
     Logits and softmax in float32. Dropout (on the attention probabilities, as HF's
@@ -55,26 +56,25 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     batch, seq, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     # Heads-major [B,K,G,S,H] / [B,K,T,H] operands: both einsums become plain batched matmuls
-    # over (B, K); XLA:CPU runs them ~1.6x faster at 32-64 tokens than with the heads between
-    # the sequence axes.
+    # over (B, K), which XLA:CPU runs faster than with the heads between the sequence axes.
     q = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
     k = k.transpose(0, 2, 1, 3)
     v = v.transpose(0, 2, 1, 3)
     logits = jnp.einsum("bkgsh,bkth->bkgst", q, k, preferred_element_type=jnp.float32)
     # The mask is added (0 or the finite minimum, as HF), not select()ed: XLA:CPU fuses a
-    # select of the [B,K,G,S,T] logits into the softmax ~4x slower at 128 tokens. Adding the
-    # minimum to a logit gives the minimum exactly (a logit is far below the minimum's ulp),
-    # so a row with no visible key is still uniform.
+    # select of the [B,K,G,S,T] logits into the softmax badly. Adding the minimum to a logit
+    # gives the minimum exactly (a logit is far below the minimum's ulp), so a row with no
+    # visible key is still uniform.
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, :, None]
     probs = jax.nn.softmax(logits * (head_dim ** -0.5) + bias, axis=-1)
-    probs = dropout(probs, dropout_rate, dropout_rng)
+    probs = dropout(probs, dropout_rate, dropout_rng, dropout_impl)
     out = jnp.einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, heads, head_dim).astype(q.dtype)
 
 
 class AttentionImplError(ValueError):
-    """The chosen attention implementation cannot run this call."""
+    """The chosen attention kernel (``Kernels.attention``) cannot run this call."""
 
 
 def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
@@ -90,26 +90,26 @@ def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp
     """
     if dropout_rng is not None and dropout_rate > 0.0:
         raise AttentionImplError(
-            "attention_impl='cudnn' has no attention-probability dropout "
-            "(jax.nn.dot_product_attention takes no rng); use attention_impl='xla' when "
+            "kernels.attention='cudnn' has no attention-probability dropout "
+            "(jax.nn.dot_product_attention takes no rng); use kernels.attention='xla' when "
             "training with attention_dropout > 0")
     if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         raise AttentionImplError(
-            f"attention_impl='cudnn' needs bfloat16/float16 compute, got {q.dtype}; set "
-            "dtype='bfloat16' or use attention_impl='xla'")
+            f"kernels.attention='cudnn' needs bfloat16/float16 compute, got {q.dtype}; set "
+            "dtype='bfloat16' or use kernels.attention='xla'")
     try:
         return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=implementation)
     except (NotImplementedError, RuntimeError, ValueError) as e:
         raise AttentionImplError(
-            f"attention_impl='cudnn' is not supported here ({type(e).__name__}: {e}); "
-            "use attention_impl='xla'") from e
+            f"kernels.attention='cudnn' is not supported here ({type(e).__name__}: {e}); "
+            "use kernels.attention='xla'") from e
 
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
-           impl: str = "xla", dropout_rate: float = 0.0,
-           dropout_rng: jax.Array | None = None) -> jnp.ndarray:
-    """Dispatch on ``ModelConfig.attention_impl``."""
+           impl: str = "xla", dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+           dropout_impl: str = "bits16") -> jnp.ndarray:
+    """Dispatch on ``Kernels.attention``."""
     if impl == "cudnn":
         return cudnn_attention(q, k, v, allowed, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     return grouped_query_attention(q, k, v, allowed, dropout_rate=dropout_rate,
-                                   dropout_rng=dropout_rng)
+                                   dropout_rng=dropout_rng, dropout_impl=dropout_impl)

@@ -8,11 +8,12 @@ import json
 import os
 from typing import Any, Mapping
 
+from .kernels import Kernels
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -73,9 +74,9 @@ class ModelConfig:
     ``param_dtype`` the storage dtype, ``causal`` the default attention mode (overridable per
     call), ``attention_dropout`` the attention-probability dropout rate used only when a dropout
     rng is passed, ``remat`` the gradient-checkpointing policy of the scanned layer,
-    ``attention_impl`` the attention kernel: "xla" (einsum + softmax, any backend) or "cudnn"
-    (``jax.nn.dot_product_attention``'s fused cuDNN kernel: NVIDIA GPUs, bf16/fp16 compute,
-    no attention-probability dropout).
+    ``kernels`` the backend-dependent implementations (``models/kernels.py``; fields left
+    None are resolved for the backend when the model is built, and the model's config
+    records them).
     """
 
     vocab_size: int
@@ -104,7 +105,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
-    attention_impl: str = "xla"
+    kernels: Kernels = Kernels()
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -133,8 +134,8 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; choose one of {SUPPORTED_DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}; choose one of {REMAT_POLICIES}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ConfigError(f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+        if not isinstance(self.kernels, Kernels):
+            raise ConfigError(f"kernels must be a Kernels, got {self.kernels!r}")
 
     @property
     def num_groups(self) -> int:

@@ -1,10 +1,12 @@
-"""Inverted dropout from 16 random bits per element.
+"""Inverted dropout, with keep masks from ``jax.random.bernoulli`` or from 16 random bits per
+element (``Kernels.dropout``: ``bernoulli`` | ``bits16``).
 
 Training draws a keep mask for every LoRA input and every attention-probability matrix, and
 on CPU the threefry bits behind ``jax.random.bernoulli`` (one 32-bit word and a float
-conversion per element) cost as much as a third of the step's matmuls. Two 16-bit halves of
-each word halve the random work; the keep probability is quantised to a multiple of 2⁻¹⁶
-(rate 0.05 → 0.0500031, rate 0.3 → 0.2999878), well inside the sampling noise of any run.
+conversion per element) cost as much as a third of the step's matmuls. ``bits16`` uses two
+16-bit halves of each word, halving the random work; its keep probability is quantised to a
+multiple of 2⁻¹⁶ (rate 0.05 → 0.0500031, rate 0.3 → 0.2999878), well inside the sampling
+noise of any run.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def fold_in_keys(keys: jax.Array, data: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys.reshape(-1)).reshape(keys.shape)
 
 
-def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """Boolean mask, True with probability ≈ 1 - ``rate`` (see ``keep_threshold``).
+def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...],
+              impl: str = "bits16") -> jax.Array:
+    """Boolean mask, True with probability 1 - ``rate`` (``bits16``: ≈, see ``keep_threshold``).
 
     ``key`` is one key, or an array of keys matching the leading axes of ``shape`` (one per
     row): then each row's mask depends on its own key only, exactly as if that row were drawn
@@ -47,18 +50,20 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     if key.ndim:
         if tuple(shape[:key.ndim]) != key.shape:
             raise ValueError(f"per-row keys {key.shape} do not lead mask shape {tuple(shape)}")
-        rows = jax.vmap(lambda k: keep_mask(k, rate, shape[key.ndim:]))(key.reshape(-1))
+        rows = jax.vmap(lambda k: keep_mask(k, rate, shape[key.ndim:], impl))(key.reshape(-1))
         return rows.reshape(shape)
+    if impl == "bernoulli":
+        return jax.random.bernoulli(key, 1.0 - rate, shape)
     size = math.prod(shape)
     words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
     halves = jnp.concatenate([words & 0xFFFF, words >> 16])[:size]
     return (halves < keep_threshold(rate)).reshape(shape)
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, impl: str = "bits16") -> jax.Array:
     """Zero elements with probability ``rate`` and scale the rest by 1/(1-rate); identity when
     ``key`` is None or ``rate`` is 0."""
     if key is None or rate <= 0.0:
         return x
-    keep = keep_mask(key, rate, x.shape)
+    keep = keep_mask(key, rate, x.shape, impl)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)

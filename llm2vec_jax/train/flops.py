@@ -13,7 +13,7 @@ import math
 
 import jax
 
-from ..models.transformer import PROJECTIONS, weight_specs
+from ..models.specs import PROJECTIONS, weight_specs
 
 # Dense bf16 peak FLOP/s per device, by jax's device_kind.
 PEAK_FLOPS = {
