@@ -176,7 +176,7 @@ class LLM2Vec:
         model = load_hf_checkpoint(directory, dtype=dtype, sharding_fn=lambda spec: replicated,
                                    causal=not bidirectional, **config_overrides)
         if adapter is not None:
-            model = _apply_adapter(model, os.fspath(adapter), dtype)
+            model = _apply_adapter(model, os.fspath(adapter), dtype, lambda spec: replicated)
         settings = dict(_DEFAULTS)
         settings.update(read_llm2vec_config(adapter if adapter is not None else directory))
         explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
@@ -334,7 +334,7 @@ def _bitcast_to(x: jax.Array, dtype) -> jax.Array:
 # ---------------------------------------------------------------------- adapters
 
 
-def _apply_adapter(model, adapter_dir: str, dtype: str):
+def _apply_adapter(model, adapter_dir: str, dtype: str, sharding_fn):
     """Load a reference-format PEFT adapter and merge it into the base weights (in place).
 
     Merging is what the reference does for the adapter stored with the base model and what
@@ -350,7 +350,7 @@ def _apply_adapter(model, adapter_dir: str, dtype: str):
         raise NotImplementedError(
             f"loading adapters needs llm2vec_jax.checkpoints.peft and llm2vec_jax.lora ({e})"
         ) from None
-    load_peft_adapter(model, adapter_dir, dtype=dtype)
+    load_peft_adapter(model, adapter_dir, dtype=dtype, sharding_fn=sharding_fn)
     merge_lora(model)
     return model
 

@@ -219,16 +219,17 @@ def evaluate(eval_step, state, iterator: ShardedBatches, mesh, seq_len: int, bat
 def prepare_model(config: TrainConfig, mesh):
     """Base model on the mesh, earlier adapters merged (in order), fresh LoRA attached."""
     path = resolve_model(config.model.path)
+    sharding_fn = shd.weight_sharding_fn(mesh)
     model = load_hf_checkpoint(path, dtype=config.model.dtype,
                                compute_dtype=config.model.compute_dtype,
-                               sharding_fn=shd.weight_sharding_fn(mesh), remat=config.model.remat)
+                               sharding_fn=sharding_fn, remat=config.model.remat)
     adapters = config.model.adapter or ()
     for adapter in (adapters,) if isinstance(adapters, str) else adapters:
-        load_peft_adapter(model, adapter)
+        load_peft_adapter(model, adapter, sharding_fn=sharding_fn)
         merge_lora(model)
     if config.run.stage != "mntp":
         model.config = model.config.replace(attention_dropout=config.contrastive.dropout)
-    attach_lora(model, config.lora, seed=config.run.seed)
+    attach_lora(model, config.lora, seed=config.run.seed, sharding_fn=sharding_fn)
     return path, model
 
 
