@@ -6,12 +6,12 @@ module adds the model, batching and devices.
 
 Execution model
 ---------------
-Texts are packed into rows (``encode.plan_packed``): a batch is ``batch_size`` rows as wide as
+Texts are packed into rows (``text.packing.plan_packed``): a batch is ``batch_size`` rows as wide as
 the bucket of its longest text (at least 64 tokens; buckets from
-``encode.default_buckets(max_length, min_step=8)``: 8 tokens apart up to 64, then ~1/4 wider
+``text.packing.default_buckets(max_length, min_step=8)``: 8 tokens apart up to 64, then ~1/4 wider
 each), and each row holds the longest text left followed by the longest ones that still fit.
 Inside a row every text keeps to itself: attention is masked per segment, positions restart
-at 0 for each text, and pooling is per segment (``encode.pool_segments``), so a text's
+at 0 for each text, and pooling is per segment (``models.pooling.pool_segments``), so a text's
 embedding is what it would be alone in a row, up to float rounding. Rows come out nearly
 full: on the 512 benchmark sentences 2.6% of the computed tokens are padding, against 13.8%
 when each text pads its own row to a bucket (``packing=False``: one text per row, longest
@@ -34,7 +34,7 @@ stack.
 
 Padding here is on the right (the reference pads left); per-text results are the same because
 padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
-and pooling in ``encode.pool_segments`` is padding-side agnostic.
+and pooling in ``models.pooling.pool_segments`` is padding-side agnostic.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import encode as _enc
+from .models.pooling import pool_segments
+from .text import packing, tokenize as tok
+from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .checkpoints.hf import resolve_checkpoint_dir, save_hf_checkpoint
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
@@ -58,7 +60,7 @@ from .host_memory import compile_now
 LLM2VEC_CONFIG = "llm2vec_config.json"
 # The keys the reference writes and reads; its constructor would reject anything else.
 _CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
-_DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": 400,
+_DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": DOC_MAX_LENGTH,
              "skip_instruction": True}
 
 
@@ -66,7 +68,7 @@ def _load_tokenizer(directory: str):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    # As the reference: EOS pads (``encode.pad_token_id`` relies on it too).
+    # As the reference: EOS pads (``text.tokenize.pad_token_id`` relies on it too).
     if tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -115,11 +117,11 @@ class LLM2Vec:
     """
 
     def __init__(self, model, tokenizer, *, pooling_mode: str = "mean", max_length: int = 512,
-                 doc_max_length: int = 400, skip_instruction: bool = True,
+                 doc_max_length: int = DOC_MAX_LENGTH, skip_instruction: bool = True,
                  bidirectional: bool = True, name_or_path: str = "",
                  buckets: Sequence[int] | None = None, devices: Sequence | None = None,
                  packing: bool = True):
-        _enc.check_pooling_mode(pooling_mode, tokenizer)
+        validate_pooling(pooling_mode, tokenizer)
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         if not isinstance(doc_max_length, int) or doc_max_length < 1:
@@ -133,10 +135,10 @@ class LLM2Vec:
         self.packing = bool(packing)
         self.name_or_path = name_or_path
         self.buckets = (tuple(buckets) if buckets is not None
-                        else _enc.default_buckets(max_length, min_step=8))
+                        else packing.default_buckets(max_length, min_step=8))
         if max(self.buckets) < max_length:
             raise ValueError(f"largest bucket {max(self.buckets)} < max_length {max_length}")
-        self.pad_id = _enc.pad_token_id(tokenizer)
+        self.pad_id = tok.pad_token_id(tokenizer)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self._replicated = NamedSharding(self.mesh, P())
@@ -215,8 +217,8 @@ class LLM2Vec:
 
     # ------------------------------------------------------------------ encoding
 
-    def tokenize_rows(self, texts) -> list[_enc.TokenizedRow]:
-        return _enc.tokenize_rows(
+    def tokenize_rows(self, texts) -> list[tok.TokenizedRow]:
+        return tok.tokenize_rows(
             self.tokenizer, texts, max_length=self.max_length,
             doc_max_length=self.doc_max_length, skip_instruction=self.skip_instruction,
             pooling_mode=self.pooling_mode, model_type=self.model.config.model_type,
@@ -224,7 +226,7 @@ class LLM2Vec:
 
     def tokenize(self, texts, *, padding_side: str = "right") -> dict[str, np.ndarray]:
         """The padded features ``encode`` would build for ``texts`` as one batch."""
-        return _enc.collate(self.tokenize_rows(texts), pad_id=self.pad_id,
+        return tok.collate(self.tokenize_rows(texts), pad_id=self.pad_id,
                             padding_side=padding_side)
 
     def _forward_fn(self, rows: int, width: int, per_row: int):
@@ -239,7 +241,7 @@ class LLM2Vec:
                 state = jax.tree.map(_bitcast_to, state, dtypes)
                 model = nnx.merge(graphdef, state)
                 hidden = model(input_ids, segment_ids, causal=causal, positions=positions)
-                return _enc.pool_segments(hidden, segment_ids, embed_mask, mode, per_row)
+                return pool_segments(hidden, segment_ids, embed_mask, mode, per_row)
 
             fn = jax.jit(forward_pool, in_shardings=(self._replicated,) + (self._data,) * 4,
                          out_shardings=self._data)
@@ -248,7 +250,7 @@ class LLM2Vec:
         return self._compiled[key]
 
     def _batch_rows(self, n: int, batch_size: int) -> int:
-        rows = _enc.padded_row_count(n, batch_size)
+        rows = packing.padded_row_count(n, batch_size)
         ndev = len(self.devices)
         return -(-rows // ndev) * ndev
 
@@ -278,7 +280,7 @@ class LLM2Vec:
         if not rows:
             out = np.zeros((0, dim), np.float32)
             return out if convert_to_numpy else jnp.asarray(out)
-        plan = _enc.plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
+        plan = packing.plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
                                 max_length=self.max_length, buckets=self.buckets,
                                 packing=self.packing)
         emb = np.zeros((len(rows), dim), np.float32)  # empty texts stay zero
@@ -295,7 +297,7 @@ class LLM2Vec:
         try:
             bar.update(len(plan.empty))
             for batch in plan:
-                feats = _enc.collate_packed(rows, batch, pad_id=self.pad_id,
+                feats = packing.collate_packed(rows, batch, pad_id=self.pad_id,
                                             num_rows=self._batch_rows(len(batch.rows), batch_size))
                 fn = self._forward_fn(*feats["input_ids"].shape, batch.segments)
                 args = [jax.device_put(feats[k], self._data)

@@ -20,7 +20,7 @@ from conftest import NLI, REFERENCE, WIKI1M, tiny_lora_model
 from llm2vec_jax.data.contrastive import (SEPARATOR, SimCSEBatchIterator,
                                           SupervisedBatchIterator, load_instructions,
                                           read_triples, simcse_features, split_held_out)
-from llm2vec_jax.encode import pool
+from llm2vec_jax.models.pooling import pool
 from llm2vec_jax.models import ModelConfig, init_model, load_hf_checkpoint
 from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.contrastive import grad_cache_objective
@@ -113,7 +113,7 @@ def test_batch_widths_bucket_padding_and_embeddings_do_not_depend_on_it(tokenize
     """Default: each batch is padded to the smallest bucket holding its longest row;
     "max_length" and compat ("longest") as documented. Padding is only padding: a batch
     embeds the same at its bucket width and at max_length (tiny random model)."""
-    from llm2vec_jax.encode import default_buckets
+    from llm2vec_jax.text.packing import default_buckets
     sentences = [line.strip() for line in WIKI1M.read_text().splitlines()[:64]]
     buckets = default_buckets(128)
     bucketed = SimCSEBatchIterator(sentences, tokenizer, 8, max_length=128, shuffle=False)
@@ -206,7 +206,7 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
                                           seed=1))
     widths = {single[f"{v}_input_ids"].shape[1] for v in "qdn"}
     longest = max(int(single[f"{v}_attention_mask"].sum(1).max()) for v in "qdn")
-    from llm2vec_jax.encode import default_buckets
+    from llm2vec_jax.text.packing import default_buckets
     assert len(widths) == 1 and widths.pop() == min(b for b in default_buckets(64) if b >= longest)
     p0, p1 = make(process_index=0), make(process_index=1)
     assert p0.batches_per_epoch == 4  # 18 records per dataset -> 2 full batches of 8 each

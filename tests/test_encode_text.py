@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from conftest import REFERENCE
 
-from llm2vec_jax import encode as enc
+from llm2vec_jax.models import pooling
+from llm2vec_jax.text import packing, reference
+from llm2vec_jax.text import tokenize as tk
+
+
+def features(tokenizer, texts, *, padding_side="right", pad_to=None, **kw):
+    """The padded features ``LLM2Vec.tokenize`` builds: rows, then one batch."""
+    return tk.collate(tk.tokenize_rows(tokenizer, texts, **kw), pad_id=tk.pad_token_id(tokenizer),
+                      padding_side=padding_side, pad_to=pad_to)
 
 POOLED_MODES_IN_FIXTURES = ("mean", "weighted_mean", "eos_token", "last_token")
 
@@ -72,13 +80,13 @@ def _assert_rows_close(got, want):
 
 @pytest.mark.parametrize("kind", ["plain", "instr"])
 def test_strings_match_reference(tok, meta, kind):
-    got = enc.build_strings(tok, _inputs(meta, kind), max_length=512, doc_max_length=400)
+    got = reference.build_strings(tok, _inputs(meta, kind), max_length=512, doc_max_length=400)
     assert got == meta[f"converted_strings_{kind}"]
 
 
 @pytest.mark.parametrize("kind", ["plain", "instr"])
 def test_tokenize_left_matches_reference_bit_for_bit(tok, fx, meta, kind):
-    f = enc.tokenize(tok, _inputs(meta, kind), max_length=512, doc_max_length=400,
+    f = features(tok, _inputs(meta, kind), max_length=512, doc_max_length=400,
                      skip_instruction=True, padding_side="left")
     for key in ("input_ids", "attention_mask", "embed_mask"):
         assert f[key].dtype == np.int32
@@ -88,8 +96,8 @@ def test_tokenize_left_matches_reference_bit_for_bit(tok, fx, meta, kind):
 @pytest.mark.parametrize("kind", ["plain", "instr"])
 def test_right_padding_same_row_content(tok, meta, kind):
     kw = dict(max_length=512, doc_max_length=400, skip_instruction=True)
-    left = enc.tokenize(tok, _inputs(meta, kind), padding_side="left", **kw)
-    right = enc.tokenize(tok, _inputs(meta, kind), padding_side="right", **kw)
+    left = features(tok, _inputs(meta, kind), padding_side="left", **kw)
+    right = features(tok, _inputs(meta, kind), padding_side="right", **kw)
     for i in range(len(meta["texts"])):
         lm, rm = left["attention_mask"][i] > 0, right["attention_mask"][i] > 0
         assert lm.sum() == rm.sum()
@@ -105,14 +113,14 @@ def test_fixture_hidden_inputs_are_the_plain_features(fx):
 
 
 def test_instruction_tokens_attended_not_pooled(tok, fx, meta):
-    f = enc.tokenize(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
+    f = features(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
                      padding_side="right")
     n_instr = len(tok(meta["instruction"], add_special_tokens=False)["input_ids"])
     for i in range(len(meta["texts"])):
         assert f["attention_mask"][i, :n_instr].all()
         assert not f["embed_mask"][i, :n_instr].any()
     # skip_instruction=False pools everything attended
-    g = enc.tokenize(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
+    g = features(tok, _inputs(meta, "instr"), max_length=512, doc_max_length=400,
                      skip_instruction=False)
     np.testing.assert_array_equal(g["embed_mask"], g["attention_mask"])
 
@@ -122,21 +130,21 @@ def test_eos_token_mode_appends_literal_eos_text(tok, meta):
     # ordinary tokens, which are part of the pooled text.
     suffix = tok(" </s>", add_special_tokens=False)["input_ids"]
     assert len(suffix) == 3
-    plain = enc.tokenize(tok, meta["texts"], max_length=512, doc_max_length=400,
+    plain = features(tok, meta["texts"], max_length=512, doc_max_length=400,
                          padding_side="left")
-    eos = enc.tokenize(tok, meta["texts"], max_length=512, doc_max_length=400,
+    eos = features(tok, meta["texts"], max_length=512, doc_max_length=400,
                        padding_side="left", pooling_mode="eos_token", model_type="llama")
     np.testing.assert_array_equal(eos["input_ids"][:, -3:], np.tile(suffix, (4, 1)))
     np.testing.assert_array_equal(eos["input_ids"][:, :-3], plain["input_ids"])
     np.testing.assert_array_equal(eos["embed_mask"].sum(1), plain["embed_mask"].sum(1) + 3)
     # Without a model type (or for other pooling modes) nothing is appended.
-    same = enc.tokenize(tok, meta["texts"], max_length=512, doc_max_length=400,
+    same = features(tok, meta["texts"], max_length=512, doc_max_length=400,
                         padding_side="left", pooling_mode="eos_token")
     np.testing.assert_array_equal(same["input_ids"], plain["input_ids"])
 
 
 def test_prepare_for_tokenization_wrappers():
-    p = enc.prepare_for_tokenization
+    p = reference.prepare_for_tokenization
     assert p(" x ", pooling_mode="eos_token", model_type="mistral") == "x </s>"
     assert p("x", pooling_mode="eos_token", model_type="qwen2") == "x<|endoftext|>"
     assert p("x", pooling_mode="mean", model_type="llama") == "x"
@@ -149,18 +157,18 @@ def test_prepare_for_tokenization_wrappers():
 
 
 def test_join_instruction_quirks():
-    assert enc.join_instruction("", "t") == enc.SEPARATOR + "t"
-    assert enc.join_instruction("  Do it:  ", "t") == "Do it: " + enc.SEPARATOR + "t"
+    assert reference.join_instruction("", "t") == reference.SEPARATOR + "t"
+    assert reference.join_instruction("  Do it:  ", "t") == "Do it: " + reference.SEPARATOR + "t"
     # whitespace-only instruction is truthy in the reference -> leading space survives
-    assert enc.join_instruction("   ", "t") == " " + enc.SEPARATOR + "t"
+    assert reference.join_instruction("   ", "t") == " " + reference.SEPARATOR + "t"
 
 
 def test_normalize_inputs():
-    assert enc.normalize_inputs("a") == [("", "a")]
-    assert enc.normalize_inputs(["a", ("i", "b"), ["i", "c", 7]]) == [
+    assert reference.normalize_inputs("a") == [("", "a")]
+    assert reference.normalize_inputs(["a", ("i", "b"), ["i", "c", 7]]) == [
         ("", "a"), ("i", "b"), ("i", "c")]
     with pytest.raises(TypeError, match="#1"):
-        enc.normalize_inputs(["a", ["only-one"]])
+        reference.normalize_inputs(["a", ["only-one"]])
 
 
 class WordTokenizer:
@@ -191,22 +199,22 @@ def test_doc_max_length_by_whole_words_with_capped_measure():
             calls.append(texts)
             return orig(texts, **kw)
 
-    out = enc.truncate_document(Spy(), text, max_length=20, doc_max_length=10)
+    out = reference.truncate_document(Spy(), text, max_length=20, doc_max_length=10)
     # measured min(30, 20)=20 -> keep int(30*10/20)=15 words -> 15 > 10 -> keep int(15*10/15)=10
     assert out == " ".join(f"w{i}" for i in range(10))
     assert len(calls) == 3
     # doc_max_length >= max_length: the capped measure never exceeds it, nothing is cut
-    assert enc.truncate_document(tok, text, max_length=20, doc_max_length=20) == text
+    assert reference.truncate_document(tok, text, max_length=20, doc_max_length=20) == text
     # whitespace is only normalized when a cut happens
     messy = "a  b\n c"
-    assert enc.truncate_document(tok, messy, max_length=10, doc_max_length=5) == messy
-    assert enc.truncate_document(tok, messy, max_length=10, doc_max_length=2) == "a b"
+    assert reference.truncate_document(tok, messy, max_length=10, doc_max_length=5) == messy
+    assert reference.truncate_document(tok, messy, max_length=10, doc_max_length=2) == "a b"
 
 
 def test_doc_max_length_real_tokenizer_only_touches_text(tok):
     text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod. " * 6
-    s = enc.build_strings(tok, [["Represent this:", text]], max_length=512, doc_max_length=20)[0]
-    instr, doc = s.split(enc.SEPARATOR)
+    s = reference.build_strings(tok, [["Represent this:", text]], max_length=512, doc_max_length=20)[0]
+    instr, doc = s.split(reference.SEPARATOR)
     assert instr == "Represent this: "
     assert len(tok(doc, add_special_tokens=False)["input_ids"]) <= 20
     assert text.split()[: len(doc.split())] == doc.split()
@@ -216,24 +224,24 @@ def test_max_length_truncation_slides_mask_onto_instruction(tok, meta):
     instr = meta["instruction"]
     n_instr = len(tok(instr, add_special_tokens=False)["input_ids"])  # 8
     long_text = meta["texts"][1]  # 21 tokens alone
-    f = enc.tokenize(tok, [[instr, long_text]], max_length=12, doc_max_length=400)
+    f = features(tok, [[instr, long_text]], max_length=12, doc_max_length=400)
     assert f["input_ids"].shape == (1, 12)
     # reference: n = min(21, 12) = 12 trailing positions pooled -> instruction included
     assert f["embed_mask"].sum() == 12 and n_instr < 12
 
 
 def test_empty_text_and_pad_to(tok):
-    f = enc.tokenize(tok, ["", "Short one."], max_length=32, doc_max_length=400, pad_to=16)
+    f = features(tok, ["", "Short one."], max_length=32, doc_max_length=400, pad_to=16)
     assert f["input_ids"].shape == (2, 16)
     assert f["attention_mask"][0].sum() == 0 and f["embed_mask"][0].sum() == 0
     assert (f["input_ids"][0] == tok.eos_token_id).all()
     with pytest.raises(ValueError, match="pad_to"):
-        enc.tokenize(tok, ["Short one."], max_length=32, doc_max_length=400, pad_to=2)
+        features(tok, ["Short one."], max_length=32, doc_max_length=400, pad_to=2)
 
 
 def test_separator_inside_text_is_removed(tok):
     # the reference removes every separator from the row but pools only parts[1]
-    rows = enc.tokenize_strings(tok, [enc.SEPARATOR + "one" + enc.SEPARATOR + " two three"],
+    rows = tk.tokenize_strings(tok, [reference.SEPARATOR + "one" + reference.SEPARATOR + " two three"],
                                 max_length=32)
     assert rows[0].input_ids == tuple(tok("one two three")["input_ids"])
     assert rows[0].n_pooled == len(tok("one", add_special_tokens=False)["input_ids"])
@@ -245,9 +253,9 @@ def test_separator_inside_text_is_removed(tok):
 def test_pooling_matches_reference_fixtures(fx):
     hidden = fx["hidden/bidirectional"]
     am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
-    _assert_rows_close(enc.pool(hidden, am, em, "mean"), fx["feat/plain/mean_pooled_in_input_order"])
+    _assert_rows_close(pooling.pool(hidden, am, em, "mean"), fx["feat/plain/mean_pooled_in_input_order"])
     for mode in ("mean", "weighted_mean", "last_token"):
-        _assert_rows_close(enc.pool(hidden, am, em, mode), fx[f"enc/{mode}/plain"])
+        _assert_rows_close(pooling.pool(hidden, am, em, mode), fx[f"enc/{mode}/plain"])
 
 
 def test_eos_token_pooling_is_last_position(fx):
@@ -256,7 +264,7 @@ def test_eos_token_pooling_is_last_position(fx):
     # pools exactly what last_token pools.
     hidden = fx["hidden/bidirectional"]
     am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
-    np.testing.assert_array_equal(np.asarray(enc.pool(hidden, am, em, "eos_token")),
+    np.testing.assert_array_equal(np.asarray(pooling.pool(hidden, am, em, "eos_token")),
                                   fx["enc/last_token/plain"])
     assert not np.allclose(fx["enc/eos_token/plain"], fx["enc/last_token/plain"], atol=1e-2)
 
@@ -265,8 +273,8 @@ def test_eos_token_pooling_is_last_position(fx):
 def test_pooling_left_equals_right_on_fixtures(fx, mode):
     hidden = fx["hidden/bidirectional"]
     am, em = fx["feat/plain/attention_mask"], fx["feat/plain/embed_mask"]
-    left = np.asarray(enc.pool(hidden, am, em, mode))
-    right = np.asarray(enc.pool(_left_to_right(hidden, am), _left_to_right(am, am),
+    left = np.asarray(pooling.pool(hidden, am, em, mode))
+    right = np.asarray(pooling.pool(_left_to_right(hidden, am), _left_to_right(am, am),
                                 _left_to_right(em, am), mode))
     np.testing.assert_allclose(right, left, rtol=0, atol=1e-6)
 
@@ -275,7 +283,7 @@ def test_simcse_path_quirk_pools_padding(fx):
     # The reference's training collators have no separator: mean over every column.
     hidden = fx["hidden/bidirectional"]
     ones = np.ones(hidden.shape[:2], np.int32)
-    _assert_rows_close(enc.pool(hidden, ones, ones, "mean"), fx["simcse_path/pooled_no_separator"])
+    _assert_rows_close(pooling.pool(hidden, ones, ones, "mean"), fx["simcse_path/pooled_no_separator"])
 
 
 def _tiny_case():
@@ -317,11 +325,11 @@ def _expected(real, n_pooled, mode):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("mode", enc.POOLING_MODES)
+@pytest.mark.parametrize("mode", pooling.POOLING_MODES)
 def test_pooling_tiny_hand_case(mode, side):
     real, k = _tiny_case()
     hidden, am, em = _pad(real, k, side)
-    got = np.asarray(enc.pool(hidden, am, em, mode))
+    got = np.asarray(pooling.pool(hidden, am, em, mode))
     assert got.dtype == np.float32 and got.shape == (2, 2)
     np.testing.assert_allclose(got, _expected(real, k, mode), rtol=1e-6, atol=1e-6)
 
@@ -331,36 +339,36 @@ def test_weighted_mean_hand_numbers():
     hidden = np.array([[[9.0], [1.0], [2.0], [3.0]]], np.float32)
     am = np.array([[1, 1, 1, 1]])
     em = np.array([[0, 1, 1, 1]])
-    np.testing.assert_allclose(np.asarray(enc.pool(hidden, am, em, "weighted_mean")),
+    np.testing.assert_allclose(np.asarray(pooling.pool(hidden, am, em, "weighted_mean")),
                                [[14 / 6]], rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(enc.pool(hidden, am, em, "mean")), [[2.0]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(pooling.pool(hidden, am, em, "mean")), [[2.0]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode", enc.POOLING_MODES)
+@pytest.mark.parametrize("mode", pooling.POOLING_MODES)
 def test_pooling_empty_row_gives_zeros(mode):
     hidden = np.ones((1, 3, 2), np.float32)
     zeros = np.zeros((1, 3), np.int32)
-    np.testing.assert_array_equal(np.asarray(enc.pool(hidden, zeros, zeros, mode)), 0.0)
+    np.testing.assert_array_equal(np.asarray(pooling.pool(hidden, zeros, zeros, mode)), 0.0)
 
 
 def test_unknown_pooling_mode_lists_valid_ones():
     with pytest.raises(ValueError, match="weighted_mean") as e:
-        enc.pool(np.zeros((1, 1, 1)), np.ones((1, 1)), np.ones((1, 1)), "max")
-    assert all(m in str(e.value) for m in enc.POOLING_MODES)
+        pooling.pool(np.zeros((1, 1, 1)), np.ones((1, 1)), np.ones((1, 1)), "max")
+    assert all(m in str(e.value) for m in pooling.POOLING_MODES)
 
 
 def test_bos_token_needs_a_bos_adding_tokenizer(tok, bos_tok):
-    assert not enc.tokenizer_adds_bos(tok)
+    assert not reference.tokenizer_adds_bos(tok)
     with pytest.raises(ValueError, match="BOS"):
-        enc.tokenize(tok, ["x"], max_length=8, doc_max_length=8, pooling_mode="bos_token")
+        features(tok, ["x"], max_length=8, doc_max_length=8, pooling_mode="bos_token")
     with pytest.raises(ValueError, match="BOS"):
-        enc.check_pooling_mode("bos_token", tok)
-    assert enc.tokenizer_adds_bos(bos_tok)
+        reference.validate_pooling("bos_token", tok)
+    assert reference.tokenizer_adds_bos(bos_tok)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_bos_tokenizer_rows_and_bos_pooling(bos_tok, meta, side):
-    f = enc.tokenize(bos_tok, meta["texts"][:3], max_length=64, doc_max_length=400,
+    f = features(bos_tok, meta["texts"][:3], max_length=64, doc_max_length=400,
                      padding_side=side, pooling_mode="bos_token")
     for i in range(3):
         m = f["attention_mask"][i] > 0
@@ -370,7 +378,7 @@ def test_bos_tokenizer_rows_and_bos_pooling(bos_tok, meta, side):
         assert f["embed_mask"][i][m][0] == 0 and f["embed_mask"][i][m][1:].all()
     # hidden = input ids as a 1-d feature: bos_token pooling must pick the BOS id
     hidden = f["input_ids"][..., None].astype(np.float32)
-    got = np.asarray(enc.pool(hidden, f["attention_mask"], f["embed_mask"], "bos_token"))
+    got = np.asarray(pooling.pool(hidden, f["attention_mask"], f["embed_mask"], "bos_token"))
     np.testing.assert_array_equal(got[:, 0], bos_tok.bos_token_id)
 
 
@@ -378,15 +386,15 @@ def test_bos_tokenizer_rows_and_bos_pooling(bos_tok, meta, side):
 
 
 def test_default_buckets():
-    assert enc.default_buckets(512) == (16, 32, 48, 64, 80, 104, 136, 176, 224, 280, 352,
+    assert packing.default_buckets(512) == (16, 32, 48, 64, 80, 104, 136, 176, 224, 280, 352,
                                         440, 512)
-    assert enc.default_buckets(100) == (16, 32, 48, 64, 80, 100)
-    assert enc.default_buckets(8) == (8,)
-    fine = enc.default_buckets(512, min_step=8)  # the encoder's: 8 apart below 64
+    assert packing.default_buckets(100) == (16, 32, 48, 64, 80, 100)
+    assert packing.default_buckets(8) == (8,)
+    fine = packing.default_buckets(512, min_step=8)  # the encoder's: 8 apart below 64
     assert fine == (16, 24, 32, 40, 48, 56, 64, 80, 104, 136, 176, 224, 280, 352, 440, 512)
     assert all(b - a <= max(8, a / 4 + 8) for a, b in zip(fine, fine[1:]))
     with pytest.raises(ValueError, match="multiple of 8"):
-        enc.default_buckets(64, min_step=12)
+        packing.default_buckets(64, min_step=12)
 
 
 def _check_plan(plan, lengths, rows_per_batch, buckets):
@@ -404,18 +412,18 @@ def _check_plan(plan, lengths, rows_per_batch, buckets):
 def test_plan_packed_places_every_text_once_within_bounds():
     rng = np.random.default_rng(1)
     lengths = rng.integers(0, 129, size=203)
-    buckets = enc.default_buckets(128, min_step=8)
-    for packing in (True, False):
-        plan = enc.plan_packed(lengths, rows_per_batch=16, max_length=128, buckets=buckets,
-                               packing=packing)
+    buckets = packing.default_buckets(128, min_step=8)
+    for packed in (True, False):
+        plan = packing.plan_packed(lengths, rows_per_batch=16, max_length=128, buckets=buckets,
+                                   packing=packed)
         _check_plan(plan, lengths, 16, buckets)
         assert len({b.width for b in plan}) <= len(buckets)
 
 
 def _real_share(lengths, **kw):
-    plan = enc.plan_packed(lengths, rows_per_batch=16, max_length=128,
-                           buckets=enc.default_buckets(128, min_step=8), **kw)
-    return sum(lengths) / sum(enc.padded_row_count(len(b.rows), 16) * b.width for b in plan)
+    plan = packing.plan_packed(lengths, rows_per_batch=16, max_length=128,
+                               buckets=packing.default_buckets(128, min_step=8), **kw)
+    return sum(lengths) / sum(packing.padded_row_count(len(b.rows), 16) * b.width for b in plan)
 
 
 def test_packing_leaves_little_padding():
@@ -430,7 +438,7 @@ def test_packing_leaves_little_padding():
 
 def test_plan_packed_without_packing_is_length_sorted_batching():
     lengths = [5, 40, 17, 40, 0, 3]
-    plan = enc.plan_packed(lengths, rows_per_batch=2, max_length=64, buckets=(16, 24, 48, 64),
+    plan = packing.plan_packed(lengths, rows_per_batch=2, max_length=64, buckets=(16, 24, 48, 64),
                            packing=False)
     # Longest first, ties in input order, one text a row, each batch its longest's bucket.
     assert [(b.width, b.segments, b.rows) for b in plan] == [
@@ -440,41 +448,41 @@ def test_plan_packed_without_packing_is_length_sorted_batching():
 
 def test_plan_packed_fills_rows_longest_first():
     # width 64: [40, then the longest <= 24: 20, then <= 4: 3], [30, then 10, then 5].
-    plan = enc.plan_packed([40, 30, 20, 10, 5, 3], rows_per_batch=2, max_length=64,
+    plan = packing.plan_packed([40, 30, 20, 10, 5, 3], rows_per_batch=2, max_length=64,
                            buckets=(16, 32, 48, 64))
     assert [(b.width, b.rows) for b in plan] == [(64, ((0, 2, 5), (1, 3, 4)))]
     # The final, partial batch is repacked into the narrowest bucket that holds its texts in
     # its (power-of-two) row count: 20 + 20 + 10 fit one row of 56, not of 32.
-    plan = enc.plan_packed([20, 20, 10], rows_per_batch=4, max_length=64,
+    plan = packing.plan_packed([20, 20, 10], rows_per_batch=4, max_length=64,
                            buckets=(16, 32, 56, 64))
     assert [(b.width, b.rows) for b in plan] == [(56, ((0, 1, 2),))]
     # At most segments_per_row(width) texts a row: 1-token texts, width 16 -> 4 a row.
-    plan = enc.plan_packed([1] * 9, rows_per_batch=8, max_length=16, buckets=(16,))
-    assert enc.segments_per_row(16) == 4
+    plan = packing.plan_packed([1] * 9, rows_per_batch=8, max_length=16, buckets=(16,))
+    assert packing.segments_per_row(16) == 4
     assert [len(row) for b in plan for row in b.rows] == [4, 4, 1]
 
 
 def test_plan_packed_errors():
     with pytest.raises(ValueError, match="fits no bucket"):
-        enc.plan_packed([5, 70], rows_per_batch=4, max_length=64)
+        packing.plan_packed([5, 70], rows_per_batch=4, max_length=64)
     with pytest.raises(ValueError, match="batch_size"):
-        enc.plan_packed([5], rows_per_batch=0, max_length=64)
-    assert len(enc.plan_packed([], rows_per_batch=4, max_length=8)) == 0
+        packing.plan_packed([5], rows_per_batch=0, max_length=64)
+    assert len(packing.plan_packed([], rows_per_batch=4, max_length=8)) == 0
 
 
 def test_padded_row_count():
-    assert [enc.padded_row_count(n, 32) for n in (32, 1, 3, 16, 17, 31)] == [32, 1, 4, 16, 32, 32]
-    assert enc.padded_row_count(5, 6) == 6
+    assert [packing.padded_row_count(n, 32) for n in (32, 1, 3, 16, 17, 31)] == [32, 1, 4, 16, 32, 32]
+    assert packing.padded_row_count(5, 6) == 6
 
 
 def test_packed_batches_hold_each_rows_own_features(tok, meta):
     texts = meta["texts"] + [[meta["instruction"], t] for t in meta["texts"]]
-    rows = enc.tokenize_rows(tok, texts, max_length=64, doc_max_length=400)
-    full = enc.collate(rows, pad_id=tok.eos_token_id, padding_side="right")
-    plan = enc.plan_packed([len(r) for r in rows], rows_per_batch=3, max_length=64)
+    rows = tk.tokenize_rows(tok, texts, max_length=64, doc_max_length=400)
+    full = tk.collate(rows, pad_id=tok.eos_token_id, padding_side="right")
+    plan = packing.plan_packed([len(r) for r in rows], rows_per_batch=3, max_length=64)
     seen = []
     for b in plan:
-        f = enc.collate_packed(rows, b, pad_id=tok.eos_token_id, num_rows=4)
+        f = packing.collate_packed(rows, b, pad_id=tok.eos_token_id, num_rows=4)
         assert f["input_ids"].shape == (4, b.width)
         np.testing.assert_array_equal(f["input_ids"][len(b.rows):], np.repeat(
             f["input_ids"][:1], 4 - len(b.rows), 0))  # filler rows copy row 0, own no slot
@@ -502,8 +510,8 @@ def test_pool_segments_pools_each_text_as_alone():
         segments[0, start:start + len(h)] = j + 1
         embed_mask[0, start + len(h) - n_pooled:start + len(h)] = 1
         start += len(h)
-    for mode in enc.POOLING_MODES:
-        got = np.asarray(enc.pool_segments(hidden, segments, embed_mask, mode, 3))
+    for mode in pooling.POOLING_MODES:
+        got = np.asarray(pooling.pool_segments(hidden, segments, embed_mask, mode, 3))
         assert got.shape == (1, 3, 2)
         np.testing.assert_allclose(got[0, :2], _expected(real, k, mode), rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(got[0, 2], 0.0)  # no third text
@@ -514,7 +522,7 @@ def test_pool_is_jittable_with_static_mode():
 
     real, k = _tiny_case()
     hidden, am, em = _pad(real, k, "left")
-    jitted = jax.jit(enc.pool, static_argnames="mode")
-    for mode in enc.POOLING_MODES:
+    jitted = jax.jit(pooling.pool, static_argnames="mode")
+    for mode in pooling.POOLING_MODES:
         np.testing.assert_allclose(np.asarray(jitted(hidden, am, em, mode=mode)),
                                    _expected(real, k, mode), rtol=1e-6, atol=1e-6)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import REFERENCE
 
-from llm2vec_jax import encode as enc_text
+from llm2vec_jax.models import pooling
+from llm2vec_jax.text import packing
 from llm2vec_jax.encoder import LLM2Vec
 
 META = json.loads((REFERENCE / "reference_fixtures.json").read_text())
@@ -138,7 +139,7 @@ def test_packed_rows_give_each_texts_own_embedding(encoder, pooling):
     texts = (TEXTS + [[INSTRUCTION, t] for t in TEXTS[:2]]
              + ["Tiny.", "", "A second fairly long sentence about encoders and batching."])
     packed = _with(encoder, pooling_mode=pooling)
-    plan = enc_text.plan_packed([len(r) for r in packed.tokenize_rows(texts)], rows_per_batch=2,
+    plan = packing.plan_packed([len(r) for r in packed.tokenize_rows(texts)], rows_per_batch=2,
                                 max_length=packed.max_length, buckets=packed.buckets)
     assert max(len(row) for b in plan for row in b.rows) >= 3 and len(plan) >= 2
     got = packed.encode(texts, batch_size=2, show_progress_bar=False)
@@ -171,7 +172,7 @@ def test_bfloat16_weights_are_held_as_bits_without_a_copy(smollm2_dir):
     @jax.jit
     def plain(state, ids, mask, embed_mask):  # the model's own bf16 arrays
         hidden = nnx.merge(enc._graphdef, state)(ids, mask, causal=False)
-        return enc_text.pool(hidden, mask, embed_mask, "mean")
+        return pooling.pool(hidden, mask, embed_mask, "mean")
 
     want = plain(nnx.state(enc.model), ids, mask, embed_mask)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -31,7 +31,7 @@ sharding gives). The reference shuffles once with Python's global ``random``; he
 order is a function of (seed, epoch), so resumption reproduces it and every epoch differs.
 
 Widths: rows are padded (left, EOS, as the reference). By default a batch is padded to the
-smallest of ``encode.default_buckets(max_length)`` that holds its longest row (all views of
+smallest of ``text.packing.default_buckets(max_length)`` that holds its longest row (all views of
 a supervised batch share it): at most ~25 % padding, and at most a dozen compiled step shapes
 (the reference pads to the longest row, one shape per batch; padding every batch to
 ``max_length`` would spend most of a short-sentence corpus's compute on padding). With
@@ -48,8 +48,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..encode import (SEPARATOR, bucket_for, check_pooling_mode, collate, default_buckets,
-                      pad_token_id, prepare_for_tokenization, tokenize_strings)
+from ..text.packing import bucket_for, default_buckets
+from ..text.reference import SEPARATOR, prepare_for_tokenization, validate_pooling
+from ..text.tokenize import collate, pad_token_id, tokenize_strings
 from .epochs import EpochIterator, ShuffledBatches
 
 VIEWS = ("q", "d", "n")
@@ -89,7 +90,7 @@ def features(tokenizer, strings: Sequence[str], *, max_length: int,
 
 
 def _check_compat(compat: bool, pooling: str) -> None:
-    check_pooling_mode(pooling)
+    validate_pooling(pooling)
     if compat and pooling == "weighted_mean":
         raise ValueError("compat_pool_all_positions reproduces the reference SimCSE collator, "
                          "which crashes with weighted_mean pooling; use mean or turn compat off")
@@ -268,7 +269,7 @@ class SupervisedBatchIterator(EpochIterator):
                  num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                  padding: str = "bucket"):
         super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
-        check_pooling_mode(pooling)
+        validate_pooling(pooling)
         check_padding(padding)
         self.padding = padding
         if global_batch_size < 1 or global_batch_size % process_count:

@@ -35,7 +35,8 @@ from ..data.samples import is_sample, sample_path
 from ..data.sources import HF_PREFIX, is_hub_ref
 from ..data.sharded import ShardedBatches
 from ..distributed import maybe_initialize_distributed
-from ..encode import check_pooling_mode, pool
+from ..models.pooling import pool
+from ..text.reference import validate_pooling
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from .config import TrainConfig
 from .loop import held_out_texts, prepare_model, read_texts, run_loop, sharded_iterators
@@ -237,7 +238,7 @@ def train_contrastive(config: TrainConfig) -> dict:
         shd.check_batch(mesh, chunk)  # each chunk is spread over the data-parallel shards
     path, model = prepare_model(config, mesh)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    check_pooling_mode(section.pooling, tokenizer)
+    validate_pooling(section.pooling, tokenizer)
     if run.stage == "simcse":
         train_iter, eval_iter = simcse_iterators(config, tokenizer)
     else:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ..encode import pool
+from ..models.pooling import pool
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from jax.sharding import NamedSharding
 

@@ -1,0 +1,2 @@
+"""Text before the model: the reference's string rules, tokenization, length buckets and
+packing."""

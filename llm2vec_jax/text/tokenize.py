@@ -1,0 +1,83 @@
+"""Tokenization of reference strings into rows, and padding rows into batches (the
+reference's ``LLM2Vec.tokenize``, minus its left-padding-only pooling assumptions)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from .reference import SEPARATOR, build_strings, count_text_tokens, validate_pooling
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedRow:
+    """One unpadded row: its token ids and how many trailing tokens are pooled."""
+
+    input_ids: tuple[int, ...]
+    n_pooled: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def tokenize_strings(tokenizer, strings: Sequence[str], *, max_length: int,
+                     skip_instruction: bool = True) -> list[TokenizedRow]:
+    """Reference ``LLM2Vec.tokenize`` without the padding: rows plus pooled-token counts."""
+    if not strings:
+        return []
+    originals, pooled_parts = [], []
+    for s in strings:
+        parts = s.split(SEPARATOR)
+        pooled_parts.append(parts[1] if len(parts) > 1 else "")
+        originals.append("".join(parts))
+    enc = tokenizer(list(originals), truncation=True, max_length=max_length)
+    counts = count_text_tokens(tokenizer, pooled_parts, max_length)
+    rows = []
+    for ids, n in zip(enc["input_ids"], counts):
+        ids = tuple(int(t) for t in ids)
+        rows.append(TokenizedRow(ids, len(ids) if not skip_instruction else min(n, len(ids))))
+    return rows
+
+
+def tokenize_rows(tokenizer, texts, *, max_length: int, doc_max_length: int,
+                  skip_instruction: bool = True, pooling_mode: str = "mean",
+                  model_type: str | None = None,
+                  name_or_path: str | None = None) -> list[TokenizedRow]:
+    validate_pooling(pooling_mode, tokenizer)
+    strings = build_strings(tokenizer, texts, max_length=max_length,
+                            doc_max_length=doc_max_length, pooling_mode=pooling_mode,
+                            model_type=model_type, name_or_path=name_or_path)
+    return tokenize_strings(tokenizer, strings, max_length=max_length,
+                            skip_instruction=skip_instruction)
+
+
+def pad_token_id(tokenizer) -> int:
+    # The reference sets pad_token = eos_token, whatever the tokenizer shipped with.
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError("tokenizer has no eos_token_id; LLM2Vec pads with EOS")
+    return int(eos)
+
+
+def collate(rows: Sequence[TokenizedRow], *, pad_id: int, padding_side: str = "right",
+            pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """Pad rows to ``pad_to`` (default: longest row) -> int32 input_ids/attention_mask/embed_mask."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    longest = max((len(r) for r in rows), default=0)
+    width = longest if pad_to is None else int(pad_to)
+    if width < longest:
+        raise ValueError(f"pad_to={pad_to} is shorter than the longest row ({longest} tokens)")
+    b = len(rows)
+    input_ids = np.full((b, width), pad_id, dtype=np.int32)
+    attention_mask = np.zeros((b, width), dtype=np.int32)
+    embed_mask = np.zeros((b, width), dtype=np.int32)
+    for i, r in enumerate(rows):
+        n = len(r)
+        start = width - n if padding_side == "left" else 0
+        input_ids[i, start:start + n] = r.input_ids
+        attention_mask[i, start:start + n] = 1
+        embed_mask[i, start + n - r.n_pooled:start + n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "embed_mask": embed_mask}
