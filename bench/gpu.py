@@ -78,6 +78,7 @@ def make_batches(shape: dict, seed: int = 0) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(REPO))
+    from llm2vec_jax.data.batches import MNTPBatch
     from llm2vec_jax.data.mntp import MNTPCollator
 
     rng = np.random.default_rng(seed)
@@ -85,8 +86,10 @@ def make_batches(shape: dict, seed: int = 0) -> dict:
     B, S = shape["mntp"]
     ids = rng.integers(0, V - 1, size=(B, S), dtype=np.int64).astype(np.int32)
     ones = np.ones((B, S), np.int32)
-    mntp = MNTPCollator(mask_token_id=V - 1, vocab_size=V, mlm_probability=MLM_P)(
-        ids, ones, np.zeros((B, S), np.int32), rng)
+    collator = MNTPCollator(mask_token_id=V - 1, vocab_size=V, mlm_probability=MLM_P)
+    masked, labels = collator.mask(ids, ones, np.zeros((B, S), np.int32), rng)
+    mntp = {"ours": MNTPBatch.from_labels(masked, ones, labels, collator.slots(S)),
+            "input_ids": masked, "labels": labels}
     Bs, Ss = shape["simcse"]
     sim_ids = rng.integers(0, V - 1, size=(Bs, Ss), dtype=np.int64).astype(np.int32)
     return {"mntp": mntp, "simcse": {"input_ids": sim_ids,
@@ -107,6 +110,7 @@ def jax_child(a) -> None:
     from flax import nnx
 
     sys.path.insert(0, str(REPO))
+    from llm2vec_jax.data.batches import ContrastiveBatch, Features
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
     from llm2vec_jax.models import (Kernels, ModelConfig, abstract_model, init_model,
                                     resolve_kernels)
@@ -157,19 +161,17 @@ def jax_child(a) -> None:
             del model
 
             if stage == "mntp":
-                host = {k: v for k, v in batches["mntp"].items() if k != "labels"}
+                host = batches["mntp"]["ours"]
                 objective = S.mntp_objective
             else:
                 sb = batches["simcse"]
                 # Unsupervised SimCSE: the same sentences as query and document.
-                host = {f"{v}_{k}": x for v in ("q", "d") for k, x in
-                        (("input_ids", sb["input_ids"]), ("attention_mask", sb["attention_mask"]),
-                         ("embed_mask", sb["attention_mask"]))}
+                view = Features(sb["input_ids"], sb["attention_mask"], sb["attention_mask"])
+                host = ContrastiveBatch(q=view, d=view)
                 objective = functools.partial(S.contrastive_objective, scale=SIMCSE_SCALE,
                                               pooling="mean")
-            shardings = {k: batch_sharding(mesh, v.ndim) if v.ndim == 2 else replicated(mesh)
-                         for k, v in host.items()}
-            batch = {k: jax.device_put(v, shardings[k]) for k, v in host.items()}
+            shardings = jax.tree.map(lambda v: batch_sharding(mesh, v.ndim), host)
+            batch = jax.device_put(host, shardings)
             total = shape["warmup"] + shape["steps"]
             root = jax.random.key(1)
             keys = [jax.device_put(jax.random.fold_in(root, n), replicated(mesh))
@@ -195,11 +197,11 @@ def jax_child(a) -> None:
                     times.append(dt)
             carried = (graphdef, state)
             stats = dev.memory_stats() or {}
-            B, L = host["input_ids" if stage == "mntp" else "q_input_ids"].shape
+            B, L = host.token_ids()[0].shape
             _emit({"record": "measurement", "side": "jax", "stage": stage, "variant": impl,
-                   "batch": [B, L], "views": 1 if stage == "mntp" else 2,
-                   "tokens_per_step": B * L * (1 if stage == "mntp" else 2),
-                   "head_positions": int(host["predict_index"].shape[0]) if stage == "mntp" else 0,
+                   "batch": [B, L], "views": len(host.token_ids()),
+                   "tokens_per_step": B * L * len(host.token_ids()),
+                   "head_positions": host.head_rows,
                    **_timing(times), "compile_s": round(compile_s, 2),
                    "build_s": round(build_s, 2), "warmup": shape["warmup"], "steps": len(times),
                    "cut_by_time_guard": cut, "losses": [round(x, 4) for x in losses],
@@ -463,6 +465,7 @@ def _flops_fn(shape: dict):
     import numpy as np
 
     sys.path.insert(0, str(REPO))
+    from llm2vec_jax.data.batches import ContrastiveBatch, Features
     from llm2vec_jax.lora import LoRAConfig  # imports jax; no backend is started
     from llm2vec_jax.models import ModelConfig, lora_weight_specs
     from llm2vec_jax.train.flops import train_flops_per_step
@@ -476,11 +479,10 @@ def _flops_fn(shape: dict):
 
     def flops(stage: str) -> float:
         if stage == "mntp":
-            b = batches["mntp"]
-            return train_flops_per_step(cfg, n_lora, {"input_ids": b["input_ids"],
-                                                      "predict_index": b["predict_index"]})
+            return train_flops_per_step(cfg, n_lora, batches["mntp"]["ours"])
         ids = batches["simcse"]["input_ids"]
-        return train_flops_per_step(cfg, n_lora, {"q_input_ids": ids, "d_input_ids": ids})
+        view = Features(ids, ids, ids)
+        return train_flops_per_step(cfg, n_lora, ContrastiveBatch(q=view, d=view))
     return flops
 
 

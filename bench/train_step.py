@@ -56,9 +56,10 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
 
     from llm2vec_jax.checkpoints.hf import load_hf_checkpoint
     from llm2vec_jax.host_memory import compile_now
-    from llm2vec_jax.data.mntp import predict_bound
+    from llm2vec_jax.data.batches import ContrastiveBatch, Features, MNTPBatch
+    from llm2vec_jax.data.mntp import predict_slots
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
-    from llm2vec_jax.sharding import batch_sharding, make_mesh, replicated, weight_sharding_fn
+    from llm2vec_jax.sharding import batch_sharding, make_mesh, weight_sharding_fn
     from llm2vec_jax.train import steps as S
 
     mesh = make_mesh()
@@ -66,7 +67,8 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
         model_dir, dtype="float32", sharding_fn=weight_sharding_fn(mesh), causal=False,
         remat="full" if grad_ckpt else "none",
         attention_dropout=simcse_dropout if stage == "simcse" else 0.0)
-    attach_lora(model, LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout), seed=seed)
+    attach_lora(model, LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout), seed=seed,
+                sharding_fn=weight_sharding_fn(mesh))
     trainable = lora_parameter_count(model)
     # The reference's HF Trainer defaults: AdamW, no weight decay, grad-norm clip 1.0; a
     # constant lr keeps both sides' update cost identical over a few steps.
@@ -79,31 +81,22 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     am = batch["attention_mask"].astype(np.int32)
     B, L = ids.shape
     if stage == "mntp":
-        labels = batch["labels"]
-        # HF's shifted CausalLM loss: the token at i is scored from position i-1.
-        b, i = np.nonzero(labels[:, 1:] != -100)
-        i = i + 1
-        M = max(predict_bound(B, L, 0.2), b.size)
-        pidx = np.zeros((M,), np.int32)
-        plab = np.full((M,), -100, np.int32)
-        pidx[:b.size] = b * L + i - 1
-        plab[:b.size] = labels[b, i]
-        host = {"input_ids": ids, "attention_mask": am, "predict_index": pidx, "predict_labels": plab}
+        # HF's shifted CausalLM loss on the reference's labels: the token at i from i-1.
+        host = MNTPBatch.from_labels(ids, am, batch["labels"], predict_slots(L, 0.2))
         objective = S.mntp_objective
     elif stage == "simcse":
         # Same rows for both views; full rows, so pooling over attention_mask equals the
         # reference's pool-everything SimCSE quirk.
-        host = {f"{v}_{k}": x for v in ("q", "d")
-                for k, x in (("input_ids", ids), ("attention_mask", am), ("embed_mask", am))}
+        view = Features(ids, am, am)
+        host = ContrastiveBatch(q=view, d=view)
 
         def objective(model, b, rng):
             return S.contrastive_objective(model, b, rng, scale=loss_scale, pooling="mean")
     else:
         raise ValueError(f"unknown stage {stage!r}")
 
-    shardings = {k: batch_sharding(mesh, v.ndim) if v.ndim == 2 else replicated(mesh)
-                 for k, v in host.items()}
-    dev_batch = {k: jax.device_put(v, shardings[k]) for k, v in host.items()}
+    shardings = jax.tree.map(lambda v: batch_sharding(mesh, v.ndim), host)
+    dev_batch = jax.device_put(host, shardings)
     step_fn = S.jit_train_step(S.make_train_step(graphdef, tx, objective), state, mesh, shardings)
     root = jax.random.key(seed)
     compile_t = time.perf_counter()

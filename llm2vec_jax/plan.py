@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -228,43 +229,24 @@ def _on_mesh(sharding, mesh):
     return replicated(mesh)
 
 
-def abstract_batch(stage: str, mesh, batch: int, seq: int, mlm_probability: float) -> dict:
+def abstract_batch(stage: str, mesh, batch: int, seq: int, mlm_probability: float):
     """The global batch the loop feeds the step, as sharded ShapeDtypeStructs."""
-    import jax.numpy as jnp
-
-    from .data.mntp import predict_bound
+    from .data.batches import ContrastiveBatch, MNTPBatch
+    from .data.mntp import predict_slots
     from .sharding import batch_sharding, check_batch
 
     check_batch(mesh, batch)
-
-    def sds(*shape):
-        return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh, len(shape)))
+    sharding_fn = functools.partial(batch_sharding, mesh)
     if stage == "mntp":
-        # One process (a single host, as v4-8 / v5e-8 / v5p-8 / one GPU are): the collator
-        # pads the scored positions to predict_bound over the whole batch.
-        m = predict_bound(batch, seq, mlm_probability)
-        check_batch(mesh, m)
-        return {"input_ids": sds(batch, seq), "attention_mask": sds(batch, seq),
-                "labels": sds(batch, seq), "predict_index": sds(m), "predict_labels": sds(m)}
-    views = ("q", "d") if stage == "simcse" else ("q", "d", "n")
-    return {f"{v}_{k}": sds(batch, seq) for v in views
-            for k in ("input_ids", "attention_mask", "embed_mask")}
+        return MNTPBatch.abstract(batch, seq, predict_slots(seq, mlm_probability), sharding_fn)
+    return ContrastiveBatch.abstract(batch, seq, negatives=stage == "supervised",
+                                     sharding_fn=sharding_fn)
 
 
 def objective_for(config):
-    import functools
-
-    from .train.steps import contrastive_objective, mntp_objective
-    if config.run.stage == "mntp":
-        return mntp_objective
-    try:  # GradCache lives with the contrastive loop (when that module is present)
-        from .train.contrastive import make_objective
-        return make_objective(config)
-    except ImportError:
-        if config.contrastive.grad_cache_chunk:
-            raise
-        return functools.partial(contrastive_objective, scale=config.contrastive.scale,
-                                 pooling=config.contrastive.pooling)
+    from .train.contrastive import make_objective
+    from .train.steps import mntp_objective
+    return mntp_objective if config.run.stage == "mntp" else make_objective(config)
 
 
 def shard_bytes(tree) -> int:
@@ -379,7 +361,7 @@ def plan(config, mesh_sizes: dict[str, int], *, model: str | None = None, remat:
                    "compute_dtype": model_config.dtype, "remat": remat,
                    "mesh": {a: mesh.shape[a] for a in MESH_AXES}, "devices": n,
                    "global_batch": batch, "seq": seq,
-                   "views": sum(k.endswith("input_ids") for k in batch_sds),
+                   "views": len(batch_sds.token_ids()),
                    "lora_r": config.lora.r,
                    "grad_cache_chunk": (config.contrastive.grad_cache_chunk
                                         if stage != "mntp" else None)},

@@ -155,10 +155,11 @@ def check_batch(mesh: Mesh, global_batch_size: int) -> None:
             f"data-parallel shards (data × fsdp) of the mesh; use a multiple of {ways}")
 
 
-def global_batch(mesh: Mesh, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assemble each process's numpy batch into global arrays sharded over data × fsdp.
+def global_batch(mesh: Mesh, local):
+    """Assemble each process's numpy batch (any pytree of arrays, e.g. an ``MNTPBatch``) into
+    global arrays, each split along its leading axis over data × fsdp.
 
     Works unchanged on one host and on many (``jax.make_array_from_process_local_data``).
     """
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
-            for k, v in local.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
+        batch_sharding(mesh, np.ndim(v)), v), local)

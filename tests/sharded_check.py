@@ -14,6 +14,7 @@ from flax import nnx  # noqa: E402
 
 from llm2vec_jax import sharding as shd  # noqa: E402
 from llm2vec_jax.checkpoints.hf import load_hf_checkpoint  # noqa: E402
+from llm2vec_jax.data.batches import ContrastiveBatch, Features  # noqa: E402
 from llm2vec_jax.data.mntp import MNTPCollator  # noqa: E402
 from llm2vec_jax.lora import LoRAConfig, attach_lora  # noqa: E402
 from llm2vec_jax.train.steps import contrastive_objective, mntp_objective, split_model  # noqa: E402
@@ -31,8 +32,7 @@ def batches(batch_size=8, seq=16, vocab=128):
     mntp = collator(ids, mask, np.zeros_like(ids), np.random.default_rng(1))
     embed_mask = mask.copy()
     embed_mask[:, :2] = 0  # an "instruction" that is attended but not pooled
-    pairs = {f"{v}_{k}": a for v, off in (("q", 0), ("d", 7)) for k, a in
-             (("input_ids", (ids + off) % vocab), ("attention_mask", mask), ("embed_mask", embed_mask))}
+    pairs = ContrastiveBatch(*(Features((ids + off) % vocab, mask, embed_mask) for off in (0, 7)))
     return mntp, pairs
 
 

@@ -184,3 +184,11 @@ def test_failed_export_leaves_nothing(hf_dir, tmp_path, monkeypatch):
         save_hf_checkpoint(ours, out, max_shard_bytes=60_000)
     assert not out.exists()
     assert os.listdir(tmp_path) == []  # no temporary directory left behind either
+
+
+def test_old_import_path_still_works_with_a_warning():
+    """The model package knows nothing of files, but the README's old spelling still loads."""
+    import llm2vec_jax
+    import llm2vec_jax.models as models
+    with pytest.warns(DeprecationWarning, match="import load_hf_checkpoint from llm2vec_jax"):
+        assert models.load_hf_checkpoint is llm2vec_jax.load_hf_checkpoint

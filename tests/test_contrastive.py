@@ -17,11 +17,13 @@ import yaml
 from flax import nnx
 
 from conftest import NLI, REFERENCE, WIKI1M, tiny_lora_model
+from llm2vec_jax.data.batches import ContrastiveBatch, Features
 from llm2vec_jax.data.contrastive import (SEPARATOR, SimCSEBatchIterator,
                                           SupervisedBatchIterator, load_instructions,
                                           read_triples, simcse_features, split_held_out)
 from llm2vec_jax.models.pooling import pool
-from llm2vec_jax.models import ModelConfig, init_model, load_hf_checkpoint
+from llm2vec_jax import load_hf_checkpoint
+from llm2vec_jax.models import ModelConfig, init_model
 from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.contrastive import grad_cache_objective
 from llm2vec_jax.train.steps import contrastive_objective
@@ -56,11 +58,11 @@ def _close(a, b, tol=2e-5):
 def test_simcse_features_reproduce_reference_collator(tokenizer, fx, texts):
     """compat mode: the reference's left-padded batch, and mean pooling over every column."""
     feats = simcse_features(tokenizer, texts, max_length=128, compat_pool_all_positions=True)
-    np.testing.assert_array_equal(feats["q_input_ids"], fx["hidden/input_ids"])
-    np.testing.assert_array_equal(feats["q_attention_mask"], fx["simcse_path/attention_mask"])
+    np.testing.assert_array_equal(feats.q.input_ids, fx["hidden/input_ids"])
+    np.testing.assert_array_equal(feats.q.attention_mask, fx["simcse_path/attention_mask"])
     for k in ("input_ids", "attention_mask", "embed_mask"):
-        np.testing.assert_array_equal(feats[f"q_{k}"], feats[f"d_{k}"])
-    pooled = pool(fx["hidden/bidirectional"], feats["q_attention_mask"], feats["q_embed_mask"],
+        np.testing.assert_array_equal(getattr(feats.q, k), getattr(feats.d, k))
+    pooled = pool(fx["hidden/bidirectional"], feats.q.attention_mask, feats.q.embed_mask,
                   "mean")
     _close(pooled, fx["simcse_path/pooled_no_separator"])
 
@@ -68,16 +70,16 @@ def test_simcse_features_reproduce_reference_collator(tokenizer, fx, texts):
 def test_simcse_features_default_pools_real_tokens_like_encode(tokenizer, fx, texts):
     """Default: pool what encode() pools (real tokens), whatever the padding."""
     feats = simcse_features(tokenizer, texts, max_length=128)
-    np.testing.assert_array_equal(feats["q_embed_mask"], fx["feat/plain/embed_mask"])
-    pooled = pool(fx["hidden/bidirectional"], feats["q_attention_mask"], feats["q_embed_mask"],
+    np.testing.assert_array_equal(feats.q.embed_mask, fx["feat/plain/embed_mask"])
+    pooled = pool(fx["hidden/bidirectional"], feats.q.attention_mask, feats.q.embed_mask,
                   "mean")
     _close(pooled, fx["enc/mean/plain"])
     assert not np.allclose(pooled, fx["simcse_path/pooled_no_separator"], atol=1e-3)
     # Padded to max_length (one compiled shape), the pooled rows do not move.
     wide = simcse_features(tokenizer, texts, max_length=128, pad_to=40)
-    assert wide["q_input_ids"].shape == (4, 40)
-    np.testing.assert_array_equal(wide["q_embed_mask"][:, -29:], feats["q_embed_mask"])
-    assert wide["q_embed_mask"][:, :11].sum() == 0
+    assert wide.q.input_ids.shape == (4, 40)
+    np.testing.assert_array_equal(wide.q.embed_mask[:, -29:], feats.q.embed_mask)
+    assert wide.q.embed_mask[:, :11].sum() == 0
 
 
 def test_simcse_compat_rejects_weighted_mean(tokenizer):
@@ -98,9 +100,9 @@ def test_simcse_iterator_shuffles_per_epoch_and_resumes(tokenizer):
     resumed = make()
     resumed.set_state(json.loads(json.dumps(state)))
     for a, b in zip(rest, [next(resumed) for _ in range(5)]):
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k])
-    assert all(b["q_input_ids"].shape[0] == 4 and b["q_input_ids"].shape[1] in (16, 24)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert all(b.q.input_ids.shape[0] == 4 and b.q.input_ids.shape[1] in (16, 24)
                for b in first + rest)
     epoch1 = make()
     epoch1.epoch = 1
@@ -124,15 +126,15 @@ def test_batch_widths_bucket_padding_and_embeddings_do_not_depend_on_it(tokenize
     widths = []
     for _ in range(8):
         b, f, c = next(bucketed), next(full), next(compat)
-        longest = int(c["q_attention_mask"].sum(1).max())
-        width = b["q_input_ids"].shape[1]
-        assert c["q_input_ids"].shape[1] == longest and f["q_input_ids"].shape[1] == 128
+        longest = int(c.q.attention_mask.sum(1).max())
+        width = b.q.input_ids.shape[1]
+        assert c.q.input_ids.shape[1] == longest and f.q.input_ids.shape[1] == 128
         assert width in buckets and width >= longest
         assert width == min(x for x in buckets if x >= longest)
         widths.append(width)
         # The same rows, only more left padding.
-        np.testing.assert_array_equal(f["q_attention_mask"][:, -width:], b["q_attention_mask"])
-        np.testing.assert_array_equal(f["q_input_ids"][:, -width:], b["q_input_ids"])
+        np.testing.assert_array_equal(f.q.attention_mask[:, -width:], b.q.attention_mask)
+        np.testing.assert_array_equal(f.q.input_ids[:, -width:], b.q.input_ids)
     assert max(widths) < 128  # wiki sentences are short: max_length padding would be waste
     with pytest.raises(ValueError, match="padding"):
         SimCSEBatchIterator(sentences, tokenizer, 8, max_length=128, padding="auto")
@@ -141,8 +143,8 @@ def test_batch_widths_bucket_padding_and_embeddings_do_not_depend_on_it(tokenize
                          num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
     model = init_model(config, seed=0)
     from llm2vec_jax.train.steps import embed
-    emb_b = embed(model, b, "q", None, "mean")
-    emb_f = embed(model, f, "q", None, "mean")
+    emb_b = embed(model, b.q, None, "mean")
+    emb_f = embed(model, f.q, None, "mean")
     np.testing.assert_allclose(np.asarray(emb_b), np.asarray(emb_f), atol=2e-5, rtol=0)
 
 
@@ -204,8 +206,8 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
                              max_length=64, seed=1, process_count=2, padding="max_length")
     single = next(SupervisedBatchIterator(train, tokenizer, 8, instructions=table, max_length=64,
                                           seed=1))
-    widths = {single[f"{v}_input_ids"].shape[1] for v in "qdn"}
-    longest = max(int(single[f"{v}_attention_mask"].sum(1).max()) for v in "qdn")
+    widths = {v.input_ids.shape[1] for v in single.views}
+    longest = max(int(v.attention_mask.sum(1).max()) for v in single.views)
     from llm2vec_jax.text.packing import default_buckets
     assert len(widths) == 1 and widths.pop() == min(b for b in default_buckets(64) if b >= longest)
     p0, p1 = make(process_index=0), make(process_index=1)
@@ -216,11 +218,11 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
     for step in range(4):
         b0, b1 = next(p0), next(p1)
         name = plan[step][0]
-        assert b0["q_input_ids"].shape == (4, 64) and "n_input_ids" in b0
+        assert b0.q.input_ids.shape == (4, 64) and b0.n is not None
         for b in (b0, b1):
             for row in range(4):
-                ids = b["q_input_ids"][row][b["q_attention_mask"][row] == 1]
-                pooled = b["q_input_ids"][row][b["q_embed_mask"][row] == 1]
+                ids = b.q.input_ids[row][b.q.attention_mask[row] == 1]
+                pooled = b.q.input_ids[row][b.q.embed_mask[row] == 1]
                 text, query = tokenizer.decode(ids), tokenizer.decode(pooled)
                 # The pooled count is the query's own token count; in context its first
                 # token usually carries the space after "; " (the reference's count-based
@@ -232,10 +234,10 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
                 assert text.endswith(query) and prefix.rstrip(" ") in [o + ";" for o in options]
                 assert prefix.endswith(";") != query.strip()[0].isdigit()
                 # Positives and negatives: no instruction, every real token pooled.
-                np.testing.assert_array_equal(b["d_embed_mask"][row], b["d_attention_mask"][row])
-                assert tokenizer.decode(b["d_input_ids"][row][b["d_embed_mask"][row] == 1]) \
+                np.testing.assert_array_equal(b.d.embed_mask[row], b.d.attention_mask[row])
+                assert tokenizer.decode(b.d.input_ids[row][b.d.embed_mask[row] == 1]) \
                     == record["positive"]
-        assert not set(map(tuple, b0["q_input_ids"])) & set(map(tuple, b1["q_input_ids"]))
+        assert not set(map(tuple, b0.q.input_ids)) & set(map(tuple, b1.q.input_ids))
     # Reference alternation for list instructions: record i of a dataset gets instr[i % 2].
     assert p0.datasets["allnli"][0][0].startswith(table["allnli"][0] + "; " + SEPARATOR)
     assert p0.datasets["allnli"][1][0].startswith(table["allnli"][1] + "; " + SEPARATOR)
@@ -245,7 +247,7 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
     again = make(process_index=0)
     for _ in range(2):
         next(again)
-    np.testing.assert_array_equal(next(fresh)["q_input_ids"], next(again)["q_input_ids"])
+    np.testing.assert_array_equal(next(fresh).q.input_ids, next(again).q.input_ids)
     with pytest.raises(ValueError, match="no instruction"):
         SupervisedBatchIterator(train, tokenizer, 8, instructions={"squad": "x"}, max_length=64)
 
@@ -259,15 +261,15 @@ def test_grad_cache_gradients_equal_plain_step():
     graphdef, lora, frozen = tiny_lora_model(vocab_size=128, hidden_size=64,
                                              intermediate_size=96, head_dim=16)
     rng = np.random.default_rng(0)
-    batch = {}
-    for view in "qdn":
+    views = []
+    for _ in "qdn":
         mask = np.ones((8, 12), np.int32)
         for row in range(8):
             mask[row, :row % 5] = 0
         emb = mask.copy()
         emb[:, -12:-9] = 0  # an "instruction" prefix that is attended but not pooled
-        batch.update({f"{view}_input_ids": rng.integers(3, 128, (8, 12)).astype(np.int32),
-                      f"{view}_attention_mask": mask, f"{view}_embed_mask": emb})
+        views.append(Features(rng.integers(3, 128, (8, 12)).astype(np.int32), mask, emb))
+    batch = ContrastiveBatch(*views)
     key = jax.random.key(7)
 
     def value_and_grad(objective):

@@ -6,20 +6,22 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import WIKI1M, WIKITEXT
 
 from llm2vec_jax.data import (
+    ContrastiveBatch,
+    Features,
+    MNTPBatch,
     IGNORE_INDEX,
     MNTPBatchIterator,
     MNTPCollator,
     SourceError,
     group_texts,
     hf_source,
-    mntp_batches,
-    predict_bound,
-    read_sentences,
+    predict_slots,
     set_mask_token,
     text_dir_source,
     text_file_source,
@@ -91,13 +93,10 @@ def test_source_errors(tmp_path):
         text_file_source(one, process_index=2, process_count=2)
 
 
-def test_read_sentences_wiki1m():
-    path = WIKI1M
-    sents = read_sentences(path)
-    assert len(sents) == 3000
-    assert all(s == s.strip() and s for s in sents)
-    assert read_sentences(path, max_sentences=5) == sents[:5]
-    assert read_sentences(path, process_index=1, process_count=4)[:2] == [sents[1], sents[5]]
+def test_bundled_wiki1m_sample():
+    sents = list(text_file_source(WIKI1M))
+    assert len(sents) == 3000 and all(s.strip() for s in sents)
+    assert list(text_file_source(WIKI1M, process_index=1, process_count=4))[:2] == [sents[1], sents[5]]
 
 
 def _tiny_tfds(data_dir: Path, texts: list[str]) -> None:
@@ -267,24 +266,28 @@ def test_collator_invariants():
     ids, attn, special = _batch(B=8, S=64, special_cols=(0, 10), pad_from=50)
     col = MNTPCollator(mask_token_id=79, vocab_size=1000, mlm_probability=0.3)
     out = col(ids, attn, special, np.random.default_rng(1))
-    masked = out["labels"] != IGNORE_INDEX
+    masked_ids, labels = col.mask(ids, attn, special, np.random.default_rng(1))
+    masked = labels != IGNORE_INDEX
     assert not masked[special].any()  # added special tokens and padding never masked
-    np.testing.assert_array_equal(out["labels"][masked], ids[masked])
-    np.testing.assert_array_equal(out["input_ids"][~masked], ids[~masked])
-    np.testing.assert_array_equal(out["attention_mask"], attn)
-    # predict_* list exactly the masked (b, i), i >= 1, predicted from flat b*S + i - 1.
-    M = predict_bound(8, 64, 0.3)
-    assert out["predict_index"].shape == out["predict_labels"].shape == (M,)
-    assert all(v.dtype == np.int32 for v in out.values())
-    b, i = np.nonzero(masked[:, 1:])
-    k = b.size
-    np.testing.assert_array_equal(out["predict_index"][:k], b * 64 + i)
-    np.testing.assert_array_equal(out["predict_labels"][:k], ids[b, i + 1])
-    assert (out["predict_labels"][k:] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(labels[masked], ids[masked])
+    np.testing.assert_array_equal(out.input_ids, masked_ids)
+    np.testing.assert_array_equal(out.input_ids[~masked], ids[~masked])
+    np.testing.assert_array_equal(out.attention_mask, attn)
+    # predict_* list, row by row, exactly the masked i >= 1, each predicted from i - 1.
+    P = predict_slots(64, 0.3)
+    assert out.predict_positions.shape == out.predict_labels.shape == (8, P)
+    assert all(v.dtype == np.int32 for v in jax.tree.leaves(out))
+    for b in range(8):
+        i = np.flatnonzero(masked[b, 1:]) + 1
+        k = i.size
+        np.testing.assert_array_equal(out.predict_positions[b, :k], i - 1)
+        np.testing.assert_array_equal(out.predict_labels[b, :k], ids[b, i])
+        assert (out.predict_labels[b, k:] == IGNORE_INDEX).all()
+        assert (out.predict_positions[b, k:] == 0).all()
     # Same rng seed, same batch.
     again = col(ids, attn, special, np.random.default_rng(1))
-    for key in out:
-        np.testing.assert_array_equal(out[key], again[key])
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_collator_statistics():
@@ -292,36 +295,55 @@ def test_collator_statistics():
     ids, attn, special = _batch(B, S)
     ids[:] = 5  # so "unchanged" and "random" are distinguishable from the mask id
     col = MNTPCollator(mask_token_id=79, vocab_size=1000, mlm_probability=p)
-    out = col(ids, attn, special, np.random.default_rng(0))
-    masked = out["labels"] != IGNORE_INDEX
+    out_ids, labels = col.mask(ids, attn, special, np.random.default_rng(0))
+    masked = labels != IGNORE_INDEX
     n = masked.sum()
     assert abs(n / (B * S) - p) < 4 * math.sqrt(p * (1 - p) / (B * S))
-    to_mask = (out["input_ids"] == 79) & masked
-    kept = (out["input_ids"] == 5) & masked
+    to_mask = (out_ids == 79) & masked
+    kept = (out_ids == 5) & masked
     rand = masked & ~to_mask & ~kept
     assert abs(to_mask.sum() / n - 0.8) < 0.03
     assert abs(kept.sum() / n - 0.1) < 0.02  # (random ids can also hit 5 or 79: 2/1000)
     assert abs(rand.sum() / n - 0.1) < 0.02
-    full = MNTPCollator(79, 1000, mlm_probability=p, all_mask=True)(
+    full_ids, full_labels = MNTPCollator(79, 1000, mlm_probability=p, all_mask=True).mask(
         ids, attn, special, np.random.default_rng(0))
-    fm = full["labels"] != IGNORE_INDEX
-    assert (full["input_ids"][fm] == 79).all() and (full["input_ids"][~fm] == 5).all()
+    fm = full_labels != IGNORE_INDEX
+    assert (full_ids[fm] == 79).all() and (full_ids[~fm] == 5).all()
 
 
-def test_predict_bound_and_overflow_bucket():
-    assert predict_bound(8, 512, 0.2) % 64 == 0
-    n = 8 * 512
-    assert predict_bound(8, 512, 0.2) >= n * 0.2 + 6 * math.sqrt(n * 0.2 * 0.8)
-    assert predict_bound(1, 4, 0.5) == 4  # capped at B*S
-    # p = 1 masks everything: the count exceeds the 6-sigma bound of a small p only if we
-    # lie about p, so force it: a collator told p=0.01 but fed all-eligible tokens at p=1.
+def test_predict_slots_and_overflow_bucket():
+    assert predict_slots(512, 0.2) % 8 == 0
+    assert predict_slots(512, 0.2) >= 512 * 0.2 + 6 * math.sqrt(512 * 0.2 * 0.8)
+    assert predict_slots(4, 0.5) == 4  # capped at S
+    # A row scoring more tokens than the slots (a collator told p=0.01, masking at p=1)
+    # widens the slots by doubling, up to S: no masked token is dropped.
     ids, attn, special = _batch(B=4, S=128)
     col = MNTPCollator(79, 1000, mlm_probability=1.0)
-    col.predict_bound = lambda B, S: predict_bound(B, S, 0.01)
+    col.slots = lambda S: predict_slots(S, 0.01)
     out = col(ids, attn, special, np.random.default_rng(0))
-    k = 4 * 127  # every position but position 0 of each row is scored
-    assert (out["predict_labels"] != IGNORE_INDEX).sum() == k
-    assert out["predict_index"].shape[0] >= k and out["predict_index"].shape[0] % 64 == 0
+    assert (out.predict_labels != IGNORE_INDEX).sum() == 4 * 127  # all but position 0
+    assert out.predict_positions.shape == (4, 128)
+
+
+def test_shard_batches_concatenate_by_rows():
+    """Row-local predict positions need no offset when shards' batches are joined; slots
+    are padded to the widest shard."""
+    a = MNTPBatch(np.ones((2, 5), np.int32), np.ones((2, 5), np.int32),
+                  np.array([[0, 3], [1, 0]], np.int32),
+                  np.array([[7, 8], [9, IGNORE_INDEX]], np.int32))
+    b = MNTPBatch(np.zeros((1, 5), np.int32), np.ones((1, 5), np.int32),
+                  np.array([[2, 0, 4]], np.int32), np.array([[5, IGNORE_INDEX, 6]], np.int32))
+    both = MNTPBatch.concat([a, b])
+    np.testing.assert_array_equal(both.predict_positions, [[0, 3, 0], [1, 0, 0], [2, 0, 4]])
+    np.testing.assert_array_equal(both.predict_labels,
+                                  [[7, 8, -100], [9, -100, -100], [5, -100, 6]])
+    np.testing.assert_array_equal(both.input_ids[:, 0], [1, 1, 0])
+    view = Features(np.ones((2, 4), np.int32), np.ones((2, 4), np.int32), np.ones((2, 4), np.int32))
+    wide = Features(*(np.ones((2, 6), np.int32) for _ in range(3)))
+    joined = ContrastiveBatch.concat([ContrastiveBatch(view, view), ContrastiveBatch(view, view)])
+    assert joined.q.input_ids.shape == (4, 4) and joined.n is None
+    with pytest.raises(ValueError, match="pad to max_length"):
+        ContrastiveBatch.concat([ContrastiveBatch(view, view), ContrastiveBatch(wide, wide)])
 
 
 # ---------------------------------------------------------------------------- iterator
@@ -332,9 +354,8 @@ def _examples(tokenizer, S=32):
 
 
 def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_iterator_resume_is_exact(tokenizer):
@@ -355,7 +376,7 @@ def test_iterator_resume_is_exact(tokenizer):
         for k in range(stop, len(ref)):
             _same(next(fresh), ref[k])
     # Epochs reshuffle; every sequence appears at most once per epoch.
-    first = np.concatenate([b["labels"] for b in ref[:per_epoch]])
+    first = np.concatenate([b.input_ids for b in ref[:per_epoch]])
     assert first.shape == (per_epoch * 8, 32)
     it = make()
     with pytest.raises(ValueError, match="num_examples"):
@@ -369,10 +390,10 @@ def test_iterator_epochs_and_order(tokenizer):
     batches = list(it)
     per_epoch = len(ex) // 4
     assert len(batches) == 2 * per_epoch
-    np.testing.assert_array_equal(batches[0]["input_ids"], ex.input_ids[:4])
-    np.testing.assert_array_equal(batches[per_epoch]["input_ids"], ex.input_ids[:4])
+    np.testing.assert_array_equal(batches[0].input_ids, ex.input_ids[:4])
+    np.testing.assert_array_equal(batches[per_epoch].input_ids, ex.input_ids[:4])
     shuffled = MNTPBatchIterator(ex, col, 4, seed=0)
-    rows = np.concatenate([next(shuffled)["input_ids"] for _ in range(per_epoch)])
+    rows = np.concatenate([next(shuffled).input_ids for _ in range(per_epoch)])
     seen = {r.tobytes() for r in rows}
     assert len(seen) == per_epoch * 4  # a permutation: no repeats within an epoch
     assert not np.array_equal(rows, ex.input_ids[:per_epoch * 4])
@@ -382,14 +403,14 @@ def test_iterator_epochs_and_order(tokenizer):
 
 def test_mntp_batches_end_to_end(tokenizer):
     texts = text_file_source(WIKITEXT, process_index=1, process_count=4)
-    it = mntp_batches(texts, tokenizer, max_seq_length=128, per_process_batch_size=4,
-                      process_index=1)
+    col = MNTPCollator.from_tokenizer(tokenizer, "blank")
+    it = MNTPBatchIterator(group_texts(texts, tokenizer, 128), col, 4, process_index=1)
     b = next(it)
-    assert b["input_ids"].shape == (4, 128)
-    assert b["predict_index"].shape == (predict_bound(4, 128, 0.2),)
-    assert (b["input_ids"] == 79).any()
-    lines = mntp_batches(["one line", "another line here"], tokenizer, max_seq_length=8,
-                         per_process_batch_size=2, line_by_line=True, all_mask=True)
-    b = next(lines)
-    assert b["attention_mask"].sum() == len(tokenizer("one line")["input_ids"]) + \
+    assert b.input_ids.shape == (4, 128)
+    assert b.predict_positions.shape == (4, predict_slots(128, 0.2))
+    assert (b.input_ids == 79).any()
+    lines = tokenize_lines(["one line", "another line here"], tokenizer, 8)
+    b = next(MNTPBatchIterator(lines, MNTPCollator.from_tokenizer(tokenizer, "blank",
+                                                                 all_mask=True), 2))
+    assert b.attention_mask.sum() == len(tokenizer("one line")["input_ids"]) + \
         len(tokenizer("another line here")["input_ids"])

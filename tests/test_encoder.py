@@ -372,7 +372,7 @@ def test_adapter_is_loaded_merged_and_its_config_read(encoder, smollm2_dir, tmp_
     import jax
     from llm2vec_jax.checkpoints.peft import save_peft_adapter
     from llm2vec_jax.lora import LoRAConfig, attach_lora
-    from llm2vec_jax.models import load_hf_checkpoint
+    from llm2vec_jax import load_hf_checkpoint
 
     model = load_hf_checkpoint(smollm2_dir)
     attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0, targets=("q", "v", "down")))

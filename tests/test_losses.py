@@ -32,16 +32,19 @@ def _reference_mntp(logits, labels):
     return -lp[np.arange(valid.sum()), lb[valid]].mean()
 
 
-def _predict_arrays(labels):
-    """predict_index/predict_labels for given labels, via the real collator's convention."""
+def _predict_arrays(labels, spare=3):
+    """Per-row predicting positions / labels for given labels, written out by hand: each
+    scored token i of a row is predicted from i - 1; ``spare`` unused slots hold 0 / -100."""
     B, S = labels.shape
-    b, i = np.nonzero(labels[:, 1:] != IGNORE_INDEX)
-    i = i + 1
-    M = max(64, ((b.size + 63) // 64) * 64)
-    idx = np.zeros(M, np.int32)
-    lab = np.full(M, IGNORE_INDEX, np.int32)
-    idx[:b.size] = b * S + i - 1
-    lab[:b.size] = labels[b, i]
+    slots = int((labels[:, 1:] != IGNORE_INDEX).sum(axis=1).max()) + spare
+    idx = np.zeros((B, slots), np.int32)
+    lab = np.full((B, slots), IGNORE_INDEX, np.int32)
+    for b in range(B):
+        k = 0
+        for i in range(1, S):
+            if labels[b, i] != IGNORE_INDEX:
+                idx[b, k], lab[b, k] = i - 1, labels[b, i]
+                k += 1
     return idx, lab
 
 
@@ -54,11 +57,12 @@ def test_mntp_loss_equals_full_cross_entropy():
     hidden = rng.standard_normal((B, S, D)).astype(np.float32)
     head = rng.standard_normal((V, D)).astype(np.float32)
     ids = rng.integers(0, V, (B, S)).astype(np.int32)
-    batch = MNTPCollator(mask_token_id=1, vocab_size=V, mlm_probability=0.4)(
-        ids, np.ones_like(ids), np.zeros((B, S), bool), np.random.default_rng(1))
-    labels = batch["labels"]
+    collator = MNTPCollator(mask_token_id=1, vocab_size=V, mlm_probability=0.4)
+    inputs = (ids, np.ones_like(ids), np.zeros((B, S), bool))
+    batch = collator(*inputs, np.random.default_rng(1))
+    _, labels = collator.mask(*inputs, np.random.default_rng(1))
     expected = _reference_mntp(hidden.astype(np.float64) @ head.T.astype(np.float64), labels)
-    loss, metrics = jax.jit(mntp_loss)(hidden, head, batch["predict_index"], batch["predict_labels"])
+    loss, metrics = jax.jit(mntp_loss)(hidden, head, batch.predict_positions, batch.predict_labels)
     assert math.isclose(float(loss), expected, rel_tol=1e-6)
     n_valid = int((labels[:, 1:] != IGNORE_INDEX).sum())
     assert int(metrics["count"]) == n_valid
@@ -73,16 +77,16 @@ def test_mntp_loss_hand_computed():
     # B=1, S=2, D=2, V=2; the token at position 1 (label 1) is predicted from position 0.
     hidden = np.array([[[1.0, 0.0], [5.0, 5.0]]], np.float32)
     head = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)  # logits at pos 0: [2, 0]
-    idx = np.array([0, 0], np.int32)
-    lab = np.array([1, IGNORE_INDEX], np.int32)
+    idx = np.array([[0, 0]], np.int32)
+    lab = np.array([[1, IGNORE_INDEX]], np.int32)
     loss, metrics = mntp_loss(hidden, head, idx, lab)
     assert math.isclose(float(loss), math.log(1 + math.exp(2.0)), rel_tol=1e-6)  # -log softmax[1]
     assert float(metrics["accuracy"]) == 0.0 and int(metrics["count"]) == 1
-    loss, metrics = mntp_loss(hidden, head, idx, np.array([0, IGNORE_INDEX], np.int32))
+    loss, metrics = mntp_loss(hidden, head, idx, np.array([[0, IGNORE_INDEX]], np.int32))
     assert math.isclose(float(loss), math.log(1 + math.exp(-2.0)), rel_tol=1e-6)
     assert float(metrics["accuracy"]) == 1.0
     # Nothing scored: 0, not NaN.
-    loss, metrics = mntp_loss(hidden, head, idx, np.full(2, IGNORE_INDEX, np.int32))
+    loss, metrics = mntp_loss(hidden, head, idx, np.full((1, 2), IGNORE_INDEX, np.int32))
     assert float(loss) == 0.0 and int(metrics["count"]) == 0
 
 
@@ -118,7 +122,7 @@ def test_mntp_loss_reference_smollm2(fixtures, smollm2_dir):
     import transformers
     from hf_oracle import hf_hidden
 
-    from llm2vec_jax.models import load_hf_checkpoint
+    from llm2vec_jax import load_hf_checkpoint
     model = load_hf_checkpoint(smollm2_dir)
     ids = fixtures["mntp/input_ids"].astype(np.int32)
     labels = fixtures["mntp/labels"].astype(np.int32)

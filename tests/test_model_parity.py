@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hf_oracle import TINY_CONFIGS, batch, hf_hidden, hf_logits, make_hf_model, save_hf_model
-from llm2vec_jax.models import load_hf_checkpoint
+from llm2vec_jax import load_hf_checkpoint
 
 TOL = 1e-4
 SEQ = 10  # > mistral's sliding window of 4, so the window matters

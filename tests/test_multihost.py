@@ -12,6 +12,7 @@ import pytest
 
 from conftest import WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
+from llm2vec_jax.data.batches import MNTPBatch
 from llm2vec_jax.data.sharded import ShardedBatches, shards_of_process
 
 
@@ -30,20 +31,23 @@ class CountingShard:
             self.epoch, self.position = self.epoch + 1, 0
         value = 1000 * self.tag + 10 * self.epoch + self.position
         self.position += 1
-        return {"input_ids": np.full((self.rows, self.seq), value),
-                "predict_index": np.array([0, self.rows * self.seq - 1])}
+        positions = np.array([[0, 1]] * self.rows)
+        return MNTPBatch(np.full((self.rows, self.seq), value), np.ones((self.rows, self.seq)),
+                         positions, positions + value)
 
 
 def test_sharded_batches_concatenate_and_resume_from_the_step():
     batches = ShardedBatches([CountingShard(0, 3), CountingShard(1, 2)])
     seen = [next(batches) for _ in range(5)]
-    assert [b["input_ids"][0, 0] for b in seen] == [0, 1, 2, 10, 11]      # shard 0: 3 per epoch
-    assert [b["input_ids"][2, 0] for b in seen] == [1000, 1001, 1010, 1011, 1020]
-    np.testing.assert_array_equal(seen[0]["predict_index"], [0, 5, 6, 11])  # shard 1 offset by 2 rows
+    assert [b.input_ids[0, 0] for b in seen] == [0, 1, 2, 10, 11]      # shard 0: 3 per epoch
+    assert [b.input_ids[2, 0] for b in seen] == [1000, 1001, 1010, 1011, 1020]
+    # Row-local prediction slots: joined as they are, no offsets.
+    np.testing.assert_array_equal(seen[0].predict_positions, [[0, 1]] * 4)
+    np.testing.assert_array_equal(seen[0].predict_labels[:, 0], [0, 0, 1000, 1000])
     again = ShardedBatches([CountingShard(0, 3), CountingShard(1, 2)])
     again.set_state(batches.get_state())
     assert batches.get_state() == {"step": 5}
-    np.testing.assert_array_equal(next(again)["input_ids"], next(batches)["input_ids"])
+    np.testing.assert_array_equal(next(again).input_ids, next(batches).input_ids)
 
 
 def test_shards_of_process():

@@ -17,7 +17,7 @@ from llm2vec_jax.checkpoints.peft import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PeftF
                                           load_peft_adapter, save_peft_adapter)
 from llm2vec_jax.lora import (LORA_FILTER, LoRAConfig, LoRAError, attach_lora,
                               get_adapter, remove_lora)
-from llm2vec_jax.models import load_hf_checkpoint
+from llm2vec_jax import load_hf_checkpoint
 
 TOL = 1e-4
 SEQ = 8

@@ -69,8 +69,8 @@ def test_frozen_weights_shard_over_fsdp(reports):
     # almost 8x (the replicated optimizer state and the rng/step keep it a little under).
     xla_ratio = one["memory_per_device"]["argument"] / eight["memory_per_device"]["argument"]
     assert 6.0 < xla_ratio <= 8.0
-    # ... and matches the shard sizes computed from the shardings (jit prunes the unused
-    # MNTP ``labels`` and adds the rng key and step counter: a few KiB either way).
+    # ... and matches the shard sizes computed from the shardings (jit adds the rng key and
+    # step counter: a few bytes).
     for report in (one, eight):
         ours = sum(report["arguments_per_device"].values())
         assert abs(report["memory_per_device"]["argument"] - ours) < 1e-3 * ours

@@ -9,7 +9,7 @@ import torch
 import transformers
 from flax import nnx
 
-from llm2vec_jax.models import load_hf_checkpoint
+from llm2vec_jax import load_hf_checkpoint
 
 
 @pytest.fixture(scope="module")

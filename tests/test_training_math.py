@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_lora_model
+from llm2vec_jax.data.batches import ContrastiveBatch, Features
 from llm2vec_jax.models import Kernels, ModelConfig, init_model
 from llm2vec_jax.models import kernels as K
 from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
@@ -85,13 +86,12 @@ def _model_and_batch(lengths):
     graphdef, lora, frozen = tiny_lora_model(vocab_size=96, hidden_size=32,
                                              intermediate_size=48, head_dim=8)
     rng = np.random.default_rng(0)
-    batch = {}
-    for view, length in zip("qdn", lengths):
+    views = []
+    for length in lengths:
         mask = np.ones((4, length), np.int32)
         mask[1, :2] = 0
-        batch.update({f"{view}_input_ids": rng.integers(3, 96, (4, length)).astype(np.int32),
-                      f"{view}_attention_mask": mask, f"{view}_embed_mask": mask})
-    return graphdef, lora, frozen, batch
+        views.append(Features(rng.integers(3, 96, (4, length)).astype(np.int32), mask, mask))
+    return graphdef, lora, frozen, ContrastiveBatch(*views)
 
 
 @pytest.mark.parametrize("rng", [jax.random.key(5), None], ids=["train", "eval"])
@@ -99,9 +99,9 @@ def test_embed_views_equals_one_pass_per_view(rng):
     graphdef, lora, frozen, batch = _model_and_batch((7, 7, 7))
     model = nnx.merge(graphdef, lora, frozen)
     keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
-    together = embed_views(model, batch, ["q", "d", "n"], keys, "mean")
-    for view, key, emb in zip("qdn", keys, together):
-        np.testing.assert_allclose(np.asarray(emb), np.asarray(embed(model, batch, view, key, "mean")),
+    together = embed_views(model, batch.views, keys, "mean")
+    for view, key, emb in zip(batch.views, keys, together):
+        np.testing.assert_allclose(np.asarray(emb), np.asarray(embed(model, view, key, "mean")),
                                    rtol=2e-6, atol=2e-6)
 
 
@@ -114,7 +114,7 @@ def test_contrastive_loss_and_grads_same_with_unequal_view_lengths():
     model = nnx.merge(graphdef, lora, frozen)
     loss = contrastive_objective(model, batch, key, scale=20.0)[0]
     keys = jax.random.split(key, 3)
-    q, d, n = (embed(model, batch, v, k, "mean") for v, k in zip("qdn", keys))
+    q, d, n = (embed(model, v, k, "mean") for v, k in zip(batch.views, keys))
     np.testing.assert_allclose(float(loss), float(contrastive_loss(q, d, n, scale=20.0)), rtol=1e-6)
 
 
@@ -123,7 +123,7 @@ def test_per_row_keys_give_each_row_the_masks_it_gets_alone():
     property GradCache chunks rely on), and differs from a shared-key forward."""
     graphdef, lora, frozen, batch = _model_and_batch((7, 7, 7))
     model = nnx.merge(graphdef, lora, frozen)
-    ids, mask = batch["q_input_ids"], batch["q_attention_mask"]
+    ids, mask = batch.q.input_ids, batch.q.attention_mask
     keys = jax.random.split(jax.random.key(9), ids.shape[0])
     together = np.asarray(model(ids, mask, causal=False, dropout_rng=keys, lora_dropout=True))
     for i in range(ids.shape[0]):

@@ -1,14 +1,13 @@
 """Data: text sources (files, directories, HF datasets, TFDS) and the MNTP pipeline."""
 
+from .batches import IGNORE_INDEX, ContrastiveBatch, Features, MNTPBatch
 from .mntp import (
-    IGNORE_INDEX,
     MASK_TOKEN_TYPES,
     MNTPBatchIterator,
     MNTPCollator,
     TokenizedExamples,
     group_texts,
-    mntp_batches,
-    predict_bound,
+    predict_slots,
     set_mask_token,
     tokenize_lines,
 )
@@ -16,7 +15,6 @@ from .sources import (
     SOURCE_KINDS,
     SourceError,
     hf_source,
-    read_sentences,
     text_dir_source,
     text_file_source,
     text_source,
@@ -24,8 +22,8 @@ from .sources import (
 )
 
 __all__ = [
-    "IGNORE_INDEX", "MASK_TOKEN_TYPES", "MNTPBatchIterator", "MNTPCollator",
-    "TokenizedExamples", "group_texts", "mntp_batches", "predict_bound", "set_mask_token",
-    "tokenize_lines", "SOURCE_KINDS", "SourceError", "hf_source", "read_sentences",
+    "IGNORE_INDEX", "ContrastiveBatch", "Features", "MNTPBatch", "MASK_TOKEN_TYPES",
+    "MNTPBatchIterator", "MNTPCollator", "TokenizedExamples", "group_texts", "predict_slots",
+    "set_mask_token", "tokenize_lines", "SOURCE_KINDS", "SourceError", "hf_source",
     "text_dir_source", "text_file_source", "text_source", "tfds_source",
 ]

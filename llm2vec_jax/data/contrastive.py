@@ -2,8 +2,9 @@
 
 Both iterators follow ``MNTPBatchIterator``'s protocol (``__next__``, ``get_state`` /
 ``set_state``, ``batches_per_epoch``), so the training loop checkpoints and resumes them, and
-yield this process's rows of the global batch as numpy ``{q,d[,n]}_{input_ids,
-attention_mask,embed_mask}`` (int32 [B, S]; ``embed_mask`` is the pooling mask).
+yield this process's rows of the global batch as a numpy ``ContrastiveBatch`` (views
+``q``, ``d``[, ``n``], each int32 [B, S] ``input_ids``, ``attention_mask`` and
+``embed_mask``, the pooling mask; ``data/batches.py``).
 
 Reference semantics (llm2vec 0.2.3 ``experiments/run_simcse.py``, ``run_supervised.py``,
 ``dataset/Wiki1M.py``, ``dataset/E5Data.py``):
@@ -51,10 +52,8 @@ import numpy as np
 from ..text.packing import bucket_for, default_buckets
 from ..text.reference import SEPARATOR, prepare_for_tokenization, validate_pooling
 from ..text.tokenize import collate, pad_token_id, tokenize_strings
+from .batches import ContrastiveBatch, Features
 from .epochs import EpochIterator, ShuffledBatches
-
-VIEWS = ("q", "d", "n")
-
 
 PADDING = ("bucket", "max_length", "longest")
 
@@ -74,7 +73,7 @@ def batch_width(longest: int, max_length: int, padding: str) -> int | None:
 
 def features(tokenizer, strings: Sequence[str], *, max_length: int,
              compat_pool_all_positions: bool = False, pad_to: int | None = None,
-             pooling: str = "mean", padding: str | None = None) -> dict[str, np.ndarray]:
+             pooling: str = "mean", padding: str | None = None) -> Features:
     """Separator-carrying strings -> left-padded ``input_ids/attention_mask/embed_mask``.
 
     Width: ``pad_to``, else ``batch_width(longest row, max_length, padding)``, else the longest
@@ -86,7 +85,7 @@ def features(tokenizer, strings: Sequence[str], *, max_length: int,
     out = collate(rows, pad_id=pad_token_id(tokenizer), padding_side="left", pad_to=pad_to)
     if compat_pool_all_positions and pooling == "mean":
         out["embed_mask"] = np.ones_like(out["embed_mask"])
-    return out
+    return Features(**out)
 
 
 def _check_compat(compat: bool, pooling: str) -> None:
@@ -125,7 +124,7 @@ class SimCSEBatchIterator(ShuffledBatches):
     def batch_texts(self, rows: Sequence[int]) -> list[str]:
         return [self.sentences[i] for i in rows]
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> ContrastiveBatch:
         rows = self._next_rows()
         return simcse_features(self.tokenizer, self.batch_texts(rows), max_length=self.max_length,
                                pooling=self.pooling, compat_pool_all_positions=self.compat,
@@ -134,13 +133,13 @@ class SimCSEBatchIterator(ShuffledBatches):
 
 def simcse_features(tokenizer, sentences: Sequence[str], *, max_length: int,
                     pooling: str = "mean", compat_pool_all_positions: bool = False,
-                    pad_to: int | None = None, padding: str | None = None) -> dict[str, np.ndarray]:
-    """One tokenization of ``sentences`` as both the ``q_*`` and ``d_*`` views."""
+                    pad_to: int | None = None, padding: str | None = None) -> ContrastiveBatch:
+    """One tokenization of ``sentences`` as both the ``q`` and ``d`` views."""
     # SEPARATOR first: the whole sentence is the pooled part, as encode() pools it.
     feats = features(tokenizer, [SEPARATOR + s for s in sentences], max_length=max_length,
                      compat_pool_all_positions=compat_pool_all_positions, pad_to=pad_to,
                      pooling=pooling, padding=padding)
-    return {f"{view}_{k}": v for view in ("q", "d") for k, v in feats.items()}
+    return ContrastiveBatch(q=feats, d=feats)
 
 
 # -- supervised -------------------------------------------------------------------------------
@@ -343,25 +342,22 @@ class SupervisedBatchIterator(EpochIterator):
             self._plan, self._plan_epoch = plan, self.epoch
         return self._plan
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> ContrastiveBatch:
         self._advance()
         name, rows = self.epoch_plan()[self.position]
         self.position += 1
         lo = self.process_index * self.local_batch_size
         triples = [self.datasets[name][i] for i in rows[lo:lo + self.local_batch_size]]
-        views = {}
-        for v, view in enumerate(VIEWS[:3 if self.with_negative else 2]):
+        views = []
+        for v in range(3 if self.with_negative else 2):  # query, positive, negative
             strings = [prepare_for_tokenization(t[v], pooling_mode=self.pooling,
                                                 model_type=self.model_type,
                                                 name_or_path=self.name_or_path)
                        for t in triples]
-            views[view] = tokenize_strings(self.tokenizer, strings, max_length=self.max_length)
+            views.append(tokenize_strings(self.tokenizer, strings, max_length=self.max_length))
         # One width for every view, so the step encodes them in one pass.
-        longest = max(len(r) for rows in views.values() for r in rows)
+        longest = max(len(r) for rows in views for r in rows)
         width = batch_width(longest, self.max_length, self.padding) or longest
-        out = {}
-        for view, rows in views.items():
-            feats = collate(rows, pad_id=pad_token_id(self.tokenizer), padding_side="left",
-                            pad_to=width)
-            out.update({f"{view}_{k}": a for k, a in feats.items()})
-        return out
+        return ContrastiveBatch(*(Features(**collate(rows, pad_id=pad_token_id(self.tokenizer),
+                                                     padding_side="left", pad_to=width))
+                                  for rows in views))

@@ -32,13 +32,13 @@ what this module matches:
   (it is in ``labels`` but not in ``predict_*``). With left padding, the first real token's
   predictor is a padding position; the reference scores that too, and so do we.
 
-For the fast loss (``llm2vec_jax.train.losses.mntp_loss``) each batch also carries the
-scored pairs as static-shape arrays: ``predict_index`` [M] = flat index ``b*S + i - 1`` of
-the predicting position of each scored token (b, i), and ``predict_labels`` [M] its id,
-padded with index 0 / label -100. M is ``predict_bound(B, S, p)`` (mean + 6σ of
-Binomial(B·S, p), rounded up to a multiple of 64); a batch with more scored tokens than
-that (probability < 1e-9) gets the next bucket (doubling), so no masked token is ever
-dropped — at the cost of one extra compilation.
+For the fast loss (``llm2vec_jax.train.losses.mntp_loss``) a batch (``data.batches.MNTPBatch``)
+carries the scored pairs per row as static-shape arrays instead of labels:
+``predict_positions`` [B, P] = the predicting position i - 1 of each scored token i of the
+row, and ``predict_labels`` [B, P] its id, padded with position 0 / label -100. P is
+``predict_slots(S, p)`` (mean + 6σ of Binomial(S, p), rounded up to a multiple of 8); a batch
+with a row scoring more tokens than that (probability < 1e-9 per row) gets the next bucket
+(doubling), so no masked token is ever dropped — at the cost of one extra compilation.
 
 Determinism and resuming: shuffling uses ``default_rng([seed, epoch])`` and the masking of
 batch ``position`` of ``epoch`` uses ``default_rng([seed, process_index, epoch, position])``,
@@ -54,10 +54,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .batches import IGNORE_INDEX, MNTPBatch
 from .epochs import ShuffledBatches
 
 MASK_TOKEN_TYPES = ("blank", "eos", "mask")
-IGNORE_INDEX = -100  # HF / torch CrossEntropyLoss convention for "not scored"
 
 
 # ---------------------------------------------------------------------------- mask token
@@ -206,30 +206,21 @@ def tokenize_lines(texts: Iterable[str], tokenizer, max_seq_length: int, *,
 # ---------------------------------------------------------------------------- masking
 
 
-def predict_bound(batch_size: int, seq_len: int, mlm_probability: float, *,
-                  sigmas: float = 6.0, multiple: int = 64) -> int:
-    """Static size M of ``predict_index``: mean + ``sigmas``·σ of Binomial(B·S, p), rounded up
-    to a multiple of ``multiple``, capped at B·S."""
-    n = batch_size * seq_len
+def predict_slots(seq_len: int, mlm_probability: float, *, sigmas: float = 6.0,
+                  multiple: int = 8) -> int:
+    """Static width P of a row's prediction slots: mean + ``sigmas``·σ of Binomial(S, p),
+    rounded up to a multiple of ``multiple``, capped at S."""
     p = float(mlm_probability)
-    raw = n * p + sigmas * math.sqrt(n * p * (1.0 - p))
-    bound = max(multiple, int(math.ceil(raw / multiple)) * multiple)
-    return min(n, bound)
-
-
-def _bucket(count: int, base: int, cap: int) -> int:
-    size = base
-    while size < count:
-        size = min(cap, size * 2)
-    return size
+    raw = seq_len * p + sigmas * math.sqrt(seq_len * p * (1.0 - p))
+    return min(seq_len, max(multiple, int(math.ceil(raw / multiple)) * multiple))
 
 
 class MNTPCollator:
-    """Masks a batch of fixed-length sequences (numpy in, numpy out).
+    """Masks a batch of fixed-length sequences (numpy in, an ``MNTPBatch`` out).
 
     Call with ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (all [B, S]) and a
-    ``np.random.Generator``; returns ``input_ids``, ``attention_mask``, ``labels`` [B, S]
-    and ``predict_index``, ``predict_labels`` [M] (see the module docstring), int32.
+    ``np.random.Generator`` (see the module docstring); ``mask`` is the masking step alone,
+    returning the masked ids and the reference's ``labels``.
     """
 
     def __init__(self, mask_token_id: int, vocab_size: int, *, mlm_probability: float = 0.2,
@@ -256,11 +247,14 @@ class MNTPCollator:
         mask_id = set_mask_token(tokenizer, mask_token_type)
         return cls(mask_id, len(tokenizer), **kwargs)
 
-    def predict_bound(self, batch_size: int, seq_len: int) -> int:
-        return predict_bound(batch_size, seq_len, self.mlm_probability)
+    def slots(self, seq_len: int) -> int:
+        return predict_slots(seq_len, self.mlm_probability)
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                 special_tokens_mask: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def mask(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+             special_tokens_mask: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(masked input_ids, labels): ``labels`` hold the original id at masked positions,
+        -100 elsewhere (HF ``DataCollatorForLanguageModeling``)."""
         ids = np.array(input_ids, dtype=np.int32, copy=True)
         attn = np.asarray(attention_mask, dtype=np.int32)
         B, S = ids.shape
@@ -275,18 +269,13 @@ class MNTPCollator:
         if to_random.any():
             ids[to_random] = rng.integers(0, self.vocab_size, size=int(to_random.sum()),
                                           dtype=np.int64).astype(np.int32)
+        return ids, labels
 
-        # Scored pairs: token (b, i) predicted from (b, i-1); position 0 has no predictor.
-        b, i = np.nonzero(masked[:, 1:])
-        i = i + 1
-        count = b.size
-        M = _bucket(count, self.predict_bound(B, S), B * S)
-        predict_index = np.zeros((M,), np.int32)
-        predict_labels = np.full((M,), IGNORE_INDEX, np.int32)
-        predict_index[:count] = b * S + i - 1
-        predict_labels[:count] = labels[b, i]
-        return {"input_ids": ids, "attention_mask": attn.copy(), "labels": labels,
-                "predict_index": predict_index, "predict_labels": predict_labels}
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 special_tokens_mask: np.ndarray, rng: np.random.Generator) -> MNTPBatch:
+        ids, labels = self.mask(input_ids, attention_mask, special_tokens_mask, rng)
+        return MNTPBatch.from_labels(ids, np.array(attention_mask, np.int32), labels,
+                                     self.slots(ids.shape[1]))
 
 
 # ---------------------------------------------------------------------------- batches
@@ -316,24 +305,3 @@ class MNTPBatchIterator(ShuffledBatches):
         ex = self.examples
         return self.collator(ex.input_ids[rows], ex.attention_mask[rows],
                              ex.special_tokens_mask[rows], rng)
-
-
-def mntp_batches(texts: Iterable[str], tokenizer, *, max_seq_length: int,
-                 per_process_batch_size: int, mask_token_type: str = "blank",
-                 mlm_probability: float = 0.2, all_mask: bool = False,
-                 line_by_line: bool = False, seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = None, process_index: int = 0,
-                 group_size: int | None = None) -> MNTPBatchIterator:
-    """Texts (this process's shard, e.g. from ``llm2vec_jax.data.sources``) → masked batches.
-
-    Sets the tokenizer's mask token first, so with ``mask_token_type="mask"`` the caller must
-    resize the model's embeddings to ``len(tokenizer)`` afterwards.
-    """
-    collator = MNTPCollator.from_tokenizer(tokenizer, mask_token_type,
-                                           mlm_probability=mlm_probability, all_mask=all_mask)
-    if line_by_line:
-        examples = tokenize_lines(texts, tokenizer, max_seq_length)
-    else:
-        examples = group_texts(texts, tokenizer, max_seq_length, group_size=group_size)
-    return MNTPBatchIterator(examples, collator, per_process_batch_size, seed=seed,
-                             shuffle=shuffle, num_epochs=num_epochs, process_index=process_index)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 
 
 def shards_of_process(num_shards: int, process_index: int, process_count: int) -> range:
@@ -26,11 +25,8 @@ def shards_of_process(num_shards: int, process_index: int, process_count: int) -
 
 class ShardedBatches:
     """Concatenates per-shard batches (each with ``get_state``/``set_state``/
-    ``batches_per_epoch``/``__next__``) into this process's batch.
-
-    ``predict_index`` entries (flat indices into a shard's rows × seq positions) are offset to
-    this process's concatenated rows.
-    """
+    ``batches_per_epoch``/``__next__``) into this process's batch, by the batch type's own
+    ``concat`` (rows in shard order)."""
 
     def __init__(self, iterators: Sequence[Any]):
         if not iterators:
@@ -55,17 +51,7 @@ class ShardedBatches:
     def __iter__(self) -> "ShardedBatches":
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self):
         parts = [next(it) for it in self.iterators]
         self.step += 1
-        out = {}
-        for key in parts[0]:
-            if key == "predict_index":
-                offsets, rows = [], 0
-                for part in parts:
-                    offsets.append(part["predict_index"] + rows * part["input_ids"].shape[1])
-                    rows += part["input_ids"].shape[0]
-                out[key] = np.concatenate(offsets)
-            else:
-                out[key] = np.concatenate([part[key] for part in parts])
-        return out
+        return parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)

@@ -276,21 +276,3 @@ def text_source(kind: str, name_or_path: str | os.PathLike, **kwargs) -> Iterato
                           f"{', '.join(SOURCE_KINDS)} or 'auto'")
     kind, location = resolve_source(kind, name_or_path)
     return readers[kind](location, **kwargs)
-
-
-def read_sentences(path: str | os.PathLike, *, process_index: int = 0,
-                   process_count: int = 1, max_sentences: int | None = None) -> list[str]:
-    """One sentence per line (SimCSE's wiki1m format), stripped, blank lines skipped.
-
-    The reference ``Wiki1M`` loader strips each line and keeps everything, blank lines
-    included (an empty query/positive pair); wiki1m has none, so skipping them only
-    matters for other files. Duplicates are kept, as in the reference.
-    ``max_sentences`` caps this process's list (after sharding).
-    """
-    out = []
-    for text in text_file_source(path, process_index=process_index,
-                                 process_count=process_count):
-        out.append(text.strip())
-        if max_sentences is not None and len(out) >= max_sentences:
-            break
-    return out

@@ -28,7 +28,8 @@ import transformers
 from flax import nnx
 
 from .. import sharding as shd
-from ..data.contrastive import (VIEWS, SimCSEBatchIterator, SupervisedBatchIterator,
+from ..data.batches import ContrastiveBatch, Features
+from ..data.contrastive import (SimCSEBatchIterator, SupervisedBatchIterator,
                                 load_instructions, read_hub_triples, read_triples,
                                 split_held_out)
 from ..data.samples import is_sample, sample_path
@@ -41,11 +42,10 @@ from ..lora import FROZEN_FILTER, LORA_FILTER
 from .config import TrainConfig
 from .loop import held_out_texts, prepare_model, read_texts, run_loop, sharded_iterators
 from .losses import contrastive_loss
-from .steps import contrastive_objective, encode_rows
+from .steps import contrastive_objective, encode_rows, row_keys, view_keys
 
 log = logging.getLogger("llm2vec_jax.train")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FEATURES = ("input_ids", "attention_mask", "embed_mask")
 
 
 # -- GradCache --------------------------------------------------------------------------------
@@ -60,10 +60,10 @@ def _from_chunks(x):
     return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def _embed_chunk(graphdef, pooling, lora, frozen, feats, keys):
+def _embed_chunk(graphdef, pooling, lora, frozen, view: Features, keys):
     model = nnx.merge(graphdef, lora, frozen)
-    hidden = encode_rows(model, feats["input_ids"], feats["attention_mask"], keys)
-    return pool(hidden, feats["attention_mask"], feats["embed_mask"], pooling)
+    hidden = encode_rows(model, view.input_ids, view.attention_mask, keys)
+    return pool(hidden, view.attention_mask, view.embed_mask, pooling)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -101,24 +101,19 @@ def _chunked_embed_bwd(graphdef, pooling, n_chunks, residuals, grad):
 chunked_embed.defvjp(_chunked_embed_fwd, _chunked_embed_bwd)
 
 
-def grad_cache_objective(model, batch, rng, *, scale: float, pooling: str = "mean",
-                         chunk: int):
+def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
+                         pooling: str = "mean", chunk: int):
     """``contrastive_objective`` with the same value and gradients, ``chunk`` rows at a time."""
     graphdef, lora, frozen = nnx.split(model, LORA_FILTER, FROZEN_FILTER)
-    keys = [None] * 3 if rng is None else jax.random.split(rng, 3)
     embeddings = []
-    for view, key in zip(VIEWS, keys):
-        if f"{view}_input_ids" not in batch:
-            continue
-        feats = {k: batch[f"{view}_{k}"] for k in FEATURES}
-        rows = feats["input_ids"].shape[0]
+    for view, key in zip(batch.views, view_keys(rng, len(batch.views))):
+        rows = view.input_ids.shape[0]
         if rows % chunk:
             raise ValueError(f"contrastive.grad_cache_chunk={chunk} does not divide the global "
                              f"batch of {rows}")
         # The same per-row keys as steps.embed, so chunking changes no dropout mask.
-        row_keys = None if key is None else jax.random.split(key, rows)
-        embeddings.append(chunked_embed(graphdef, pooling, rows // chunk, lora, frozen, feats,
-                                        row_keys))
+        embeddings.append(chunked_embed(graphdef, pooling, rows // chunk, lora, frozen, view,
+                                        row_keys(key, rows)))
     loss = contrastive_loss(*embeddings, scale=scale)
     return loss, {"loss": loss}
 
@@ -145,12 +140,13 @@ def _resolve(path: str) -> str:
 def simcse_iterators(config: TrainConfig, tokenizer):
     run, section = config.run, config.contrastive
     padding = None  # the iterator's default: bucket widths (compat: the longest row)
-    if jax.process_count() > 1:
-        # Processes must agree on the global batch's width, which they cannot see locally.
+    if (config.data.num_shards or jax.process_count()) > 1:
+        # Shards (and processes) must agree on the global batch's width, which none of them
+        # sees alone.
         if section.compat_pool_all_positions:
-            log.warning("compat_pool_all_positions with several processes pads to max_length, "
-                        "not to each batch's longest row: pooled values differ from the "
-                        "reference")
+            log.warning("compat_pool_all_positions with several data shards pads to "
+                        "max_length, not to each batch's longest row: pooled values differ "
+                        "from the reference")
         padding = "max_length"
     common = dict(max_length=section.max_length, pooling=section.pooling,
                   compat_pool_all_positions=section.compat_pool_all_positions,

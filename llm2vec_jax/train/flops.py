@@ -3,8 +3,8 @@
 Per token, with N_f frozen matmul parameters and N_l LoRA parameters: the forward costs
 2·N_f + 2·N_l, the backward needs activation gradients through every weight (2·N_f + 2·N_l)
 but weight gradients only for LoRA (2·N_l): ≈ 4·N_f + 6·N_l. Attention adds
-12·L·S·N·H per token (QKᵀ and PV, forward and backward); MNTP's LM head runs only on the M
-gathered positions (4·M·V·D).
+12·L·S·N·H per token (QKᵀ and PV, forward and backward); MNTP's LM head runs only on the
+gathered prediction slots (4·B·P·V·D).
 """
 
 from __future__ import annotations
@@ -42,20 +42,17 @@ def device_peak_flops(device=None) -> float | None:
     return peak_flops((device or jax.devices()[0]).device_kind)
 
 
-def train_flops_per_step(config, n_lora: int, batch: dict) -> float:
-    """Model FLOPs of one step on ``batch`` (global arrays or numpy)."""
+def train_flops_per_step(config, n_lora: int, batch) -> float:
+    """Model FLOPs of one step on ``batch`` (an ``MNTPBatch`` or ``ContrastiveBatch`` of
+    global arrays, numpy or ShapeDtypeStructs)."""
     layer = weight_specs(config)["layers"]
     n_frozen = sum(math.prod(layer[p].shape) for p in PROJECTIONS)
     attention = 12 * config.num_layers * config.num_heads * config.head_dim
     flops = 0.0
-    for key, ids in batch.items():
-        if not key.endswith("input_ids"):
-            continue
+    for ids in batch.token_ids():
         tokens = ids.shape[0] * ids.shape[1]
         flops += tokens * (4 * n_frozen + 6 * n_lora + attention * ids.shape[1])
-    if "predict_index" in batch:
-        flops += 4 * batch["predict_index"].shape[0] * config.vocab_size * config.hidden_size
-    return flops
+    return flops + 4 * batch.head_rows * config.vocab_size * config.hidden_size
 
 
 def mfu(flops_per_second: float) -> float | None:

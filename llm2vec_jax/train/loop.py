@@ -17,7 +17,6 @@ import os
 import time
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 import transformers
@@ -26,6 +25,7 @@ from flax import nnx
 from .. import sharding as shd
 from ..checkpoints.hf import load_hf_checkpoint
 from ..checkpoints.peft import load_peft_adapter, save_peft_adapter
+from ..data.batches import real_tokens
 from ..data.builtin import DESCRIPTION as BUILTIN_DESCRIPTION, builtin_texts
 from ..data.mntp import MNTPBatchIterator, MNTPCollator, group_texts, tokenize_lines
 from ..data.sharded import ShardedBatches, shards_of_process
@@ -125,16 +125,6 @@ def mntp_iterators(config: TrainConfig, tokenizer):
     return sharded_iterators(config, make_shard)
 
 
-def to_global(mesh, local: dict[str, np.ndarray], seq_len: int) -> dict[str, jax.Array]:
-    """Process-local numpy batch -> global sharded arrays. ``predict_index`` points into
-    this process's B·S positions: offset it to the global batch."""
-    local = dict(local)
-    if "predict_index" in local:
-        rows = local["input_ids"].shape[0]
-        local["predict_index"] = local["predict_index"] + jax.process_index() * rows * seq_len
-    return shd.global_batch(mesh, local)
-
-
 # -- checkpoints ------------------------------------------------------------------------------
 
 def checkpoint_manager(config: TrainConfig) -> ocp.CheckpointManager:
@@ -202,12 +192,12 @@ class MetricsWriter:
             self.file.close()
 
 
-def evaluate(eval_step, state, iterator: ShardedBatches, mesh, seq_len: int, batches: int) -> dict:
+def evaluate(eval_step, state, iterator: ShardedBatches, mesh, batches: int) -> dict:
     iterator.set_state({"step": 0})  # the same held-out batches every time
     totals: dict[str, float] = {}
     count = 0.0
     for _ in range(min(batches, iterator.batches_per_epoch)):
-        metrics = jax.device_get(eval_step(state, to_global(mesh, next(iterator), seq_len)))
+        metrics = jax.device_get(eval_step(state, shd.global_batch(mesh, next(iterator))))
         weight = float(metrics.get("count", 1.0))
         count += weight
         for key in ("loss", "accuracy"):
@@ -254,9 +244,8 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
              objective) -> dict:
     """The stage-independent loop: jitted steps, logging, eval, checkpoints, export."""
     run = config.run
-    seq_len = config.data.max_seq_length
     tx = config.optimizer.build(run.max_steps)
-    sample = to_global(mesh, next(iter(train_iter)), seq_len)
+    sample = shd.global_batch(mesh, next(iter(train_iter)))
     train_iter.set_state({"step": 0})
     # Per batch: contrastive batches come in a few padded widths.
     step_flops = functools.partial(train_flops_per_step, model.config, lora_parameter_count(model))
@@ -291,11 +280,10 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
         with jax.set_mesh(mesh):  # activations are pinned to the mesh by logical axis names
             for step in range(start, run.max_steps):
                 local = next(train_iter)
-                batch = to_global(mesh, local, seq_len)
+                batch = shd.global_batch(mesh, local)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
                 window_flops += step_flops(batch)
-                window_tokens += int(sum(v.sum() for k, v in local.items() if k.endswith("attention_mask"))) \
-                    * jax.process_count()
+                window_tokens += real_tokens(local) * jax.process_count()
                 done = step + 1
                 if done % run.log_every == 0 or done == run.max_steps:
                     metrics = jax.device_get(metrics)
@@ -311,7 +299,7 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
                     last = metrics
                     window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
                 if done % run.eval_every == 0 or done == run.max_steps:
-                    eval_metrics = evaluate(eval_fn, state, eval_iter, mesh, seq_len, run.eval_batches)
+                    eval_metrics = evaluate(eval_fn, state, eval_iter, mesh, run.eval_batches)
                     writer.write(done, "eval", eval_metrics)
                     last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
                     progress.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}"

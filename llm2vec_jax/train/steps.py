@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ..models.pooling import pool
-from ..lora import FROZEN_FILTER, LORA_FILTER
 from jax.sharding import NamedSharding
 
+from ..data.batches import ContrastiveBatch, Features, MNTPBatch
+from ..lora import FROZEN_FILTER, LORA_FILTER
+from ..models.pooling import pool
 from ..sharding import replicated
 from .losses import contrastive_loss, lm_head_weight, mntp_loss
 
@@ -109,10 +110,11 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, mesh) -> tup
 
 # -- losses per stage: (model, batch, rng) -> (loss, metrics) ----------------------------------
 
-def mntp_objective(model, batch, rng):
-    hidden = model(batch["input_ids"], batch["attention_mask"], causal=False,
+def mntp_objective(model, batch: MNTPBatch, rng):
+    hidden = model(batch.input_ids, batch.attention_mask, causal=False,
                    dropout_rng=rng, lora_dropout=True)
-    return mntp_loss(hidden, lm_head_weight(model), batch["predict_index"], batch["predict_labels"])
+    return mntp_loss(hidden, lm_head_weight(model), batch.predict_positions,
+                     batch.predict_labels)
 
 
 def encode_rows(model, input_ids, attention_mask, row_keys=None) -> jax.Array:
@@ -124,37 +126,46 @@ def encode_rows(model, input_ids, attention_mask, row_keys=None) -> jax.Array:
     return model(input_ids, attention_mask, causal=False, dropout_rng=row_keys, lora_dropout=True)
 
 
-def embed(model, batch, prefix: str, rng, pooling: str) -> jax.Array:
-    """Pooled [B, D] float32 embeddings of ``{prefix}_input_ids`` etc. in training mode."""
-    ids, mask = batch[f"{prefix}_input_ids"], batch[f"{prefix}_attention_mask"]
-    keys = None if rng is None else jax.random.split(rng, ids.shape[0])
-    hidden = encode_rows(model, ids, mask, keys)
-    return pool(hidden, mask, batch[f"{prefix}_embed_mask"], pooling)
+def row_keys(rng, rows: int):
+    """One dropout key per row of a view (None: no dropout, as in evaluation)."""
+    return None if rng is None else jax.random.split(rng, rows)
 
 
-def embed_views(model, batch, views: list[str], rngs: list, pooling: str) -> list[jax.Array]:
-    """``[embed(model, batch, v, rng) for v, rng in zip(views, rngs)]`` in one forward pass
-    when the views share a shape: the rows are concatenated (only token ids move between
-    devices), so the layer scan runs once with V× larger matmuls, and every row keeps the
-    dropout key ``embed`` would give it."""
-    if len({batch[f"{v}_input_ids"].shape for v in views}) > 1:
-        return [embed(model, batch, v, rng, pooling) for v, rng in zip(views, rngs)]
-    ids, mask, embed_mask = (jnp.concatenate([batch[f"{v}_{k}"] for v in views])
+def embed(model, view: Features, rng, pooling: str) -> jax.Array:
+    """Pooled [B, D] float32 embeddings of one view in training mode."""
+    hidden = encode_rows(model, view.input_ids, view.attention_mask,
+                         row_keys(rng, view.input_ids.shape[0]))
+    return pool(hidden, view.attention_mask, view.embed_mask, pooling)
+
+
+def embed_views(model, views: list[Features], rngs: list, pooling: str) -> list[jax.Array]:
+    """``[embed(model, v, rng) for v, rng in zip(views, rngs)]`` in one forward pass when the
+    views share a shape: the rows are concatenated (only token ids move between devices), so
+    the layer scan runs once with V× larger matmuls, and every row keeps the dropout key
+    ``embed`` would give it."""
+    if len({v.input_ids.shape for v in views}) > 1:
+        return [embed(model, v, rng, pooling) for v, rng in zip(views, rngs)]
+    ids, mask, embed_mask = (jnp.concatenate([getattr(v, k) for v in views])
                              for k in ("input_ids", "attention_mask", "embed_mask"))
-    rows = batch[f"{views[0]}_input_ids"].shape[0]
+    rows = views[0].input_ids.shape[0]
     keys = None
     if rngs[0] is not None:
-        keys = jnp.concatenate([jax.random.split(rng, rows) for rng in rngs])
+        keys = jnp.concatenate([row_keys(rng, rows) for rng in rngs])
     pooled = pool(encode_rows(model, ids, mask, keys), mask, embed_mask, pooling)
     return jnp.split(pooled, len(views))
 
 
-def contrastive_objective(model, batch, rng, *, scale: float, pooling: str = "mean"):
+def view_keys(rng, views: int) -> list:
+    """The dropout keys of the query, document and negative views (independent masks)."""
+    return [None] * views if rng is None else list(jax.random.split(rng, 3))[:views]
+
+
+def contrastive_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
+                          pooling: str = "mean"):
     """Query/document(/negative) views with independent dropout; in-batch negatives over the
     global batch (the compiler gathers the sharded embeddings for the score matrix)."""
-    views = ["q", "d", "n"] if "n_input_ids" in batch else ["q", "d"]
-    keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))  # None: eval, no dropout
-    q, d, *n = embed_views(model, batch, views, keys[:len(views)], pooling)
+    views = batch.views
+    q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling)
     loss = contrastive_loss(q, d, n[0] if n else None, scale=scale)
     return loss, {"loss": loss}
 
