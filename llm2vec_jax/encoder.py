@@ -8,7 +8,7 @@ Execution model
 ---------------
 Texts are packed into rows (``text.packing.plan_packed``): a batch is ``batch_size`` rows as wide as
 the bucket of its longest text (at least 64 tokens; buckets from
-``text.packing.default_buckets(max_length, min_step=8)``: 8 tokens apart up to 64, then ~1/4 wider
+``text.default_buckets(max_length, min_step=8)``: 8 tokens apart up to 64, then ~1/4 wider
 each), and each row holds the longest text left followed by the longest ones that still fit.
 Inside a row every text keeps to itself: attention is masked per segment, positions restart
 at 0 for each text, and pooling is per segment (``models.pooling.pool_segments``), so a text's
@@ -51,9 +51,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .models.pooling import pool_segments
-from .text import packing, tokenize as tok
+from .text import tokenize as tok
+from .text.packing import collate_packed, default_buckets, padded_row_count, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
-from .checkpoints.hf import resolve_checkpoint_dir, save_hf_checkpoint
+from .checkpoints.hf import save_hf_checkpoint
+from .checkpoints.merged import load_merged
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
 
@@ -135,7 +137,7 @@ class LLM2Vec:
         self.packing = bool(packing)
         self.name_or_path = name_or_path
         self.buckets = (tuple(buckets) if buckets is not None
-                        else packing.default_buckets(max_length, min_step=8))
+                        else default_buckets(max_length, min_step=8))
         if max(self.buckets) < max_length:
             raise ValueError(f"largest bucket {max(self.buckets)} < max_length {max_length}")
         self.pad_id = tok.pad_token_id(tokenizer)
@@ -160,7 +162,10 @@ class LLM2Vec:
                         bidirectional: bool = True, dtype: str = "float32",
                         devices: Sequence | None = None, packing: bool = True,
                         **config_overrides) -> "LLM2Vec":
-        """Load an HF checkpoint (local dir or hub id), optionally a PEFT adapter on top.
+        """Load an HF checkpoint (local dir, hub id or "smollm2"), optionally a PEFT adapter
+        merged into it (what the reference does for the adapter stored with the base model
+        and what its ``merge_peft=True`` does: unmerged PEFT gives the same outputs up to
+        rounding, and the merged forward costs no more than the base model's).
 
         Encoder settings come, as in the reference, from ``llm2vec_config.json`` in the adapter
         directory when an adapter is given, else in the model directory; arguments that are
@@ -169,16 +174,12 @@ class LLM2Vec:
         dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
         ``packing=False`` gives each text a row of its own (see the module docstring).
         """
-        from .checkpoints.hf import load_hf_checkpoint
-
         path = os.fspath(path_or_hub_id)
-        directory = resolve_checkpoint_dir(path)
         devices = list(devices) if devices is not None else jax.local_devices()
         replicated = NamedSharding(Mesh(np.array(devices), ("data",)), P())
-        model = load_hf_checkpoint(directory, dtype=dtype, sharding_fn=lambda spec: replicated,
-                                   causal=not bidirectional, **config_overrides)
-        if adapter is not None:
-            model = _apply_adapter(model, os.fspath(adapter), dtype, lambda spec: replicated)
+        directory, model = load_merged(path, [] if adapter is None else [adapter], dtype=dtype,
+                                       sharding_fn=lambda spec: replicated,
+                                       causal=not bidirectional, **config_overrides)
         settings = dict(_DEFAULTS)
         settings.update(read_llm2vec_config(adapter if adapter is not None else directory))
         explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
@@ -250,7 +251,7 @@ class LLM2Vec:
         return self._compiled[key]
 
     def _batch_rows(self, n: int, batch_size: int) -> int:
-        rows = packing.padded_row_count(n, batch_size)
+        rows = padded_row_count(n, batch_size)
         ndev = len(self.devices)
         return -(-rows // ndev) * ndev
 
@@ -280,7 +281,7 @@ class LLM2Vec:
         if not rows:
             out = np.zeros((0, dim), np.float32)
             return out if convert_to_numpy else jnp.asarray(out)
-        plan = packing.plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
+        plan = plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
                                 max_length=self.max_length, buckets=self.buckets,
                                 packing=self.packing)
         emb = np.zeros((len(rows), dim), np.float32)  # empty texts stay zero
@@ -297,7 +298,7 @@ class LLM2Vec:
         try:
             bar.update(len(plan.empty))
             for batch in plan:
-                feats = packing.collate_packed(rows, batch, pad_id=self.pad_id,
+                feats = collate_packed(rows, batch, pad_id=self.pad_id,
                                             num_rows=self._batch_rows(len(batch.rows), batch_size))
                 fn = self._forward_fn(*feats["input_ids"].shape, batch.segments)
                 args = [jax.device_put(feats[k], self._data)
@@ -331,30 +332,6 @@ def _cpu_half_as_bits(x: jax.Array) -> jax.Array:
 
 def _bitcast_to(x: jax.Array, dtype) -> jax.Array:
     return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
-
-
-# ---------------------------------------------------------------------- adapters
-
-
-def _apply_adapter(model, adapter_dir: str, dtype: str, sharding_fn):
-    """Load a reference-format PEFT adapter and merge it into the base weights (in place).
-
-    Merging is what the reference does for the adapter stored with the base model and what
-    its ``merge_peft=True`` does; unmerged PEFT gives the same outputs up to rounding, and
-    the merged forward costs no more than the base model's.
-    """
-    if not os.path.isdir(adapter_dir):
-        raise FileNotFoundError(f"adapter directory {adapter_dir!r} does not exist")
-    try:
-        from .checkpoints.peft import load_peft_adapter
-        from .lora import merge_lora
-    except ImportError as e:
-        raise NotImplementedError(
-            f"loading adapters needs llm2vec_jax.checkpoints.peft and llm2vec_jax.lora ({e})"
-        ) from None
-    load_peft_adapter(model, adapter_dir, dtype=dtype, sharding_fn=sharding_fn)
-    merge_lora(model)
-    return model
 
 
 def _save_weights(model, out_dir: str, overwrite: bool) -> None:

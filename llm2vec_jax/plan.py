@@ -134,13 +134,11 @@ class PlanError(ValueError):
 def architecture(name_or_path: str) -> dict:
     """The HF config dict for a built-in name / hub id, a config.json or a checkpoint dir."""
     if os.path.isdir(name_or_path) or name_or_path.endswith(".json"):
-        path = name_or_path
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        if not os.path.isfile(path):
-            raise PlanError(f"no config.json at {path!r}")
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        from .models.config import read_hf_config
+        try:
+            return read_hf_config(name_or_path)
+        except FileNotFoundError as e:
+            raise PlanError(str(e)) from None
     key = name_or_path.rstrip("/").split("/")[-1].lower()
     key = _ALIASES.get(key, key)
     if key not in ARCHITECTURES:
@@ -243,12 +241,6 @@ def abstract_batch(stage: str, mesh, batch: int, seq: int, mlm_probability: floa
                                      sharding_fn=sharding_fn)
 
 
-def objective_for(config):
-    from .train.contrastive import make_objective
-    from .train.steps import mntp_objective
-    return mntp_objective if config.run.stage == "mntp" else make_objective(config)
-
-
 def shard_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
     total = 0
@@ -280,6 +272,7 @@ def plan(config, mesh_sizes: dict[str, int], *, model: str | None = None, remat:
     """Compile ``config``'s train step for ``mesh_sizes`` and return the report (a dict)."""
     from .models.config import ModelConfig
     from .sharding import MESH_AXES, make_mesh, replicated, MeshConfig
+    from .train import stages
     from .train.flops import train_flops_per_step
     from .train.steps import jit_train_step, make_train_step
 
@@ -314,7 +307,7 @@ def plan(config, mesh_sizes: dict[str, int], *, model: str | None = None, remat:
     rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
                                sharding=replicated(mesh))
 
-    objective = objective_for(config)
+    objective = stages.objective(config)
     batch_shardings = jax.tree.map(lambda x: x.sharding, batch_sds)
     step_fn = jit_train_step(make_train_step(graphdef, tx, objective), state, mesh,
                              batch_shardings)

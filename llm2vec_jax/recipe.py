@@ -44,7 +44,8 @@ import yaml
 from .data.samples import is_sample
 from .data.sources import DatasetUnavailableError, is_hub_ref
 from .evaluation import STS_COLUMNS, load_sts
-from .train.config import STAGES, TrainConfig, TrainConfigError, _from_dict, _set_dotted
+from .train.config import STAGES, TrainConfig
+from .typed_config import TrainConfigError, from_dict as _from_dict, set_dotted as _set_dotted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO_ROOT / "configs" / "recipes" / "default.yaml"
@@ -324,17 +325,8 @@ def _load_stage(entry, index: int, earlier: list[Stage], output_dir: str, model:
 
 def merged_model(base: str, adapters: list[str], dtype: str = "float32"):
     """The base checkpoint with each PEFT adapter merged in order (as training saw it)."""
-    from .checkpoints.default_model import resolve_model
-    from .checkpoints.hf import load_hf_checkpoint
-    from .checkpoints.peft import load_peft_adapter
-    from .lora import merge_lora
-
-    path = resolve_model(base)
-    model = load_hf_checkpoint(path, dtype=dtype)
-    for adapter in adapters:
-        load_peft_adapter(model, adapter, dtype=dtype)
-        merge_lora(model)
-    return path, model
+    from .checkpoints.merged import load_merged
+    return load_merged(base, adapters, dtype=dtype)
 
 
 def _encoder(model, directory: str, *, bidirectional: bool, pooling: str, max_length: int):
@@ -391,7 +383,7 @@ class Results:
 
 
 def describe(recipe: Recipe) -> str:
-    from .train.loop import describe_data
+    from .train.stages import describe_data
     lines = [f"recipe: {recipe.path}", f"  base model: {recipe.base_model} | output: "
              f"{recipe.output_dir}"]
     for s in recipe.stages:

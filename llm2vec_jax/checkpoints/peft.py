@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +35,7 @@ from ..lora import (ALL_TARGETS, HF_MODULES, LoRAConfig, LoRAError, ShardingFn, 
 from ..models.specs import lora_names, lora_weight_specs
 from ..models.transformer import Transformer
 from .hf import HF_NAMES, to_hf, to_ours
+from .io import staged_directory
 from .safetensors_io import SafetensorsFile, SafetensorsFormatError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -97,9 +96,8 @@ def save_peft_adapter(model: Transformer, out_dir: str | os.PathLike, *,
                       base_model_name_or_path: str | None = None) -> str:
     """Write the attached adapter as a PEFT LoRA adapter directory; returns ``out_dir``.
 
-    A new ``out_dir`` appears complete or not at all (written in a temporary sibling, then
-    renamed). An existing one keeps its other files (e.g. a tokenizer saved next to the
-    adapter); the two adapter files are each replaced atomically.
+    The directory is replaced as a whole once complete (``io.staged_directory``); an existing
+    one keeps its other files (e.g. a tokenizer saved next to the adapter).
     """
     adapter = get_adapter(model)
     if adapter is None:
@@ -112,26 +110,11 @@ def save_peft_adapter(model: Transformer, out_dir: str | os.PathLike, *,
             tensors[peft_key(p, i, "B")] = _torch_b(b[i])
     config = adapter_config_dict(adapter.config, base_model_name_or_path)
 
-    out_dir = os.fspath(out_dir)
-    exists = os.path.isdir(out_dir)
-    parent = out_dir if exists else os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-adapter-", dir=parent)
-    try:
+    with staged_directory(out_dir, keep_existing=True) as tmp:
         save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        if exists:
-            # Weights first: a reader never sees a new config with stale weights' shapes.
-            for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-                os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return os.fspath(out_dir)
 
 
 # -- load -------------------------------------------------------------------------------------

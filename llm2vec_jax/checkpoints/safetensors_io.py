@@ -1,5 +1,6 @@
 """Reading safetensors files with positioned reads: every dtype HF checkpoints use
-(including BF16, which ``safetensors.numpy`` cannot return) and no memory map.
+(including BF16, which ``safetensors.numpy`` cannot return) and no memory map; writing them
+one tensor at a time.
 
 The format is an 8-byte little-endian header length, a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}`` and the tensor bytes, offsets
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import struct
+from typing import Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -108,3 +110,32 @@ class SafetensorsFile:
 
     def __del__(self):
         self.close()
+
+
+def write_safetensors(path: str | os.PathLike, entries: Sequence[tuple[str, np.dtype, tuple]],
+                      produce: Callable[[str], np.ndarray], *,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time: the header from ``entries`` (name,
+    dtype, shape) first, then ``produce(name)`` for each in turn, so peak memory is one
+    tensor, not the whole file."""
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for name, dtype, shape in entries:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": names[np.dtype(dtype)], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name, dtype, shape in entries:
+            a = np.ascontiguousarray(produce(name))
+            if a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
+                raise ValueError(f"{name}: produced {a.dtype}{list(a.shape)}, declared "
+                                 f"{np.dtype(dtype)}{list(shape)}")
+            fh.write(a.tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -19,8 +19,8 @@ what this module matches:
   never in the loss, so only compute changes). Padding side follows the tokenizer.
 - Mask token (``mask_token_type``, only when the tokenizer has no mask token, as in the
   reference): ``blank`` = the existing ``"_"`` token (SmolLM2 id 79), ``eos`` = the EOS
-  token, ``mask`` = a new ``"<mask>"`` token added to the tokenizer (the caller must then
-  grow the embedding to ``len(tokenizer)``, as the reference's ``resize_token_embeddings``).
+  token. (The reference's third choice, a new ``"<mask>"`` token, needs the embedding
+  grown and saved with the adapter; it is not offered.)
 - Masking (HF ``DataCollatorForLanguageModeling``): every eligible position i.i.d. with
   ``mlm_probability``; of those 80% become the mask token, 10% a uniformly random id in
   ``[0, len(tokenizer))`` (special and added tokens included, as HF's ``randint``), 10% stay.
@@ -57,7 +57,7 @@ import numpy as np
 from .batches import IGNORE_INDEX, MNTPBatch
 from .epochs import ShuffledBatches
 
-MASK_TOKEN_TYPES = ("blank", "eos", "mask")
+MASK_TOKEN_TYPES = ("blank", "eos")
 
 
 # ---------------------------------------------------------------------------- mask token
@@ -66,19 +66,12 @@ MASK_TOKEN_TYPES = ("blank", "eos", "mask")
 def set_mask_token(tokenizer, mask_token_type: str = "blank") -> int:
     """Give ``tokenizer`` a mask token as the reference does; return its id.
 
-    Like the reference, a tokenizer that already has a mask token keeps it whatever the
-    type. ``"mask"`` adds a token, so ``len(tokenizer)`` grows by one.
+    Like the reference, a tokenizer that already has a mask token keeps it whatever the type.
     """
     if mask_token_type not in MASK_TOKEN_TYPES:
         raise ValueError(f"mask_token_type {mask_token_type!r} is not one of {MASK_TOKEN_TYPES}")
     if tokenizer.mask_token is None:
-        if mask_token_type == "blank":
-            tokenizer.mask_token = "_"
-        elif mask_token_type == "eos":
-            tokenizer.mask_token = tokenizer.eos_token
-        else:
-            tokenizer.add_tokens(["<mask>"])
-            tokenizer.mask_token = "<mask>"
+        tokenizer.mask_token = "_" if mask_token_type == "blank" else tokenizer.eos_token
     if tokenizer.pad_token is None:  # the reference pads with EOS when there is no pad token
         tokenizer.pad_token = tokenizer.eos_token
     mask_id = tokenizer.convert_tokens_to_ids(tokenizer.mask_token)

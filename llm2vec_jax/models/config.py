@@ -20,6 +20,17 @@ class ConfigError(ValueError):
     """A model configuration we cannot (or will not) represent faithfully."""
 
 
+def read_hf_config(path: str | os.PathLike) -> dict:
+    """The dict in a ``config.json`` file, or in ``path/config.json`` for a directory."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json at {path!r}: is this an HF checkpoint directory?")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency scaling; ``rope_type`` follows transformers' names."""
@@ -150,13 +161,7 @@ class ModelConfig:
     def from_hf(cls, hf: Mapping[str, Any] | str | os.PathLike, **overrides) -> "ModelConfig":
         """Build from an HF config dict, a ``config.json`` path, or a checkpoint directory."""
         if not isinstance(hf, Mapping):
-            path = os.fspath(hf)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"no config.json at {path!r}: is this an HF checkpoint directory?")
-            with open(path, encoding="utf-8") as f:
-                hf = json.load(f)
+            hf = read_hf_config(hf)
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(

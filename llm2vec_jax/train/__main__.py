@@ -59,7 +59,8 @@ def _run(args) -> int:
         recipes.run_recipe(recipe)
         return 0
 
-    from .loop import describe_data, train
+    from .loop import train
+    from .stages import describe_data
     overrides = list(args.set) + ([f"run.stage={args.stage}"] if args.stage else [])
     config = load_config(args.config, overrides)
     print(f"stage: {config.run.stage} | model: {config.model.path} | {describe_data(config)} | "

@@ -1,29 +1,18 @@
-"""Training configuration: typed, frozen dataclasses read from YAML plus ``--set`` overrides.
-
-Unknown keys are errors with a "did you mean" hint; values are type-checked against the
-dataclass annotations, so a typo never silently falls back to a default.
-"""
+"""Training configuration: typed, frozen dataclasses read from YAML plus ``--set`` overrides
+(``typed_config``: unknown keys are errors with a "did you mean" hint, values type-checked)."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
-from typing import Any
 
-import yaml
-
+from ..data.mntp import MASK_TOKEN_TYPES
 from ..lora import LoRAConfig
 from ..sharding import MeshConfig
-from .steps import OptimizerConfig
+from ..typed_config import TrainConfigError, from_dict, load_yaml, parse_override, set_dotted
+from .optim import OptimizerConfig
 
 STAGES = ("mntp", "simcse", "supervised")
-
-
-class TrainConfigError(ValueError):
-    """A configuration file or override that does not describe a valid run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +51,7 @@ class DataSection:
     max_seq_length: int = 128
     line_by_line: bool = False
     mlm_probability: float = 0.2
-    mask_token_type: str = "blank"      # blank | eos | mask
+    mask_token_type: str = "blank"      # blank ("_") | eos, for tokenizers without a mask token
     all_mask: bool = False              # 100% mask token (the reference's Mistral recipe)
     max_texts: int | None = None        # cap on texts read (quick runs)
     # Data shards (default: one per process). Fix it to get the same global batches on any
@@ -126,90 +115,23 @@ class TrainConfig:
             raise TrainConfigError(f"data.max_seq_length must be >= 2, got {self.data.max_seq_length}")
         if not 0.0 < self.data.mlm_probability < 1.0:
             raise TrainConfigError(f"data.mlm_probability must be in (0, 1), got {self.data.mlm_probability}")
+        if self.data.mask_token_type == "mask":
+            raise TrainConfigError(
+                "data.mask_token_type=mask would add a <mask> token to the tokenizer, which "
+                "needs the model's embedding grown and the new row trained and exported with "
+                "the adapter; that is not supported. Use 'blank' (the reference's choice for "
+                "tokenizers without a mask token: the existing '_' token) or 'eos'")
+        if self.data.mask_token_type not in MASK_TOKEN_TYPES:
+            raise TrainConfigError(f"data.mask_token_type={self.data.mask_token_type!r}; "
+                                   f"choose one of {MASK_TOKEN_TYPES}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _check_type(value: Any, annotation, where: str):
-    """Coerce/validate ``value`` against a (simple) type annotation."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(value, option, where)
-            except TrainConfigError as e:
-                errors.append(str(e))
-        raise TrainConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
-        if isinstance(value, (list, tuple)):
-            return tuple(value)
-        raise TrainConfigError(f"{where}: expected a list, got {value!r}")
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, str):
-        try:  # PyYAML reads "1e-3" (no dot) as a string: YAML 1.1's float needs one
-            return float(value)
-        except ValueError:
-            pass
-    if annotation in (int, str, bool, float) and not (isinstance(value, annotation) and
-                                                      not (annotation is int and isinstance(value, bool))):
-        raise TrainConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
-    return value
-
-
-def _from_dict(cls, data: dict, where: str = ""):
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
-            raise TrainConfigError(f"unknown config key {path!r}{hint}")
-        annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[key] = _from_dict(annotation, value, path)
-        else:
-            kwargs[key] = _check_type(value, annotation, path)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, TrainConfigError):
-            raise
-        raise TrainConfigError(f"{where or 'config'}: {e}") from e
-
-
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise TrainConfigError(f"--set {dotted}: {key!r} is not a section")
-    node[keys[-1]] = value
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:
     """A config from YAML (or the defaults) plus ``key.sub=value`` overrides (YAML values)."""
-    data: dict = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise TrainConfigError(f"config file {os.fspath(path)!r} does not exist")
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+    data = load_yaml(path) if path is not None else {}
     for item in overrides:
-        if "=" not in item:
-            raise TrainConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return _from_dict(TrainConfig, data)
+        set_dotted(data, *parse_override(item))
+    return from_dict(TrainConfig, data)

@@ -1,0 +1,28 @@
+"""The model a stage trains: the base with the earlier stages' adapters merged, placed on the
+mesh, and a fresh LoRA adapter attached."""
+
+from __future__ import annotations
+
+from .. import sharding as shd
+from ..checkpoints.merged import load_merged
+from ..lora import attach_lora
+from .config import TrainConfig
+
+
+def adapter_chain(config: TrainConfig) -> tuple[str, ...]:
+    adapters = config.model.adapter or ()
+    return (adapters,) if isinstance(adapters, str) else tuple(adapters)
+
+
+def prepare_model(config: TrainConfig, mesh):
+    """(checkpoint directory, model): ``model.path`` + ``model.adapter``(s) merged in order,
+    sharded by the rules table, attention dropout set for the contrastive stages, and a
+    fresh LoRA (``config.lora``) attached."""
+    sharding_fn = shd.weight_sharding_fn(mesh)
+    path, model = load_merged(config.model.path, adapter_chain(config),
+                              dtype=config.model.dtype, compute_dtype=config.model.compute_dtype,
+                              sharding_fn=sharding_fn, remat=config.model.remat)
+    if config.run.stage != "mntp":
+        model.config = model.config.replace(attention_dropout=config.contrastive.dropout)
+    attach_lora(model, config.lora, seed=config.run.seed, sharding_fn=sharding_fn)
+    return path, model
