@@ -116,6 +116,7 @@ def jax_child(a) -> None:
                                     resolve_kernels)
     from llm2vec_jax.sharding import batch_sharding, make_mesh, replicated
     from llm2vec_jax.train import steps as S
+    from llm2vec_jax.train.optim import OptimizerConfig
 
     shape = _shape(a)
     dev = jax.devices()[0]
@@ -129,8 +130,8 @@ def jax_child(a) -> None:
                        dtype="bfloat16", param_dtype="bfloat16", causal=False)
     mesh = make_mesh()
     batches = make_batches(shape)
-    tx = S.OptimizerConfig(learning_rate=LR, schedule="constant", weight_decay=0.0,
-                           max_grad_norm=CLIP).build(1000)
+    tx = OptimizerConfig(learning_rate=LR, schedule="constant", weight_decay=0.0,
+                         max_grad_norm=CLIP).build(1000)
     carried = None  # (graphdef, state) of the last measurement: its arrays are still live
 
     for item in a.jax_variants.split(","):

@@ -61,6 +61,7 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
     from llm2vec_jax.sharding import batch_sharding, make_mesh, weight_sharding_fn
     from llm2vec_jax.train import steps as S
+    from llm2vec_jax.train.optim import OptimizerConfig
 
     mesh = make_mesh()
     model = load_hf_checkpoint(
@@ -72,8 +73,8 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     trainable = lora_parameter_count(model)
     # The reference's HF Trainer defaults: AdamW, no weight decay, grad-norm clip 1.0; a
     # constant lr keeps both sides' update cost identical over a few steps.
-    tx = S.OptimizerConfig(learning_rate=lr, schedule="constant", weight_decay=0.0,
-                           max_grad_norm=1.0).build(warmup + steps)
+    tx = OptimizerConfig(learning_rate=lr, schedule="constant", weight_decay=0.0,
+                         max_grad_norm=1.0).build(warmup + steps)
     graphdef, state = S.init_state(model, tx, mesh)
     del model
 

@@ -238,12 +238,20 @@ def test_mask_token_types(tokenizer, tokenizer_dir):
     import transformers
     t = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     assert set_mask_token(t, "eos") == t.eos_token_id == 2
+    # "mask" (the reference's added <mask> token) is refused: its id would be past the end of
+    # the embedding the model was loaded with.
     t = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     n = len(t)
-    assert set_mask_token(t, "mask") == n and len(t) == n + 1
-    assert MNTPCollator.from_tokenizer(t, "mask").vocab_size == n + 1
-    with pytest.raises(ValueError, match="mask_token_type"):
-        set_mask_token(t, "star")
+    for bad in ("mask", "star"):
+        with pytest.raises(ValueError, match="mask_token_type"):
+            set_mask_token(t, bad)
+    assert len(t) == n and t.mask_token is None
+
+
+def test_config_refuses_mask_token_type_mask():
+    from llm2vec_jax.train.config import TrainConfigError, load_config
+    with pytest.raises(TrainConfigError, match="embedding grown.*'blank'"):
+        load_config(None, ["data.mask_token_type=mask"])
 
 
 # ---------------------------------------------------------------------------- masking
