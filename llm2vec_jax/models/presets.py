@@ -1,0 +1,65 @@
+"""The paper's models as ``config.json`` dicts (the fields ``ModelConfig.from_hf`` reads, as
+published on the HF hub), so their shapes are known offline: the planner compiles them
+without a download. Look one up by short name or hub id with :func:`preset`."""
+
+from __future__ import annotations
+
+_LLAMA2_7B = dict(
+    model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, hidden_act="silu",
+    rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096,
+    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, initializer_range=0.02)
+_MISTRAL_7B_V02 = dict(
+    model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_act="silu",
+    rms_norm_eps=1e-5, rope_theta=1000000.0, max_position_embeddings=32768,
+    sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    initializer_range=0.02)
+_LLAMA3_8B = dict(
+    model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_act="silu",
+    rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192,
+    tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128009,
+    initializer_range=0.02)
+_LLAMA31_8B = dict(
+    _LLAMA3_8B, max_position_embeddings=131072, eos_token_id=[128001, 128008, 128009],
+    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                      high_freq_factor=4.0, original_max_position_embeddings=8192))
+_SHEARED_1_3B = dict(
+    model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5504,
+    num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, hidden_act="silu",
+    rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096,
+    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, initializer_range=0.02)
+_SMOLLM2_135M = dict(
+    model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+    num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_act="silu",
+    rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+    tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    initializer_range=0.02)
+
+PRESETS: dict[str, dict] = {
+    "llama-2-7b": _LLAMA2_7B,
+    "mistral-7b": _MISTRAL_7B_V02,
+    "llama-3-8b": _LLAMA3_8B,
+    "llama-3.1-8b": _LLAMA31_8B,
+    "sheared-llama-1.3b": _SHEARED_1_3B,
+    "smollm2-135m": _SMOLLM2_135M,
+}
+# hub ids (and short names) -> preset key; matched case-insensitively on the id's last part.
+_ALIASES = {
+    "llama-2-7b-chat-hf": "llama-2-7b", "llama-2-7b-hf": "llama-2-7b", "llama2-7b": "llama-2-7b",
+    "mistral-7b-instruct-v0.2": "mistral-7b",
+    "meta-llama-3-8b-instruct": "llama-3-8b", "meta-llama-3-8b": "llama-3-8b",
+    "llama3-8b": "llama-3-8b",
+    "llama-3.1-8b-instruct": "llama-3.1-8b", "meta-llama-3.1-8b-instruct": "llama-3.1-8b",
+    "llama-3.1-8b": "llama-3.1-8b", "llama3.1-8b": "llama-3.1-8b",
+    "sheared-llama-1.3b": "sheared-llama-1.3b",
+    "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+}
+
+
+def preset(name: str) -> dict | None:
+    """A copy of the ``config.json`` dict for a preset's short name or hub id, else None."""
+    key = name.rstrip("/").split("/")[-1].lower()
+    found = PRESETS.get(_ALIASES.get(key, key))
+    return dict(found) if found is not None else None
