@@ -1,8 +1,8 @@
 """``LLM2Vec``: a decoder checkpoint (optionally + adapter) as a sentence encoder.
 
-The text side (instruction handling, tokenization, pooling masks, pooling) is
-``llm2vec_jax.encode``, which reproduces the PyTorch reference ``llm2vec`` 0.2.3 exactly; this
-module adds the model, batching and devices.
+The text side (instruction handling, tokenization, pooling masks) is ``llm2vec_jax.text``
+and pooling ``llm2vec_jax.models.pooling``; together they reproduce the PyTorch reference
+``llm2vec`` 0.2.3 exactly. This module adds the model, batching and devices.
 
 Execution model
 ---------------
@@ -13,9 +13,8 @@ each), and each row holds the longest text left followed by the longest ones tha
 Inside a row every text keeps to itself: attention is masked per segment, positions restart
 at 0 for each text, and pooling is per segment (``models.pooling.pool_segments``), so a text's
 embedding is what it would be alone in a row, up to float rounding. Rows come out nearly
-full: on the 512 benchmark sentences 2.6% of the computed tokens are padding, against 13.8%
-when each text pads its own row to a bucket (``packing=False``: one text per row, longest
-first).
+full, with far less padding than when each text pads its own row to a bucket
+(``packing=False``: one text per row, longest first; the shares: docs/performance.md).
 
 The row count is ``batch_size`` for full batches and, for a final partial batch, the next
 power of two, capped at ``batch_size`` (that batch is repacked into the narrowest bucket
@@ -23,7 +22,7 @@ that holds its texts in those rows); both rounded up to a multiple of the device
 ``jax.jit`` function (forward in the compute dtype, pooling in float32) is compiled per
 distinct (rows, width) shape and cached on the encoder, so the number of compilations is at
 most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime and at most
-``len(buckets) + 1`` for one ``encode`` call (default ``max_length=512``: 16 widths).
+``len(buckets) + 1`` for one ``encode`` call.
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
 devices and the parameters are replicated. With the ``bits`` weight-indexing kernel (the
@@ -58,6 +57,7 @@ from .checkpoints.hf import save_hf_checkpoint
 from .checkpoints.merged import load_merged
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
+from .lora import has_lora, merge_lora, unmerge_lora
 
 LLM2VEC_CONFIG = "llm2vec_config.json"
 # The keys the reference writes and reads; its constructor would reject anything else.
@@ -185,9 +185,17 @@ class LLM2Vec:
         explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
                     "doc_max_length": doc_max_length, "skip_instruction": skip_instruction}
         settings.update({k: v for k, v in explicit.items() if v is not None})
-        tokenizer = _load_tokenizer(directory)
-        return cls(model, tokenizer, bidirectional=bidirectional, packing=packing,
-                   name_or_path=_name_or_path(path, directory), devices=devices, **settings)
+        return cls.from_loaded(model, directory, path=path, bidirectional=bidirectional,
+                               packing=packing, devices=devices, **settings)
+
+    @classmethod
+    def from_loaded(cls, model, directory: str, *, path: str | None = None,
+                    **settings) -> "LLM2Vec":
+        """An encoder over ``model``, already loaded from the HF checkpoint ``directory``
+        (``path``: the name it was loaded by, a hub id or that directory): its tokenizer
+        and the reference's ``name_or_path`` come from there; ``settings`` as ``__init__``."""
+        return cls(model, _load_tokenizer(directory),
+                   name_or_path=_name_or_path(path or directory, directory), **settings)
 
     @property
     def config(self):
@@ -336,7 +344,6 @@ def _bitcast_to(x: jax.Array, dtype) -> jax.Array:
 
 def _save_weights(model, out_dir: str, overwrite: bool) -> None:
     """HF checkpoint of the model; an attached adapter is merged into the saved weights only."""
-    from .lora import has_lora, merge_lora, unmerge_lora
     if not has_lora(model):
         save_hf_checkpoint(model, out_dir, overwrite=overwrite)
         return

@@ -33,8 +33,7 @@ def release_freed_host_memory() -> bool:
 def compile_now(jitted, *args):
     """Compile ``jitted`` for ``args`` before the first call (jit caches the executable) and
     return it, then hand the compiler's freed scratch memory back to the OS so the first
-    call's buffers do not stack on top of it (about 250 MB of peak RSS for a SmolLM2 train
-    step on CPU, ~90 MB over the five shapes of a 512-sentence encode)."""
+    call's buffers do not stack on top of it (docs/performance.md has the peak RSS saved)."""
     compiled = jitted.lower(*args).compile()
     release_freed_host_memory()
     return compiled

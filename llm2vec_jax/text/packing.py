@@ -20,12 +20,11 @@ def default_buckets(max_length: int, *, min_bucket: int = 16, min_step: int = 16
     """Padded widths from ``min_bucket`` up to, and always including, ``max_length``:
     ``min_step`` apart below 64 tokens, then each ~1/4 wider than the last (multiples of 8),
     so a long row is padded by at most ~25% (powers of two waste up to 50%) while the number
-    of compiled shapes stays small (max_length 512: 13 widths; 16 with ``min_step=8``).
+    of compiled shapes stays small.
 
-    ``LLM2Vec`` takes its row widths from ``min_step=8`` buckets: a forward compiles in under
-    a second, and a batch of short texts gets a closer fit (one text a row, on the 512
-    benchmark sentences at batch 32, 13.8% of the computed tokens are padding instead of
-    22.6%). Training keeps 16, as a train step takes far longer to compile."""
+    ``LLM2Vec`` takes its row widths from ``min_step=8`` buckets: a forward compiles fast, and
+    a batch of short texts gets a closer fit. Training keeps 16, as a train step takes far
+    longer to compile. Measurements: docs/performance.md."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     if min_step < 8 or min_step % 8:
@@ -137,10 +136,8 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
     length-sorted batching).
 
     Why ``min_width``: attention costs grow with the row width, but up to 64 tokens they are
-    a few percent of a forward (SmolLM2, bf16 on CPU: 3,240 tok/s at width 32, 3,120 at 64,
-    2,650 at 128), while rows of 64 pack typical sentences (10-40 tokens) two to five a row.
-    On the 512 benchmark sentences (9-45 tokens) padding is 2.6% of the computed tokens at
-    ``min_width=64``, 5.2% at 48, 10.8% at 32 and 13.8% without packing.
+    a small part of a forward, while rows of 64 pack typical sentences (10-40 tokens) two to
+    five a row (the widths and padding shares measured: docs/performance.md).
     """
     if rows_per_batch < 1:
         raise ValueError(f"batch_size must be >= 1, got {rows_per_batch}")

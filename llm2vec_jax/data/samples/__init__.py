@@ -37,8 +37,3 @@ def sample_path(ref: str) -> str:
         raise ValueError(f"unknown sample {ref!r}; bundled samples: "
                          + ", ".join(PREFIX + n for n in SAMPLES))
     return str(resources.files(__name__).joinpath(SAMPLES[name][0]))
-
-
-def describe_samples() -> str:
-    return "\n".join(f"{PREFIX}{name}: {what} (full dataset: {full})"
-                     for name, (_, what, full) in SAMPLES.items())
