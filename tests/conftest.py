@@ -18,7 +18,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from llm2vec_jax.data.samples import sample_path  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 REFERENCE = FIXTURES / "smollm2"          # llm2vec 0.2.3 outputs on SmolLM2 (README there)
 TOKENIZER_FILES = REFERENCE / "hf_config_and_tokenizer"
 STSB_DEV = Path(sample_path("sample:stsb-dev"))

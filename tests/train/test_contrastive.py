@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ import transformers
 import yaml
 from flax import nnx
 
-from conftest import NLI, REFERENCE, WIKI1M, tiny_lora_model
+from conftest import NLI, REFERENCE, REPO, WIKI1M, tiny_lora_model
 from llm2vec_jax.data.batches import ContrastiveBatch, Features
 from llm2vec_jax.data.contrastive import (SEPARATOR, SimCSEBatchIterator,
                                           SupervisedBatchIterator, load_instructions,
@@ -28,7 +27,7 @@ from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.grad_cache import grad_cache_objective
 from llm2vec_jax.train.steps import contrastive_objective
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 E5_INSTRUCTIONS = CONFIGS / "supervised" / "e5_instructions.yaml"
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import WIKITEXT
+from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from llm2vec_jax.train.config import TrainConfigError, load_config
 
@@ -79,7 +79,7 @@ def test_changed_settings_lists_every_differing_leaf():
 
 
 def test_paper_configs_parse():
-    configs = os.path.join(os.path.dirname(__file__), "..", "configs", "mntp")
+    configs = os.path.join(REPO, "configs", "mntp")
     for name in sorted(os.listdir(configs)):
         config = load_config(os.path.join(configs, name))
         assert config.run.stage == "mntp"

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import WIKITEXT
+from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from llm2vec_jax.recipe import load_recipe
 from llm2vec_jax.train.config import TrainConfigError
 
-RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+RECIPES = REPO / "configs" / "recipes"
 TINY_RUN = dict(global_batch_size=4, log_every=1, eval_every=3, eval_batches=1, save_every=3,
                 progress_bar=False, async_checkpointing=False)
 
@@ -162,7 +162,7 @@ def test_encoder_loads_in_the_reference_library(recipe_run):
     venv = REFERENCE_VENV
     from llm2vec_jax import LLM2Vec
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(REPO / "bench"))
     import common  # bench/: the tokenizer.json downgrade the reference's tokenizers 0.19 needs
 
     root, _, _, _ = recipe_run
@@ -218,7 +218,7 @@ def test_shipped_recipes_parse_and_chain_adapters():
 def test_nothing_shipped_reads_outside_the_repository():
     """Configs, the package, notebooks and TPU scripts name data by hub id, bundled sample or
     a path the user provides: never a folder beside the checkout."""
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     offenders = [str(p.relative_to(root)) for folder in ("configs", "llm2vec_jax", "notebooks",
                                                          "tpu_scripts")
                  for p in (root / folder).rglob("*") if p.is_file() and p.suffix in
