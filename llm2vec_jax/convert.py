@@ -2,6 +2,7 @@
 
   python -m llm2vec_jax.convert gguf FILE.gguf OUT_DIR      # llama.cpp GGUF -> HF checkpoint
   python -m llm2vec_jax.convert export IN_DIR OUT_DIR       # HF -> our params -> HF (round trip)
+  python -m llm2vec_jax.convert export IN_DIR OUT_DIR --bare  # ... as a bare *Model (no LM head)
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("out_dir")
     export.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--bare", action="store_true",
+                        help="write a bare *Model checkpoint (no LM head); default: the "
+                             "input's layout (*ForCausalLM unless the input is bare)")
     args = parser.parse_args(argv)
 
     try:
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             source = resolve_checkpoint_dir(args.in_dir)
             model = load_hf_checkpoint(source, dtype=args.dtype)
             out = save_hf_checkpoint(model, args.out_dir, tokenizer_dir=source,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, bare=args.bare or None)
     except (ValueError, OSError) as e:  # our errors are ValueError/OSError subclasses
         print(f"error: {e}", file=sys.stderr)
         return 1

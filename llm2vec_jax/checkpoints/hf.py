@@ -1,7 +1,10 @@
 """Hugging Face checkpoints in and out, through ONE name table.
 
 ``HF_NAMES`` maps each of our weights (see ``models.transformer.weight_specs``) to its HF
-tensor name; the layout change between the two is derived from the projection's einsum:
+tensor name in a ``*ForCausalLM`` checkpoint; a bare ``*Model`` checkpoint (an encoder
+saved without its LM head, as PyTorch llm2vec's ``save()`` writes) has the same names without
+the ``model.`` prefix, and is recognised by its tensor names. The layout change between the
+two is derived from the projection's einsum:
 HF stores ``nn.Linear`` weights as [out, in] with heads flattened, we store [in..., out...]
 with heads as their own axes. Import applies ``to_ours``, export the inverse ``to_hf``.
 
@@ -57,6 +60,9 @@ HF_NAMES: dict[str, str] = {
 }
 
 
+BARE_PREFIX = "model."
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not match the model it claims to be."""
 
@@ -92,12 +98,23 @@ def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def hf_tensor_names(config: ModelConfig) -> dict[str, list[str]]:
-    """Our weight name → its HF tensor names (one per layer for stacked weights)."""
+    """Our weight name → its HF tensor names (one per layer for stacked weights), in the
+    layout ``config.lm_head`` says (bare ``*Model`` names when False)."""
     specs = weight_specs(config)
-    names = {name: [HF_NAMES[name]] for name in specs["top"]}
+
+    def hf_name(name: str) -> str:
+        return HF_NAMES[name] if config.lm_head else HF_NAMES[name].removeprefix(BARE_PREFIX)
+
+    names = {name: [hf_name(name)] for name in specs["top"]}
     for name in specs["layers"]:
-        names[name] = [HF_NAMES[name].format(i=i) for i in range(config.num_layers)]
+        names[name] = [hf_name(name).format(i=i) for i in range(config.num_layers)]
     return names
+
+
+def is_bare_layout(tensor_names) -> bool:
+    """Whether a checkpoint's tensors are a bare ``*Model``'s (no ``model.`` prefix)."""
+    return (HF_NAMES["embed"] not in tensor_names
+            and HF_NAMES["embed"].removeprefix(BARE_PREFIX) in tensor_names)
 
 
 # -- locating files -------------------------------------------------------------------------
@@ -221,14 +238,16 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype: str = "float32", *,
                        **config_overrides) -> Transformer:
     """Load a Llama/Mistral HF checkpoint (local dir or hub id) into our model.
 
+    A bare ``*Model`` checkpoint gives a model without an LM head (``config.lm_head=False``).
+
     ``dtype`` is the parameter dtype (and compute dtype unless ``compute_dtype`` is given);
     ``sharding_fn`` maps a weight's spec to its sharding (default: first local device);
     ``config_overrides`` go to ``ModelConfig`` (e.g. ``causal=False``, ``remat="full"``).
     """
     directory = resolve_checkpoint_dir(path)
-    config = ModelConfig.from_hf(directory, param_dtype=dtype, dtype=compute_dtype or dtype,
-                                 **config_overrides)
     reader = _Reader(_safetensors_files(directory))
+    config = ModelConfig.from_hf(directory, param_dtype=dtype, dtype=compute_dtype or dtype,
+                                 lm_head=not is_bare_layout(reader.files), **config_overrides)
     _check_names_and_shapes(config, reader)
     if sharding_fn is None:
         device = jax.local_devices()[0]
@@ -265,9 +284,9 @@ def param_arrays(model: Transformer) -> dict:
 
 # -- export ---------------------------------------------------------------------------------
 
-def _hf_tensors(model: Transformer) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, numpy tensor) pairs, one layer at a time (gathered from any sharding)."""
-    config = model.config
+def _hf_tensors(model: Transformer, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, numpy tensor) pairs in ``config``'s layout, one layer at a time (gathered
+    from any sharding)."""
     arrays = param_arrays(model)
     names = hf_tensor_names(config)
     for name in weight_specs(config)["top"]:
@@ -280,18 +299,30 @@ def _hf_tensors(model: Transformer) -> Iterator[tuple[str, np.ndarray]]:
 
 def save_hf_checkpoint(model: Transformer, out_dir: str | os.PathLike, *,
                        tokenizer_dir: str | os.PathLike | None = None,
-                       max_shard_bytes: int = 4 * 2 ** 30, overwrite: bool = False) -> str:
+                       max_shard_bytes: int = 4 * 2 ** 30, overwrite: bool = False,
+                       bare: bool | None = None) -> str:
     """Write a standard HF checkpoint (config.json, safetensors, tokenizer files) to out_dir.
+
+    ``bare=True`` writes a bare ``*Model`` (no LM head, no ``model.`` prefix), False a
+    ``*ForCausalLM``, None the model's own layout (``*ForCausalLM`` unless it was loaded
+    from a bare checkpoint). A model without an LM head and with untied embeddings has no
+    ``*ForCausalLM`` form.
 
     Written into a temporary sibling directory that replaces ``out_dir`` only when complete
     (``io.staged_directory``), so an interrupted export never leaves a directory that looks
     complete. A non-empty ``out_dir`` is refused unless ``overwrite``.
     """
+    config = model.config
+    if bare is not None:
+        if not bare and not config.has_logits:
+            raise CheckpointError("cannot export as *ForCausalLM: the model has no LM head "
+                                  "(loaded from a bare *Model checkpoint); export it bare")
+        config = config.replace(lm_head=not bare)
     out_dir = os.fspath(out_dir)
     with staged_directory(out_dir, overwrite=overwrite) as tmp:
-        _write_safetensors(_hf_tensors(model), tmp, max_shard_bytes)
+        _write_safetensors(_hf_tensors(model, config), tmp, max_shard_bytes)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(model.config.to_hf(), f, indent=2)
+            json.dump(config.to_hf(), f, indent=2)
         if tokenizer_dir is not None:
             for name in TOKENIZER_FILES:
                 src = os.path.join(tokenizer_dir, name)

@@ -103,6 +103,9 @@ class ModelConfig:
     rope_scaling: RopeScaling = RopeScaling()
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
+    # False for a bare ``*Model`` checkpoint (an encoder saved without its LM head): it then
+    # has logits only through tied embeddings.
+    lm_head: bool = True
     attention_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
@@ -148,6 +151,10 @@ class ModelConfig:
         if not isinstance(self.kernels, Kernels):
             raise ConfigError(f"kernels must be a Kernels, got {self.kernels!r}")
 
+    @property
+    def has_logits(self) -> bool:
+        return self.lm_head or self.tie_word_embeddings
+
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
@@ -177,6 +184,7 @@ class ModelConfig:
         rope_theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
         sliding = hf.get("sliding_window") if model_type == "mistral" else None
         eos = hf.get("eos_token_id")
+        architectures = hf.get("architectures") or []
         kwargs = dict(
             model_type=model_type,
             vocab_size=hf["vocab_size"],
@@ -191,6 +199,7 @@ class ModelConfig:
             rope_scaling=RopeScaling.from_hf(rope),
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            lm_head=not (architectures and architectures[0].endswith("Model")),
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=sliding,
@@ -205,7 +214,8 @@ class ModelConfig:
 
     def to_hf(self) -> dict:
         """An HF ``config.json`` dict that transformers loads as the same architecture."""
-        arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}[self.model_type]
+        family = {"llama": "Llama", "mistral": "Mistral"}[self.model_type]
+        arch = family + ("ForCausalLM" if self.lm_head else "Model")
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
         hf = {
             "architectures": [arch],

@@ -72,7 +72,7 @@ def weight_specs(config: ModelConfig) -> dict[str, dict[str, WeightSpec]]:
         "embed": WeightSpec((V, D), ("vocab", "embed")),
         "final_norm": WeightSpec((D,), ("norm",), "ones"),
     }
-    if not c.tie_word_embeddings:
+    if c.lm_head and not c.tie_word_embeddings:
         top["lm_head"] = WeightSpec((V, D), ("vocab", "embed"))
     layer = {
         "attn_norm": WeightSpec((D,), ("norm",), "ones"),

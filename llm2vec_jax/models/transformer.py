@@ -177,10 +177,18 @@ class Transformer(nnx.Module):
                             (scanned, keys, jnp.arange(config.num_layers)))
         return rms_norm(x, self.final_norm[...], config.rms_norm_eps)
 
+    def lm_head_weight(self) -> jax.Array:
+        """The [V, D] output projection (the embedding when tied)."""
+        if not self.config.has_logits:
+            raise ValueError(
+                "this model has no LM head: it was loaded from a bare *Model checkpoint (no "
+                "lm_head.weight) with untied embeddings, so it has no logits; load the "
+                "*ForCausalLM checkpoint it came from for MNTP or logits")
+        return (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head (tied to the embedding when the config says so); float32 logits."""
-        head = self.embed if self.config.tie_word_embeddings else self.lm_head
-        return jnp.einsum("...d,vd->...v", hidden, head[...].astype(hidden.dtype),
+        return jnp.einsum("...d,vd->...v", hidden, self.lm_head_weight().astype(hidden.dtype),
                           preferred_element_type=jnp.float32)
 
 

@@ -13,8 +13,7 @@ from ..data.batches import IGNORE_INDEX
 
 def lm_head_weight(model) -> jax.Array:
     """The [V, D] output projection of a ``Transformer`` (the embedding when tied)."""
-    head = model.embed if model.config.tie_word_embeddings else model.lm_head
-    return head[...]
+    return model.lm_head_weight()
 
 
 def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,

@@ -22,6 +22,11 @@ def prepare_model(config: TrainConfig, mesh):
     path, model = load_merged(config.model.path, adapter_chain(config),
                               dtype=config.model.dtype, compute_dtype=config.model.compute_dtype,
                               sharding_fn=sharding_fn, remat=config.model.remat)
+    if config.run.stage == "mntp" and not model.config.has_logits:
+        raise ValueError(
+            f"MNTP needs an LM head, but model.path={config.model.path!r} is a bare *Model "
+            "checkpoint (no lm_head.weight) with untied embeddings; start MNTP from the "
+            "*ForCausalLM checkpoint it came from")
     if config.run.stage != "mntp":
         model.config = model.config.replace(attention_dropout=config.contrastive.dropout)
     attach_lora(model, config.lora, seed=config.run.seed, sharding_fn=sharding_fn)
