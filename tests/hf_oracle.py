@@ -27,14 +27,15 @@ TINY_CONFIGS = {
     "mqa_kv1": ("llama", dict(num_key_value_heads=1)),
     "gqa_kv4_bias": ("llama", dict(num_key_value_heads=4, attention_bias=True, mlp_bias=True)),
     "mistral_window": ("mistral", dict(sliding_window=4)),
+    "qwen2": ("qwen2", {}),  # q/k/v biases, no o bias
+    "qwen3_tied": ("qwen3", dict(head_dim=24, tie_word_embeddings=True)),  # q/k norms
 }
 
 
 def make_hf_model(name: str, seed: int = 0, **extra):
     """A tiny random HF model; ``extra`` overrides config fields (e.g. a real vocab size)."""
     model_type, overrides = TINY_CONFIGS[name]
-    cls_config = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[model_type]
-    config = cls_config(**{**TINY, **overrides, **extra})
+    config = transformers.AutoConfig.for_model(model_type, **{**TINY, **overrides, **extra})
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")

@@ -56,6 +56,7 @@ HF_NAMES: dict[str, str] = {
     "up": "model.layers.{i}.mlp.up_proj.weight",
     "down": "model.layers.{i}.mlp.down_proj.weight",
     **{f"{p}_bias": f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo"},
+    **{f"{p}_norm": f"model.layers.{{i}}.self_attn.{p}_norm.weight" for p in "qk"},
     **{f"{p}_bias": f"model.layers.{{i}}.mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
 }
 
@@ -236,7 +237,8 @@ ShardingFn = Callable[[WeightSpec], jax.sharding.Sharding]
 def load_hf_checkpoint(path: str | os.PathLike, dtype: str = "float32", *,
                        compute_dtype: str | None = None, sharding_fn: ShardingFn | None = None,
                        **config_overrides) -> Transformer:
-    """Load a Llama/Mistral HF checkpoint (local dir or hub id) into our model.
+    """Load an HF checkpoint of a supported family (``models.config.FAMILIES``; local dir
+    or hub id) into our model.
 
     A bare ``*Model`` checkpoint gives a model without an LM head (``config.lm_head=False``).
 

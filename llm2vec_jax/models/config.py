@@ -1,5 +1,7 @@
-"""Model configuration: one frozen, validated dataclass for the Llama family (Llama 2/3/3.1,
-Mistral), built from and written back to a Hugging Face ``config.json``."""
+"""Model configuration: one frozen, validated dataclass for the Llama-style decoders (Llama
+2/3/3.1, Mistral, Qwen2/2.5, Qwen3), built from and written back to a Hugging Face
+``config.json``. A family is a few switches of the one decoder (``FAMILIES``), not a model
+file of its own."""
 
 from __future__ import annotations
 
@@ -10,7 +12,26 @@ from typing import Any, Mapping
 
 from .kernels import Kernels
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a ``model_type`` fixes about the decoder, as transformers builds it."""
+
+    hf_class: str                      # "Llama" → LlamaForCausalLM / LlamaModel
+    # Qwen2 hard-codes q/k/v biases and no o bias; the others have one attention_bias flag.
+    fixed_qkv_bias: bool | None = None
+    qk_norm: bool = False              # per-head RMSNorm of q and k before RoPE (Qwen3)
+    sliding_window: bool = False       # one window on every layer (Mistral)
+    layer_types: bool = False          # config.json lists per-layer attention types (Qwen)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("Llama"),
+    "mistral": Family("Mistral", sliding_window=True),
+    "qwen2": Family("Qwen2", fixed_qkv_bias=True, layer_types=True),
+    "qwen3": Family("Qwen3", qk_norm=True, layer_types=True),
+}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -103,10 +124,13 @@ class ModelConfig:
     rope_scaling: RopeScaling = RopeScaling()
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
+    # Set by the family (``FAMILIES``): biases of q/k/v and of o, q/k RMSNorm.
+    attention_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
     # False for a bare ``*Model`` checkpoint (an encoder saved without its LM head): it then
     # has logits only through tied embeddings.
     lm_head: bool = True
-    attention_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None
     bos_token_id: int | None = None
@@ -122,11 +146,20 @@ class ModelConfig:
     kernels: Kernels = Kernels()
 
     def __post_init__(self):
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"model_type={self.model_type!r} is not supported; supported: "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-family decoders)"
-            )
+        family = family_of(self.model_type)
+        if family.fixed_qkv_bias is not None:
+            if (self.attention_bias, self.o_bias) != (family.fixed_qkv_bias, False):
+                raise ConfigError(f"{self.model_type} has q/k/v biases and no o bias: "
+                                  "attention_bias=True, o_bias=False")
+        elif self.o_bias != self.attention_bias:
+            raise ConfigError(f"{self.model_type} biases all of q/k/v/o or none: o_bias must "
+                              f"equal attention_bias={self.attention_bias}")
+        if self.qk_norm != family.qk_norm:
+            raise ConfigError(f"qk_norm={self.qk_norm} but {self.model_type} has "
+                              f"{'' if family.qk_norm else 'no '}q/k norm")
+        if self.sliding_window is not None and not family.sliding_window:
+            raise ConfigError(f"sliding_window={self.sliding_window}: {self.model_type} has no "
+                              "sliding window here (supported with: mistral)")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                      "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
             value = getattr(self, name)
@@ -166,14 +199,14 @@ class ModelConfig:
         if not isinstance(hf, Mapping):
             hf = read_hf_config(hf)
         model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"model_type={model_type!r} is not supported; supported: "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (Llama-family decoders)"
-            )
+        family = family_of(model_type)
         act = hf.get("hidden_act", "silu")
         if act != "silu":
-            raise ConfigError(f"hidden_act={act!r} is not supported; Llama/Mistral use 'silu'")
+            raise ConfigError(f"hidden_act={act!r} is not supported; {model_type} uses 'silu'")
+        if family.layer_types and (hf.get("use_sliding_window")
+                                   or set(hf.get("layer_types") or ()) - {"full_attention"}):
+            raise ConfigError(f"use_sliding_window=true (per-layer sliding windows) is not "
+                              f"supported for {model_type}; supported: false")
         if hf.get("pretraining_tp", 1) != 1:
             raise ConfigError(f"pretraining_tp={hf['pretraining_tp']} is not supported; only 1")
         heads = hf["num_attention_heads"]
@@ -182,7 +215,9 @@ class ModelConfig:
         # transformers 5 keeps rope_theta inside rope_parameters; 4.x keeps both top-level.
         rope = hf.get("rope_parameters") or hf.get("rope_scaling")
         rope_theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
-        sliding = hf.get("sliding_window") if model_type == "mistral" else None
+        sliding = hf.get("sliding_window") if family.sliding_window else None
+        attention_bias = (family.fixed_qkv_bias if family.fixed_qkv_bias is not None
+                          else bool(hf.get("attention_bias", False)))
         eos = hf.get("eos_token_id")
         architectures = hf.get("architectures") or []
         kwargs = dict(
@@ -200,7 +235,9 @@ class ModelConfig:
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             lm_head=not (architectures and architectures[0].endswith("Model")),
-            attention_bias=bool(hf.get("attention_bias", False)),
+            attention_bias=attention_bias,
+            o_bias=attention_bias and family.fixed_qkv_bias is None,
+            qk_norm=family.qk_norm,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=sliding,
             bos_token_id=hf.get("bos_token_id"),
@@ -214,8 +251,8 @@ class ModelConfig:
 
     def to_hf(self) -> dict:
         """An HF ``config.json`` dict that transformers loads as the same architecture."""
-        family = {"llama": "Llama", "mistral": "Mistral"}[self.model_type]
-        arch = family + ("ForCausalLM" if self.lm_head else "Model")
+        family = FAMILIES[self.model_type]
+        arch = family.hf_class + ("ForCausalLM" if self.lm_head else "Model")
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
         hf = {
             "architectures": [arch],
@@ -233,7 +270,6 @@ class ModelConfig:
             "rope_scaling": self.rope_scaling.to_hf(),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
             "attention_dropout": self.attention_dropout,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
@@ -241,9 +277,22 @@ class ModelConfig:
             "initializer_range": self.initializer_range,
             "torch_dtype": self.param_dtype,
         }
+        if family.fixed_qkv_bias is None:
+            hf["attention_bias"] = self.attention_bias
         if self.model_type == "llama":
             hf["mlp_bias"] = self.mlp_bias
             hf["pretraining_tp"] = 1
-        else:
+        if family.sliding_window:
             hf["sliding_window"] = self.sliding_window
+        if family.layer_types:
+            hf.update(use_sliding_window=False, sliding_window=None,
+                      max_window_layers=self.num_layers,
+                      layer_types=["full_attention"] * self.num_layers)
         return hf
+
+
+def family_of(model_type) -> Family:
+    if model_type not in FAMILIES:
+        raise ConfigError(f"model_type={model_type!r} is not supported; supported: "
+                          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    return FAMILIES[model_type]

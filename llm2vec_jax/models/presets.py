@@ -36,6 +36,18 @@ _SMOLLM2_135M = dict(
     rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
     tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     initializer_range=0.02)
+_QWEN25_7B = dict(
+    model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+    num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, hidden_act="silu",
+    rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=131072,
+    use_sliding_window=False, tie_word_embeddings=False, bos_token_id=151643,
+    eos_token_id=151643, initializer_range=0.02)
+_QWEN3_8B = dict(
+    model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+    num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+    hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+    attention_bias=False, use_sliding_window=False, tie_word_embeddings=False,
+    bos_token_id=151643, eos_token_id=151645, initializer_range=0.02)
 
 PRESETS: dict[str, dict] = {
     "llama-2-7b": _LLAMA2_7B,
@@ -44,6 +56,8 @@ PRESETS: dict[str, dict] = {
     "llama-3.1-8b": _LLAMA31_8B,
     "sheared-llama-1.3b": _SHEARED_1_3B,
     "smollm2-135m": _SMOLLM2_135M,
+    "qwen2.5-7b": _QWEN25_7B,
+    "qwen3-8b": _QWEN3_8B,
 }
 # hub ids (and short names) -> preset key; matched case-insensitively on the id's last part.
 _ALIASES = {
@@ -55,6 +69,7 @@ _ALIASES = {
     "llama-3.1-8b": "llama-3.1-8b", "llama3.1-8b": "llama-3.1-8b",
     "sheared-llama-1.3b": "sheared-llama-1.3b",
     "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+    "qwen2.5-7b-instruct": "qwen2.5-7b", "qwen3-8b-base": "qwen3-8b",
 }
 
 

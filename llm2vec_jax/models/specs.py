@@ -90,8 +90,12 @@ def weight_specs(config: ModelConfig) -> dict[str, dict[str, WeightSpec]]:
             q_bias=WeightSpec((N, H), ("heads", "head_dim"), "zeros"),
             k_bias=WeightSpec((K, H), ("kv_heads", "head_dim"), "zeros"),
             v_bias=WeightSpec((K, H), ("kv_heads", "head_dim"), "zeros"),
-            o_bias=WeightSpec((D,), ("embed",), "zeros"),
         )
+    if c.o_bias:
+        layer["o_bias"] = WeightSpec((D,), ("embed",), "zeros")
+    if c.qk_norm:  # one [H] scale shared by every head
+        layer.update(q_norm=WeightSpec((H,), ("norm",), "ones"),
+                     k_norm=WeightSpec((H,), ("norm",), "ones"))
     if c.mlp_bias:
         layer.update(
             gate_bias=WeightSpec((F,), ("mlp",), "zeros"),

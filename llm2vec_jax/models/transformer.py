@@ -1,4 +1,4 @@
-"""The Llama-family decoder (Llama 2/3/3.1, Mistral) as one Flax NNX module.
+"""The Llama-style decoder (Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3) as one Flax NNX module.
 
 Dimension legend used in shapes and einsums:
   B batch, S sequence, L layers, V vocab, D model, N query heads, K kv heads, H head dim,
@@ -96,7 +96,7 @@ class DecoderStack(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Llama/Mistral decoder. ``model(input_ids, attention_mask, causal=...)`` → final
+    """The decoder. ``model(input_ids, attention_mask, causal=...)`` → final
     (normed) hidden states [B, S, D]; ``model.logits(hidden)`` → [.., V] float32.
 
     ``lora_config`` is the attached LoRA adapter's ``llm2vec_jax.lora.LoRAConfig`` (None when
@@ -155,8 +155,11 @@ class Transformer(nnx.Module):
                 return project(h, w, name, dtype, kernels, lora, lora_rate, proj_key)
 
             h = rms_norm(x, w["attn_norm"], config.rms_norm_eps)
-            q = apply_rope(proj(h, "q"), cos, sin)
-            k = apply_rope(proj(h, "k"), cos, sin)
+            q, k = proj(h, "q"), proj(h, "k")
+            if config.qk_norm:
+                q = rms_norm(q, w["q_norm"], config.rms_norm_eps)
+                k = rms_norm(k, w["k_norm"], config.rms_norm_eps)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             v = proj(h, "v")
             attn = attend(q, k, v, allowed, impl=kernels.attention,
                           dropout_rate=config.attention_dropout, dropout_rng=attn_key,

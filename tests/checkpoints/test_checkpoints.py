@@ -30,7 +30,7 @@ def reload_logits(directory, ids, mask):
 
 
 @pytest.mark.parametrize("name", ["llama", "llama_tied", "llama3_rope", "gqa_kv4_bias",
-                                  "mistral_window"])
+                                  "mistral_window", "qwen2", "qwen3_tied"])
 def test_round_trip_through_transformers(name, tmp_path):
     hf = make_hf_model(name)
     src = save_hf_model(hf, tmp_path / "src")
@@ -119,6 +119,22 @@ def test_unknown_model_type(hf_dir, tmp_path):
     cfg["model_type"] = "gpt2"
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
     with pytest.raises(ConfigError, match=r"model_type='gpt2' is not supported; supported: llama, mistral"):
+        load_hf_checkpoint(d)
+
+
+@pytest.mark.parametrize("model_type,field,value,match", [
+    ("qwen2", "use_sliding_window", True,
+     r"use_sliding_window=true .* not supported for qwen2; supported: false"),
+    ("qwen3", "hidden_act", "gelu", r"hidden_act='gelu' is not supported; qwen3 uses 'silu'"),
+    ("llama", "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
+     r"rope_type='yarn' is not supported; supported: default, linear, llama3"),
+])
+def test_unsupported_family_features_are_named(hf_dir, tmp_path, model_type, field, value, match):
+    d = copy_checkpoint(hf_dir[1], tmp_path / "c")
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    cfg.update({"model_type": model_type, field: value})
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    with pytest.raises(ConfigError, match=match):
         load_hf_checkpoint(d)
 
 

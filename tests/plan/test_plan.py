@@ -95,7 +95,9 @@ def test_builtin_architectures():
     sizes = {"meta-llama/Llama-2-7b-chat-hf": 6_738_415_616,
              "mistralai/Mistral-7B-Instruct-v0.2": 7_241_732_096,
              "meta-llama/Meta-Llama-3-8B-Instruct": 8_030_261_248,
-             "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248}
+             "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248,
+             "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,
+             "Qwen/Qwen3-8B": 8_190_735_360}
     for name, expected in sizes.items():
         config = ModelConfig.from_hf(plan.architecture(name))
         n = sum(math.prod(s.shape) for group in weight_specs(config).values()

@@ -115,6 +115,7 @@ def model_config(meta: dict, tensor_names: set[str], dtype: str) -> ModelConfig:
         max_position_embeddings=int(require(meta, p + "context_length")),
         tie_word_embeddings="output.weight" not in tensor_names,
         attention_bias="blk.0.attn_q.bias" in tensor_names,
+        o_bias="blk.0.attn_output.bias" in tensor_names,
         bos_token_id=_token_id(meta, "bos_token_id"), eos_token_id=_token_id(meta, "eos_token_id"),
         pad_token_id=_token_id(meta, "padding_token_id"), dtype=dtype, param_dtype=dtype)
 
