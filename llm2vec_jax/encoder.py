@@ -54,17 +54,13 @@ from .text import tokenize as tok
 from .text.packing import collate_packed, default_buckets, padded_row_count, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .checkpoints.hf import save_hf_checkpoint
+from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, read_attention,
+                                         read_llm2vec_config, write_attention,
+                                         write_llm2vec_config)
 from .checkpoints.merged import load_merged
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
 from .lora import has_lora, merge_lora, unmerge_lora
-
-LLM2VEC_CONFIG = "llm2vec_config.json"
-# The keys the reference writes and reads; its constructor would reject anything else.
-_CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
-_DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": DOC_MAX_LENGTH,
-             "skip_instruction": True}
-
 
 def _load_tokenizer(directory: str):
     from transformers import AutoTokenizer
@@ -89,26 +85,6 @@ def _name_or_path(path: str, directory: str) -> str:
         except (OSError, ValueError):
             return ""
     return path
-
-
-def read_llm2vec_config(directory: str | os.PathLike | None) -> dict:
-    """The encoder settings in ``directory/llm2vec_config.json`` ({} when absent)."""
-    if directory is None:
-        return {}
-    path = os.path.join(os.fspath(directory), LLM2VEC_CONFIG)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        try:
-            cfg = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {list(_CONFIG_KEYS)}")
-    return cfg
 
 
 class LLM2Vec:
@@ -159,7 +135,7 @@ class LLM2Vec:
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, adapter: str | os.PathLike | None = None,
                         pooling_mode: str | None = None, max_length: int | None = None,
                         doc_max_length: int | None = None, skip_instruction: bool | None = None,
-                        bidirectional: bool = True, dtype: str = "float32",
+                        bidirectional: bool | None = None, dtype: str = "float32",
                         devices: Sequence | None = None, packing: bool = True,
                         **config_overrides) -> "LLM2Vec":
         """Load an HF checkpoint (local dir, hub id or "smollm2"), optionally a PEFT adapter
@@ -170,18 +146,23 @@ class LLM2Vec:
         Encoder settings come, as in the reference, from ``llm2vec_config.json`` in the adapter
         directory when an adapter is given, else in the model directory; arguments that are
         not None override them; the rest default to pooling_mode="mean", max_length=512,
-        doc_max_length=400, skip_instruction=True. ``dtype`` is the parameter and compute
-        dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
+        doc_max_length=400, skip_instruction=True. ``bidirectional=None`` takes the attention
+        mode the encoder was trained with (``llm2vec_jax_config.json`` beside those settings,
+        written by our training and ``save``), else bidirectional. ``dtype`` is the parameter
+        and compute dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
         ``packing=False`` gives each text a row of its own (see the module docstring).
         """
         path = os.fspath(path_or_hub_id)
         devices = list(devices) if devices is not None else jax.local_devices()
         replicated = NamedSharding(Mesh(np.array(devices), ("data",)), P())
         directory, model = load_merged(path, [] if adapter is None else [adapter], dtype=dtype,
-                                       sharding_fn=lambda spec: replicated,
-                                       causal=not bidirectional, **config_overrides)
-        settings = dict(_DEFAULTS)
-        settings.update(read_llm2vec_config(adapter if adapter is not None else directory))
+                                       sharding_fn=lambda spec: replicated, **config_overrides)
+        saved_in = adapter if adapter is not None else directory
+        if bidirectional is None:
+            bidirectional = read_attention(saved_in) != "causal"
+        model.config = model.config.replace(causal=not bidirectional)
+        settings = dict(DEFAULTS)
+        settings.update(read_llm2vec_config(saved_in))
         explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
                     "doc_max_length": doc_max_length, "skip_instruction": skip_instruction}
         settings.update({k: v for k, v in explicit.items() if v is not None})
@@ -206,22 +187,24 @@ class LLM2Vec:
         return self.model.config.hidden_size
 
     def settings(self) -> dict:
-        return {k: getattr(self, k) for k in _CONFIG_KEYS}
+        return {k: getattr(self, k) for k in CONFIG_KEYS}
 
     def save(self, out_dir: str | os.PathLike, *, save_model: bool = True,
              overwrite: bool = False) -> str:
         """Write ``llm2vec_config.json`` and the tokenizer (and, by default, the weights as an
         HF checkpoint) to ``out_dir``; the result loads with :meth:`from_pretrained` and with
-        the reference. Only the reference's four keys are written (its constructor rejects
-        others), so ``bidirectional`` stays a load-time choice there as here."""
+        the reference. Only the reference's four keys go to ``llm2vec_config.json`` (its
+        constructor rejects others); the attention mode goes to ``llm2vec_jax_config.json``,
+        which :meth:`from_pretrained` reads (the reference takes it as
+        ``enable_bidirectional`` at load time)."""
         out_dir = os.fspath(out_dir)
         if save_model:
             # config.json + weights, atomically; refuses a non-empty dir unless overwrite.
             _save_weights(self.model, out_dir, overwrite)
         os.makedirs(out_dir, exist_ok=True)
         self.tokenizer.save_pretrained(out_dir)
-        with open(os.path.join(out_dir, LLM2VEC_CONFIG), "w", encoding="utf-8") as f:
-            json.dump(self.settings(), f, indent=4)
+        write_llm2vec_config(out_dir, self.settings())
+        write_attention(out_dir, self.bidirectional)
         return out_dir
 
     # ------------------------------------------------------------------ encoding

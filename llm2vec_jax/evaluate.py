@@ -2,7 +2,8 @@
 
     python -m llm2vec_jax.evaluate sts --model DIR [--adapter DIR]
         --data FILE.tsv | sample:stsb-dev | hf:mteb/stsbenchmark-sts [--split validation]
-        [--pooling-mode mean] [--batch-size 32] [--max-length 512] [--causal] [--limit N]
+        [--pooling-mode mean] [--batch-size 32] [--max-length 512]
+        [--attention bidirectional|causal] [--limit N]
         [--instruction TEXT] [--dtype float32]
 
 prints one JSON line ``{"task": "sts", "spearman": ..., "pearson": ..., "n": ...}`` on stdout;
@@ -49,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     sts.add_argument("--batch-size", type=_positive_int, default=32)
     sts.add_argument("--max-length", type=_positive_int, default=None,
                      help="default: llm2vec_config.json, else 512")
-    sts.add_argument("--causal", action="store_true",
-                     help="causal attention (default: bidirectional)")
+    sts.add_argument("--attention", choices=("bidirectional", "causal"), default=None,
+                     help="default: the mode the encoder was trained with "
+                          "(llm2vec_jax_config.json), else bidirectional")
+    sts.add_argument("--causal", dest="attention", action="store_const", const="causal",
+                     help="same as --attention causal")
     sts.add_argument("--limit", type=_positive_int, default=None, help="first N pairs only")
     sts.add_argument("--instruction", default="",
                      help="instruction applied to both sentences (default: none)")
@@ -66,7 +70,9 @@ def run_sts(args) -> dict:
     start = time.perf_counter()
     encoder = LLM2Vec.from_pretrained(args.model, adapter=args.adapter,
                                       pooling_mode=args.pooling_mode, max_length=args.max_length,
-                                      bidirectional=not args.causal, dtype=args.dtype)
+                                      bidirectional=(None if args.attention is None
+                                                     else args.attention == "bidirectional"),
+                                      dtype=args.dtype)
     result = {"task": "sts", **evaluate_sts(encoder, data, limit=args.limit,
                                             batch_size=args.batch_size,
                                             instruction=args.instruction,

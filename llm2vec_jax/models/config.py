@@ -35,6 +35,9 @@ SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# How an encoder attends: LLM2Vec's bidirectional (causal mask off, padding still masked) or
+# the decoder's own causal attention (the paper's "Uni" rows).
+ATTENTION_MODES = ("bidirectional", "causal")
 
 
 class ConfigError(ValueError):

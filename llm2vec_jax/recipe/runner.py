@@ -130,8 +130,8 @@ def run_recipe(recipe: Recipe) -> dict:
             results.save()
             fresh.add(stage.name)
             _barrier(f"llm2vec-recipe-{stage.name}")  # the next stage reads this adapter
-        pooling = stage.config.contrastive.pooling
-        evaluate(stage.name, recipe.adapter_dirs(stage.chain + (stage.name,)), [(True, pooling)])
+        mode = (stage.config.model.attention == "bidirectional", stage.config.contrastive.pooling)
+        evaluate(stage.name, recipe.adapter_dirs(stage.chain + (stage.name,)), [mode])
 
     encoder_dir = os.path.join(recipe.output_dir, "encoder")
     chain = recipe.stage(recipe.encoder_stage).chain + (recipe.encoder_stage,)
@@ -169,7 +169,8 @@ def export_encoder(recipe: Recipe, chain: tuple[str, ...], encoder_dir: str) -> 
     stage = recipe.stage(chain[-1])
     directory, model = load_merged(recipe.base_model, recipe.adapter_dirs(chain),
                                    dtype=recipe.encoder_dtype)
-    encoder = _encoder(model, directory, bidirectional=True,
+    encoder = _encoder(model, directory,
+                       bidirectional=stage.config.model.attention == "bidirectional",
                        pooling=stage.config.contrastive.pooling,
                        max_length=recipe.encoder_max_length)
     with staged_directory(encoder_dir) as tmp:

@@ -8,6 +8,7 @@ import os
 
 from ..data.mntp import MASK_TOKEN_TYPES
 from ..lora import LoRAConfig
+from ..models.config import ATTENTION_MODES
 from ..sharding import MeshConfig
 from ..typed_config import TrainConfigError, from_dict, load_yaml, parse_override, set_dotted
 from .optim import OptimizerConfig
@@ -23,6 +24,9 @@ class ModelSection:
     dtype: str = "float32"              # parameter dtype
     compute_dtype: str | None = None    # defaults to dtype
     remat: str = "none"                 # none | full | dots | dots_no_batch
+    # How the stage trains and evaluates, recorded with its adapter so encode() agrees:
+    # bidirectional (LLM2Vec) | causal (the decoder's own mask, the paper's "Uni" rows).
+    attention: str = "bidirectional"
     # PEFT adapter(s) merged into the base model first, in order (e.g. the MNTP one).
     adapter: str | tuple[str, ...] | None = None
 
@@ -111,6 +115,9 @@ class TrainConfig:
                      "keep_checkpoints"):
             if getattr(self.run, name) < 1:
                 raise TrainConfigError(f"run.{name} must be >= 1, got {getattr(self.run, name)}")
+        if self.model.attention not in ATTENTION_MODES:
+            raise TrainConfigError(f"model.attention={self.model.attention!r}; choose one of "
+                                   f"{ATTENTION_MODES}")
         if self.data.max_seq_length < 2:
             raise TrainConfigError(f"data.max_seq_length must be >= 2, got {self.data.max_seq_length}")
         if not 0.0 < self.data.mlm_probability < 1.0:

@@ -1,10 +1,9 @@
 """A finished stage's output: ``OUTPUT_DIR/adapter``, the LoRA adapter in PEFT format with the
-tokenizer and ``llm2vec_config.json`` (loadable by ``LLM2Vec.from_pretrained(base,
+tokenizer, ``llm2vec_config.json`` and the attention mode (loadable by ``LLM2Vec.from_pretrained(base,
 adapter=...)`` and by the PyTorch reference)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ import tempfile
 from etils import epath
 from flax import nnx
 
+from ..checkpoints.encoder_config import write_attention, write_llm2vec_config
 from ..checkpoints.io import is_remote, join
 from ..checkpoints.peft import save_peft_adapter
 from ..distributed import is_main_process
@@ -35,9 +35,10 @@ def export_adapter(config: TrainConfig, graphdef, state: TrainState, model_path:
     tokenizer.save_pretrained(local)
     max_length = (config.data.max_seq_length if config.run.stage == "mntp"
                   else config.contrastive.max_length)
-    with open(os.path.join(local, "llm2vec_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"pooling_mode": config.contrastive.pooling, "max_length": max_length,
-                   "doc_max_length": DOC_MAX_LENGTH, "skip_instruction": True}, f, indent=2)
+    write_llm2vec_config(local, {"pooling_mode": config.contrastive.pooling,
+                                 "max_length": max_length, "doc_max_length": DOC_MAX_LENGTH,
+                                 "skip_instruction": True})
+    write_attention(local, config.model.attention == "bidirectional")
     if local != out:
         epath.Path(out).mkdir(parents=True, exist_ok=True)
         for name in os.listdir(local):

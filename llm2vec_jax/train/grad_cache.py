@@ -33,33 +33,35 @@ def _from_chunks(x):
     return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def _embed_chunk(graphdef, pooling, lora, frozen, view: Features, keys):
+def _embed_chunk(graphdef, pooling, causal, lora, frozen, view: Features, keys):
     model = nnx.merge(graphdef, lora, frozen)
-    hidden = encode_rows(model, view.input_ids, view.attention_mask, keys)
+    hidden = encode_rows(model, view.input_ids, view.attention_mask, keys, causal=causal)
     return pool(hidden, view.attention_mask, view.embed_mask, pooling)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def chunked_embed(graphdef, pooling: str, n_chunks: int, lora, frozen, feats, keys):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def chunked_embed(graphdef, pooling: str, causal: bool, n_chunks: int, lora, frozen, feats,
+                  keys):
     """[B, E] embeddings of ``feats`` computed ``n_chunks`` chunks at a time (GradCache)."""
     chunks = jax.tree.map(lambda x: _to_chunks(x, n_chunks), (feats, keys))
-    out = jax.lax.map(lambda xs: _embed_chunk(graphdef, pooling, lora, frozen, *xs), chunks)
+    out = jax.lax.map(lambda xs: _embed_chunk(graphdef, pooling, causal, lora, frozen, *xs),
+                      chunks)
     return _from_chunks(out)
 
 
-def _chunked_embed_fwd(graphdef, pooling, n_chunks, lora, frozen, feats, keys):
+def _chunked_embed_fwd(graphdef, pooling, causal, n_chunks, lora, frozen, feats, keys):
     # Residuals are the inputs only: no activation outlives its chunk.
-    return (chunked_embed(graphdef, pooling, n_chunks, lora, frozen, feats, keys),
+    return (chunked_embed(graphdef, pooling, causal, n_chunks, lora, frozen, feats, keys),
             (lora, frozen, feats, keys))
 
 
-def _chunked_embed_bwd(graphdef, pooling, n_chunks, residuals, grad):
+def _chunked_embed_bwd(graphdef, pooling, causal, n_chunks, residuals, grad):
     lora, frozen, feats, keys = residuals
 
     def body(acc, xs):
         feats_c, keys_c, grad_c = xs
-        _, vjp = jax.vjp(lambda l: _embed_chunk(graphdef, pooling, l, frozen, feats_c, keys_c),
-                         lora)
+        _, vjp = jax.vjp(
+            lambda l: _embed_chunk(graphdef, pooling, causal, l, frozen, feats_c, keys_c), lora)
         (d_lora,) = vjp(grad_c)
         return jax.tree.map(lambda a, d: a + d.astype(jnp.float32), acc, d_lora), None
 
@@ -75,7 +77,7 @@ chunked_embed.defvjp(_chunked_embed_fwd, _chunked_embed_bwd)
 
 
 def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
-                         pooling: str = "mean", chunk: int):
+                         pooling: str = "mean", chunk: int, causal: bool = False):
     """``contrastive_objective`` with the same value and gradients, ``chunk`` rows at a time."""
     graphdef, lora, frozen = nnx.split(model, LORA_FILTER, FROZEN_FILTER)
     embeddings = []
@@ -85,7 +87,7 @@ def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
             raise ValueError(f"contrastive.grad_cache_chunk={chunk} does not divide the global "
                              f"batch of {rows}")
         # The same per-row keys as steps.embed, so chunking changes no dropout mask.
-        embeddings.append(chunked_embed(graphdef, pooling, rows // chunk, lora, frozen, view,
-                                        row_keys(key, rows)))
+        embeddings.append(chunked_embed(graphdef, pooling, causal, rows // chunk, lora, frozen,
+                                        view, row_keys(key, rows)))
     loss = contrastive_loss(*embeddings, scale=scale)
     return loss, {"loss": loss}

@@ -39,13 +39,16 @@ def iterators(config: TrainConfig, tokenizer, model_type: str):
 
 def objective(config: TrainConfig):
     """The stage's ``(model, batch, rng) -> (loss, metrics)``."""
+    causal = config.model.attention == "causal"
     if config.run.stage == "mntp":
-        return mntp_objective
+        return functools.partial(mntp_objective, causal=causal)
     section = config.contrastive
     if section.grad_cache_chunk:
         return functools.partial(grad_cache_objective, scale=section.scale,
-                                 pooling=section.pooling, chunk=section.grad_cache_chunk)
-    return functools.partial(contrastive_objective, scale=section.scale, pooling=section.pooling)
+                                 pooling=section.pooling, chunk=section.grad_cache_chunk,
+                                 causal=causal)
+    return functools.partial(contrastive_objective, scale=section.scale, pooling=section.pooling,
+                             causal=causal)
 
 
 # -- text (MNTP, SimCSE) ----------------------------------------------------------------------

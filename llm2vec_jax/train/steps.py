@@ -68,20 +68,22 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, mesh) -> tup
 
 # -- losses per stage: (model, batch, rng) -> (loss, metrics) ----------------------------------
 
-def mntp_objective(model, batch: MNTPBatch, rng):
-    hidden = model(batch.input_ids, batch.attention_mask, causal=False,
+def mntp_objective(model, batch: MNTPBatch, rng, *, causal: bool = False):
+    hidden = model(batch.input_ids, batch.attention_mask, causal=causal,
                    dropout_rng=rng, lora_dropout=True)
     return mntp_loss(hidden, lm_head_weight(model), batch.predict_positions,
                      batch.predict_labels)
 
 
-def encode_rows(model, input_ids, attention_mask, row_keys=None) -> jax.Array:
-    """Bidirectional hidden states [B, S, D]; with ``row_keys`` [B], row i's dropout (attention
-    and LoRA) is drawn from ``row_keys[i]`` alone, so any subset of rows (a GradCache chunk)
-    gets exactly the masks it gets in the full batch."""
+def encode_rows(model, input_ids, attention_mask, row_keys=None, *,
+                causal: bool = False) -> jax.Array:
+    """Hidden states [B, S, D] (bidirectional unless ``causal``); with ``row_keys`` [B], row
+    i's dropout (attention and LoRA) is drawn from ``row_keys[i]`` alone, so any subset of
+    rows (a GradCache chunk) gets exactly the masks it gets in the full batch."""
     if row_keys is None:
-        return model(input_ids, attention_mask, causal=False)
-    return model(input_ids, attention_mask, causal=False, dropout_rng=row_keys, lora_dropout=True)
+        return model(input_ids, attention_mask, causal=causal)
+    return model(input_ids, attention_mask, causal=causal, dropout_rng=row_keys,
+                 lora_dropout=True)
 
 
 def row_keys(rng, rows: int):
@@ -89,27 +91,28 @@ def row_keys(rng, rows: int):
     return None if rng is None else jax.random.split(rng, rows)
 
 
-def embed(model, view: Features, rng, pooling: str) -> jax.Array:
+def embed(model, view: Features, rng, pooling: str, *, causal: bool = False) -> jax.Array:
     """Pooled [B, D] float32 embeddings of one view in training mode."""
     hidden = encode_rows(model, view.input_ids, view.attention_mask,
-                         row_keys(rng, view.input_ids.shape[0]))
+                         row_keys(rng, view.input_ids.shape[0]), causal=causal)
     return pool(hidden, view.attention_mask, view.embed_mask, pooling)
 
 
-def embed_views(model, views: list[Features], rngs: list, pooling: str) -> list[jax.Array]:
+def embed_views(model, views: list[Features], rngs: list, pooling: str, *,
+                causal: bool = False) -> list[jax.Array]:
     """``[embed(model, v, rng) for v, rng in zip(views, rngs)]`` in one forward pass when the
     views share a shape: the rows are concatenated (only token ids move between devices), so
     the layer scan runs once with V× larger matmuls, and every row keeps the dropout key
     ``embed`` would give it."""
     if len({v.input_ids.shape for v in views}) > 1:
-        return [embed(model, v, rng, pooling) for v, rng in zip(views, rngs)]
+        return [embed(model, v, rng, pooling, causal=causal) for v, rng in zip(views, rngs)]
     ids, mask, embed_mask = (jnp.concatenate([getattr(v, k) for v in views])
                              for k in ("input_ids", "attention_mask", "embed_mask"))
     rows = views[0].input_ids.shape[0]
     keys = None
     if rngs[0] is not None:
         keys = jnp.concatenate([row_keys(rng, rows) for rng in rngs])
-    pooled = pool(encode_rows(model, ids, mask, keys), mask, embed_mask, pooling)
+    pooled = pool(encode_rows(model, ids, mask, keys, causal=causal), mask, embed_mask, pooling)
     return jnp.split(pooled, len(views))
 
 
@@ -119,11 +122,11 @@ def view_keys(rng, views: int) -> list:
 
 
 def contrastive_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
-                          pooling: str = "mean"):
+                          pooling: str = "mean", causal: bool = False):
     """Query/document(/negative) views with independent dropout; in-batch negatives over the
     global batch (the compiler gathers the sharded embeddings for the score matrix)."""
     views = batch.views
-    q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling)
+    q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling, causal=causal)
     loss = contrastive_loss(q, d, n[0] if n else None, scale=scale)
     return loss, {"loss": loss}
 

@@ -8,7 +8,6 @@ the API, load in transformers, and a rerun must skip everything already done.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
+from reference_oracle import needs_reference, reference_embeddings
 from llm2vec_jax.recipe import load_recipe
 from llm2vec_jax.train.config import TrainConfigError
 
@@ -137,44 +137,18 @@ def test_encoder_loads_in_transformers(recipe_run):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-_REFERENCE_ENCODE = """
-import json, sys
-import torch
-from llm2vec import LLM2Vec
-encoder_dir, texts = sys.argv[1], json.loads(sys.argv[2])
-l2v = LLM2Vec.from_pretrained(encoder_dir, torch_dtype=torch.float32)
-assert l2v.pooling_mode == "mean" and l2v.max_length == 512, (l2v.pooling_mode, l2v.max_length)
-emb = l2v.encode(texts, batch_size=2, show_progress_bar=False)
-print(json.dumps(emb.float().numpy().tolist()))
-"""
-
-
-REFERENCE_VENV = Path(os.environ.get("LLM2VEC_REF_VENV",
-                                    Path.home() / ".cache" / "llm2vec-jax" / "refvenv"))
-
-
-@pytest.mark.skipif(not (REFERENCE_VENV / "bin" / "python").is_file(),
-                    reason="no reference venv (bench/setup_reference_env.sh creates it)")
+@needs_reference
 def test_encoder_loads_in_the_reference_library(recipe_run):
-    """The PyTorch llm2vec 0.2.3 (its own venv: bench/setup_reference_env.sh) loads OUTPUT_DIR/
-    encoder/ as a bidirectional model, reads its llm2vec_config.json, and embeds like we do.
-    Skipped where that venv does not exist (CI installs no second torch stack)."""
-    venv = REFERENCE_VENV
+    """The PyTorch llm2vec 0.2.3 loads OUTPUT_DIR/encoder/ as a bidirectional model, reads its
+    llm2vec_config.json, and embeds like we do."""
     from llm2vec_jax import LLM2Vec
-
-    sys.path.insert(0, str(REPO / "bench"))
-    import common  # bench/: the tokenizer.json downgrade the reference's tokenizers 0.19 needs
 
     root, _, _, _ = recipe_run
     encoder_dir = root / "out" / "encoder"
-    legacy_view = common.reference_model_dir(encoder_dir, cache_dir=root)
     # The reference takes all strings or all [instruction, text] pairs, not a mix.
     texts = [["", "A man is playing a guitar."], ["Retrieve similar text:", "A dog runs."],
              ["", "Three people sit on a bench near the river."]]
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", _REFERENCE_ENCODE, str(legacy_view),
-                           json.dumps(texts)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]), np.float32)
+    theirs = reference_embeddings(encoder_dir, texts, root)
     ours = LLM2Vec.from_pretrained(encoder_dir).encode(texts, show_progress_bar=False)
     assert theirs.shape == ours.shape
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)

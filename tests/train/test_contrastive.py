@@ -254,9 +254,10 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
 # ---------------------------------------------------------------------------- GradCache
 
 
-def test_grad_cache_gradients_equal_plain_step():
-    """Batch 8 in chunks of 2, attention + LoRA dropout on, hard negatives: same loss and
-    LoRA gradients as the one-pass objective."""
+@pytest.mark.parametrize("causal", [False, True])
+def test_grad_cache_gradients_equal_plain_step(causal):
+    """Batch 8 in chunks of 2, attention + LoRA dropout on, hard negatives, either attention
+    mode: same loss and LoRA gradients as the one-pass objective."""
     graphdef, lora, frozen = tiny_lora_model(vocab_size=128, hidden_size=64,
                                              intermediate_size=96, head_dim=16)
     rng = np.random.default_rng(0)
@@ -276,10 +277,11 @@ def test_grad_cache_gradients_equal_plain_step():
             return objective(nnx.merge(graphdef, lora, frozen), batch, key)[0]
         return jax.jit(jax.value_and_grad(loss))
 
-    plain_fn = value_and_grad(functools.partial(contrastive_objective, scale=20.0))
+    plain_fn = value_and_grad(functools.partial(contrastive_objective, scale=20.0,
+                                                causal=causal))
     plain_loss, plain = plain_fn(lora, key)
     cached_loss, cached = value_and_grad(
-        functools.partial(grad_cache_objective, scale=20.0, chunk=2))(lora, key)
+        functools.partial(grad_cache_objective, scale=20.0, chunk=2, causal=causal))(lora, key)
     np.testing.assert_allclose(cached_loss, plain_loss, rtol=1e-6)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(plain), jax.tree.leaves(cached)):
         rel = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))

@@ -1,0 +1,71 @@
+"""The encoder's settings files: ``llm2vec_config.json`` (the reference's four keys, which its
+loader passes to its constructor) and ``llm2vec_jax_config.json`` (what that file cannot hold:
+the attention mode the encoder was trained with)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..models.config import ATTENTION_MODES
+from ..text.reference import DOC_MAX_LENGTH
+
+LLM2VEC_CONFIG = "llm2vec_config.json"
+# What the reference's llm2vec_config.json cannot hold (its constructor rejects unknown keys):
+# the attention mode the encoder was trained with. The reference takes that mode at load
+# time instead (``enable_bidirectional``).
+ATTENTION_CONFIG = "llm2vec_jax_config.json"
+# The keys the reference writes and reads; its constructor would reject anything else.
+CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
+DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": DOC_MAX_LENGTH,
+            "skip_instruction": True}
+
+
+def read_llm2vec_config(directory: str | os.PathLike | None) -> dict:
+    """The encoder settings in ``directory/llm2vec_config.json`` ({} when absent)."""
+    if directory is None:
+        return {}
+    path = os.path.join(os.fspath(directory), LLM2VEC_CONFIG)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            cfg = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {list(CONFIG_KEYS)}")
+    return cfg
+
+
+def read_attention(directory: str | os.PathLike | None) -> str | None:
+    """The attention mode saved in ``directory/llm2vec_jax_config.json`` (None when absent)."""
+    path = os.path.join(os.fspath(directory), ATTENTION_CONFIG) if directory is not None else None
+    if path is None or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            mode = json.load(f).get("attention")
+        except (ValueError, AttributeError):
+            raise ValueError(f"{path}: expected a JSON object like "
+                             '{"attention": "bidirectional"}') from None
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"{path}: attention={mode!r}; choose one of {ATTENTION_MODES}")
+    return mode
+
+
+def write_attention(directory: str | os.PathLike, bidirectional: bool) -> None:
+    with open(os.path.join(os.fspath(directory), ATTENTION_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({"attention": "bidirectional" if bidirectional else "causal"}, f, indent=2)
+
+
+def write_llm2vec_config(directory: str | os.PathLike, settings: dict) -> None:
+    """``llm2vec_config.json`` with exactly the reference's keys, from ``settings``."""
+    missing = sorted(set(CONFIG_KEYS) - set(settings))
+    if missing:
+        raise ValueError(f"encoder settings lack {missing}")
+    with open(os.path.join(os.fspath(directory), LLM2VEC_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({k: settings[k] for k in CONFIG_KEYS}, f, indent=4)
