@@ -47,3 +47,10 @@ def maybe_initialize_distributed() -> None:
 def is_main_process() -> bool:
     """Only process 0 writes exports, logs and metrics."""
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (a no-op on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

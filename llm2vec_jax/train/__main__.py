@@ -38,11 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     maybe_initialize_distributed()  # before anything asks JAX for devices
 
     from ..data.sources import DatasetUnavailableError
+    from .checkpointing import ResumeError
     from .config import TrainConfigError
+    kinds = {TrainConfigError: "config", DatasetUnavailableError: "data", ResumeError: "resume"}
     try:
         return _run(args)
-    except (TrainConfigError, DatasetUnavailableError) as e:
-        kind = "config" if isinstance(e, TrainConfigError) else "data"
+    except tuple(kinds) as e:
+        kind = next(name for cls, name in kinds.items() if isinstance(e, cls))
         print(f"{kind} error: {e}", file=sys.stderr)
         return 2
 

@@ -3,22 +3,30 @@ data position, in ``OUTPUT_DIR/checkpoints``; and the record of the settings a r
 
 The frozen base weights are not checkpointed (they come from the base model), and the step's
 dropout rng is derived from (seed, step), so a resumed run reproduces the uninterrupted one
-exactly.
+exactly. Each checkpoint also records what it is the state of (stage, base model, LoRA
+layout) and what the data iterator reads, so a resume can refuse a checkpoint that belongs to
+another run and warn when the data under the saved position changed.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 
 from ..checkpoints.io import is_remote, join
-from ..distributed import is_main_process
+from ..data.sources import resolve_source
+from ..distributed import barrier, is_main_process
 from .config import TrainConfig
+from .prepare import adapter_chain
 from .steps import TrainState
 
 log = logging.getLogger("llm2vec_jax.train")
@@ -31,7 +39,10 @@ def checkpoint_manager(config: TrainConfig) -> ocp.CheckpointManager:
     directory = join(config.run.output_dir, "checkpoints")
     if not is_remote(directory):
         directory = os.path.abspath(directory)
-    return ocp.CheckpointManager(directory, options=options, item_names=("train", "data"))
+    # Handlers named up front: reading a step's metadata (the resume's identity check) then
+    # needs no restore args.
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        "train": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
 
 def trainable(state: TrainState) -> dict:
@@ -39,24 +50,194 @@ def trainable(state: TrainState) -> dict:
     return {"step": state.step, "lora": state.lora, "opt_state": state.opt_state}
 
 
-def restore(manager: ocp.CheckpointManager, state: TrainState, iterator) -> TrainState:
-    step = manager.latest_step()
-    if step is None:
+class ResumeError(Exception):
+    """A resume that cannot go on (no readable checkpoint, or checkpoints of another run)."""
+
+
+def file_fingerprint(path: Path, span: int = 1 << 20) -> dict:
+    """Size and a hash of the first and last ``span`` bytes: cheap on any file size, and a
+    safetensors file's header (every tensor's offset) and first and last tensors are in it."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            digest.update(f.read())
+    return {"size": size, "sha256": digest.hexdigest()[:16]}
+
+
+def _files_fingerprint(location: str, pattern: str = "*") -> dict:
+    """``{file: fingerprint}`` of a local file or of a directory's files; ``{}`` elsewhere
+    (hub ids, remote paths: named by the caller instead)."""
+    path = Path(location)
+    files = [path] if path.is_file() else sorted(p for p in path.glob(pattern) if p.is_file())
+    return {os.fspath(f): file_fingerprint(f) for f in files}
+
+
+def run_identity(config: TrainConfig, model_path: str) -> dict:
+    """What the checkpoints are the state of; a resume with any of it changed is refused."""
+    return {
+        "stage": config.run.stage,
+        "base model": {"path": config.model.path, "adapters": list(adapter_chain(config)),
+                       # By file name: the same weights in a moved directory are the same.
+                       "weights": {Path(name).name: fp for name, fp in
+                                   _files_fingerprint(model_path, "*.safetensors").items()}},
+        "lora layout": {"r": config.lora.r, "alpha": config.lora.alpha,
+                        "targets": list(config.lora.targets)},
+    }
+
+
+def data_fingerprint(config: TrainConfig, model_path: str) -> dict:
+    """What the data iterator reads: its files (or dataset names) and the tokenizer files."""
+    data = config.data
+    sources = {}
+    for path in (data.path, data.eval_path, config.contrastive.instructions):
+        if path is not None:
+            kind, location = resolve_source("auto" if data.kind == "builtin" else data.kind, path)
+            sources.update(_files_fingerprint(location) if kind in ("file", "dir")
+                           else {f"{kind}:{location}": {"split": data.split,
+                                                         "config": data.config}})
+    tokenizer = {Path(name).name: fp for name, fp in _files_fingerprint(model_path).items()
+                 if Path(name).name.startswith(("tokenizer", "special_tokens"))}
+    return {"data": sources, "tokenizer": tokenizer}
+
+
+def _reason(error: BaseException) -> str:
+    """The root cause's first line: orbax wraps the I/O error in several layers."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int, prefix: str) -> str:
+    """Rename checkpoint ``step`` to ``prefix-step`` beside it (never deleted); orbax no
+    longer counts it as a step."""
+    source = epath.Path(manager.directory) / str(step)
+    target = source.parent / f"{prefix}-{step}"
+    if is_main_process():
+        n = 1
+        while target.exists():  # an earlier resume moved one aside under this name
+            n += 1
+            target = source.parent / f"{prefix}-{step}.{n}"
+        source.rename(target)
+    return os.fspath(target)
+
+
+def restore(manager: ocp.CheckpointManager, resume: str | int, record: dict, state: TrainState,
+            iterator) -> TrainState:
+    """``state`` and ``iterator`` set from the checkpoint ``resume`` (``run.resume``) picks
+    (auto: the newest readable one, unreadable newer ones moved aside to
+    ``unreadable-<step>``); ``record``: this run's, as ``save`` takes it.
+
+    Raises ResumeError when no checkpoint can be read, or when the checkpoints were written
+    for another stage, base model or LoRA layout."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        if isinstance(resume, int):
+            raise ResumeError(f"run.resume={resume}, but {manager.directory} holds "
+                              "no checkpoint; use run.resume: auto or none")
         return state
+    if isinstance(resume, int):
+        if resume not in steps:
+            raise ResumeError(f"run.resume={resume}: no checkpoint of that step in "
+                              f"{manager.directory} (it holds steps "
+                              f"{sorted(steps)}); pick one of those, or auto")
+        # Later checkpoints would be overwritten or count as newer than the resumed run's.
+        for later in [s for s in steps if s > resume]:
+            log.warning("run.resume=%d: the later checkpoint %d moved aside to %s", resume,
+                        later, _move_aside(manager, later, "superseded"))
+        candidates = [resume]
+    else:
+        candidates = steps
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             trainable(state))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        train=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    iterator.set_state(restored["data"])
-    train = restored["train"]
-    log.info("resumed from step %d", step)
-    return state.replace(step=train["step"], lora=train["lora"], opt_state=train["opt_state"])
+    for step in candidates:
+        try:
+            recorded = dict(manager.metadata(step).custom_metadata or {})
+            if "identity" in recorded:  # absent in checkpoints written before it was recorded
+                _check_identity(recorded["identity"], record["identity"], manager.directory)
+            _verify_arrays(manager, step)
+            restored = manager.restore(step, args=ocp.args.Composite(
+                train=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        except ResumeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to read makes it unreadable
+            reason = _reason(e)
+        else:
+            barrier("llm2vec-resume")  # every process sees the renames before orbax lists steps
+            manager.reload()
+            _warn_if_data_changed(recorded.get("data fingerprint"), record["data fingerprint"])
+            iterator.set_state(restored["data"])
+            train = restored["train"]
+            log.info("resumed from step %d", step)
+            return state.replace(step=train["step"], lora=train["lora"],
+                                 opt_state=train["opt_state"])
+        if isinstance(resume, int):
+            raise ResumeError(f"checkpoint {step} in {manager.directory} cannot be read "
+                              f"({reason}); use run.resume: auto to take the newest readable "
+                              "one")
+        log.warning("checkpoint %d cannot be read (%s); moved aside to %s, trying the next "
+                    "older one", step, reason, _move_aside(manager, step, "unreadable"))
+    raise ResumeError(f"no readable checkpoint in {manager.directory} (each was moved aside "
+                      "as unreadable-<step>); start over with run.resume: none or a new "
+                      "run.output_dir")
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: TrainState, iterator) -> None:
+def _verify_arrays(manager: ocp.CheckpointManager, step: int) -> None:
+    """Read every stored chunk of the step's arrays, one at a time. orbax's restore reads
+    them all at once and, on the first bad one, leaves the others' reads behind to print
+    pages of tracebacks at exit; this finds a truncated or missing file cleanly first."""
+    item = os.fspath(epath.Path(manager.directory) / str(step) / "train")
+    if not epath.Path(item, "manifest.ocdbt").exists():
+        return  # not orbax's default OCDBT layout: the restore itself is the check
+    base = item if is_remote(item) else "file://" + item
+    store = ts.KvStore.open({"driver": "ocdbt", "base": base + "/"}).result()
+    for key in store.list().result():
+        try:
+            store.read(key).result()
+        except ValueError as e:
+            raise ValueError(f"{item}: {key.decode()}: {e}") from None
+
+
+def _check_identity(before: dict, now: dict, directory) -> None:
+    for key in ("stage", "base model", "lora layout"):
+        if before.get(key) != now[key]:
+            what = "; ".join(changed_settings({key: before.get(key)}, {key: now[key]}))
+            raise ResumeError(
+                f"the checkpoints in {directory} were written with another {key} ({what}); "
+                "resuming them would continue another run. Use a new run.output_dir, or "
+                "run.resume: none to start over here (the old checkpoints are kept aside)")
+
+
+def _warn_if_data_changed(before: dict | None, now: dict) -> None:
+    if before is None:
+        return
+    for part in ("data", "tokenizer"):
+        for change in changed_settings(before.get(part, {}), now[part]):
+            log.warning("%s changed since the checkpoint was written (%s): the saved data "
+                        "position no longer points at the same examples", part, change)
+
+
+def start_over(config: TrainConfig) -> None:
+    """run.resume: none: move earlier checkpoints aside (never deleted) before a fresh run."""
+    directory = epath.Path(join(config.run.output_dir, "checkpoints"))
+    if is_main_process() and directory.exists() and any(directory.iterdir()):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        target = directory.parent / f"checkpoints-before-{stamp}"
+        directory.rename(target)
+        log.warning("run.resume=none: the earlier checkpoints moved aside to %s", target)
+    barrier("llm2vec-start-over")
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: TrainState, iterator,
+         record: dict) -> None:
+    """``record``: {"identity": run_identity(...), "data fingerprint": data_fingerprint(...)},
+    kept in the checkpoint's metadata for the resume to compare."""
     manager.save(step, args=ocp.args.Composite(train=ocp.args.StandardSave(trainable(state)),
                                                data=ocp.args.JsonSave(iterator.get_state())),
-                 force=True)
+                 force=True, custom_metadata=record)
 
 
 def record_settings(config: TrainConfig, start: int) -> None:

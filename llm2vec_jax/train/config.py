@@ -96,6 +96,9 @@ class RunSection:
     async_checkpointing: bool = True
     tensorboard: bool = False
     progress_bar: bool = True
+    # auto: from the newest readable checkpoint in output_dir/checkpoints; none: start over
+    # (earlier checkpoints are moved aside, never deleted); a step: from that checkpoint.
+    resume: str | int = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +134,10 @@ class TrainConfig:
         if self.data.mask_token_type not in MASK_TOKEN_TYPES:
             raise TrainConfigError(f"data.mask_token_type={self.data.mask_token_type!r}; "
                                    f"choose one of {MASK_TOKEN_TYPES}")
+        resume = self.run.resume
+        if not (resume in ("auto", "none") or (isinstance(resume, int) and resume >= 1)):
+            raise TrainConfigError(f"run.resume={resume!r}; choose auto, none or a "
+                                   "checkpoint step (an integer >= 1)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

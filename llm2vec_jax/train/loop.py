@@ -23,7 +23,8 @@ from ..host_memory import compile_now
 from ..lora import lora_parameter_count
 from ..text.reference import validate_pooling
 from . import stages
-from .checkpointing import checkpoint_manager, record_settings, restore, save
+from .checkpointing import (checkpoint_manager, data_fingerprint, record_settings, restore,
+                            run_identity, save, start_over)
 from .config import TrainConfig
 from .export import export_adapter
 from .flops import mfu, train_flops_per_step
@@ -86,11 +87,16 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     batch_shardings = jax.tree.map(lambda x: x.sharding, sample)
     step_fn = jit_train_step(make_train_step(graphdef, tx, objective), state, mesh, batch_shardings)
     eval_fn = jit_eval_step(make_eval_step(graphdef, objective), state, mesh, batch_shardings)
+    # Before compiling: a refused resume should not wait for it.
+    if run.resume == "none":
+        start_over(config)
+    record = {"identity": run_identity(config, model_path),
+              "data fingerprint": data_fingerprint(config, model_path)}
+    manager = checkpoint_manager(config)
+    state = restore(manager, run.resume, record, state, train_iter)
     with jax.set_mesh(mesh):
         compile_now(step_fn, state, sample, jax.random.key(0))
 
-    manager = checkpoint_manager(config)
-    state = restore(manager, state, train_iter)
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(run.output_dir, run.tensorboard)
     record_settings(config, start)
@@ -127,7 +133,7 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
                     progress.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}"
                                                                  for k, v in eval_metrics.items()))
                 if done % run.save_every == 0 or done == run.max_steps:
-                    save(manager, done, state, train_iter)
+                    save(manager, done, state, train_iter, record)
                 progress.update(1)
     finally:
         progress.close()

@@ -1,13 +1,18 @@
-"""The training CLI and loop: config errors, an MNTP run, exact resume after SIGKILL."""
+"""The training CLI and loop: config errors, an MNTP run, exact resume after SIGKILL (also
+during a checkpoint write), and resume's rules: unreadable checkpoints set aside, checkpoints
+of another stage / model / LoRA layout refused, changed data warned about."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
@@ -32,6 +37,24 @@ def cli(root, model, corpus, out, *extra):
             "--set", "run.log_every=1", "--set", "run.eval_every=5", "--set", "run.save_every=2",
             "--set", "run.keep_checkpoints=10", "--set", "run.progress_bar=false",
             "--set", "optimizer.learning_rate=1e-3", "--set", f"run.output_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_run):
+    """One uninterrupted 10-step run (checkpoints every 2 steps): the reference every resume
+    test compares with; tests that write to a run work on a copy of it."""
+    root, model, corpus = tiny_run
+    out = root / "straight"
+    done = subprocess.run(cli(root, model, corpus, out), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def copy_run(straight, name):
+    copy = straight.parent / name
+    shutil.copytree(straight, copy)
+    return copy
 
 
 def train_losses(out) -> dict[int, float]:
@@ -87,12 +110,8 @@ def test_paper_configs_parse():
     assert mistral.data.all_mask and mistral.data.mlm_probability == 0.8
 
 
-def test_mntp_run_exports_adapter_and_resumes_exactly(tiny_run):
+def test_mntp_run_exports_adapter_and_resumes_exactly(tiny_run, straight):
     root, model, corpus = tiny_run
-    straight = root / "straight"
-    done = subprocess.run(cli(root, model, corpus, straight), capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
     reference = train_losses(straight)
     assert sorted(reference) == list(range(1, 11))
     assert all(len(v) == 1 for v in reference.values())
@@ -128,10 +147,191 @@ def test_mntp_run_exports_adapter_and_resumes_exactly(tiny_run):
     assert "differ from the run" not in resumed.stderr
 
     # Continuing a finished run with changed settings says what changed.
-    longer = subprocess.run(cli(root, model, corpus, straight, "--set", "run.max_steps=11",
+    longer = subprocess.run(cli(root, model, corpus, copy_run(straight, "longer"),
+                                "--set", "run.max_steps=11",
                                 "--set", "optimizer.learning_rate=2e-3"),
                             capture_output=True, text=True, timeout=600)
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "differ from the run" in longer.stderr
     assert "optimizer.learning_rate: 0.001 -> 0.002" in longer.stderr
     assert "run.max_steps: 10 -> 11" in longer.stderr
+
+
+def files_of(directory) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def truncate_largest_file(checkpoint) -> None:
+    """What a copy cut short or a full disk leaves: the biggest array file of a checkpoint
+    cut to 100 bytes."""
+    largest = max((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.truncate(largest, 100)
+
+
+def assert_repeats_reference(run, straight) -> None:
+    """Every logged loss of ``run`` (steps redone after a resume included) equals the
+    uninterrupted run's at that step, bit for bit, up to its last step."""
+    reference, losses = train_losses(straight), train_losses(run)
+    for step, values in losses.items():
+        assert values == reference[step] * len(values), step
+    assert max(losses) == max(reference)
+
+
+def test_resume_sets_unreadable_checkpoints_aside(tiny_run, straight):
+    """The newest checkpoint half-written (no commit marker, an item missing) and the one
+    before it truncated: each gets one warning and is moved aside intact; training resumes
+    from the newest readable one and repeats the uninterrupted run exactly."""
+    root, model, corpus = tiny_run
+    run = copy_run(straight, "unreadable")
+    checkpoints = run / "checkpoints"
+    for name in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+        (checkpoints / "10" / name).unlink()
+    shutil.rmtree(checkpoints / "10" / "data")
+    truncate_largest_file(checkpoints / "8")
+    written = {step: files_of(checkpoints / str(step)) for step in (8, 10)}
+    done = subprocess.run(cli(root, model, corpus, run), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "cannot be read" in line]
+    assert len(warnings) == 2, done.stderr[-3000:]
+    for step, warning in zip((10, 8), warnings):
+        assert warning.startswith(f"WARNING llm2vec_jax.train: checkpoint {step} cannot be read (")
+        assert warning.endswith(f"moved aside to {checkpoints / f'unreadable-{step}'}, trying "
+                                "the next older one")
+    assert "is not valid for value of size 100" in warnings[1]  # the truncation, named
+    assert "resumed from step 6" in done.stderr
+    for step, files in written.items():
+        assert files_of(checkpoints / f"unreadable-{step}") == files
+    assert_repeats_reference(run, straight)
+    assert len(train_losses(run)[7]) == 2  # steps 7 to 10 ran again
+
+
+def test_no_readable_checkpoint_is_one_line_and_keeps_them_all(tiny_run, straight):
+    root, model, corpus = tiny_run
+    run = copy_run(straight, "all-unreadable")
+    checkpoints = run / "checkpoints"
+    steps = sorted(int(p.name) for p in checkpoints.iterdir())
+    assert steps == [2, 4, 6, 8, 10]
+    for step in steps:
+        truncate_largest_file(checkpoints / str(step))
+    written = {step: files_of(checkpoints / str(step)) for step in steps}
+    adapter = files_of(run / "adapter")
+    done = subprocess.run(cli(root, model, corpus, run), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"resume error: no readable checkpoint in {checkpoints} (each was moved aside as "
+        "unreadable-<step>); start over with run.resume: none or a new run.output_dir")
+    assert sum("cannot be read" in line for line in done.stderr.splitlines()) == len(steps)
+    for step, files in written.items():
+        assert files_of(checkpoints / f"unreadable-{step}") == files
+    assert files_of(run / "adapter") == adapter
+
+
+@pytest.mark.parametrize("change", ["stage", "model", "lora"])
+def test_resume_of_another_run_is_refused(tiny_run, straight, tokenizer_dir, change):
+    """Checkpoints of another stage, base model or LoRA layout: one line naming the
+    difference and the fix, exit 2, nothing written."""
+    root, model, corpus = tiny_run
+    extra, expected = {
+        "stage": (["--stage", "simcse"], "another stage (stage: 'mntp' -> 'simcse')"),
+        "model": (["--set", f"model.path={root / 'other-model'}"],
+                  f"another base model (base model.path: '{model}' -> "
+                  f"'{root / 'other-model'}'; base model.weights.model.safetensors.sha256: "),
+        "lora": (["--set", "lora.r=4"], "another lora layout (lora layout.r: 16 -> 4)"),
+    }[change]
+    if change == "model":
+        tiny_model_with_tokenizer(root / "other-model", tokenizer_dir, "llama_tied")
+    before = files_of(straight)
+    done = subprocess.run(cli(root, model, corpus, straight, *extra), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"resume error: the checkpoints in {straight / 'checkpoints'} were "
+                           f"written with {expected}"), last
+    assert last.endswith("Use a new run.output_dir, or run.resume: none to start over here "
+                         "(the old checkpoints are kept aside)")
+    assert files_of(straight) == before
+
+
+def test_resume_on_changed_data_warns_naming_the_file(tiny_run, straight):
+    root, model, corpus = tiny_run
+    run = copy_run(straight, "changed-data")
+    original = corpus.read_bytes()
+    try:
+        corpus.write_bytes(original + b"one more line\n")
+        done = subprocess.run(cli(root, model, corpus, run), capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        corpus.write_bytes(original)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if "changed since" in line]
+    prefix = "WARNING llm2vec_jax.train: data changed since the checkpoint was written ("
+    suffix = "): the saved data position no longer points at the same examples"
+    assert [w.startswith(prefix) and w.endswith(suffix) for w in warnings] == [True, True]
+    assert f"({corpus}.sha256: " in warnings[0]
+    assert f"({corpus}.size: {len(original)} -> {len(original) + 14})" in warnings[1]
+
+
+def test_kill_during_a_checkpoint_write_resumes_exactly(tiny_run, straight):
+    """SIGKILL while orbax writes a checkpoint (its temporary directory is there): the
+    resumed run repeats the uninterrupted one and exports the same adapter, bit for bit."""
+    root, model, corpus = tiny_run
+    run = root / "killed-while-saving"
+    checkpoints = run / "checkpoints"
+    proc = subprocess.Popen(cli(root, model, corpus, run), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, writing = time.time() + 600, []
+    while not writing and time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the run finished before a checkpoint write could be interrupted")
+        names = os.listdir(checkpoints) if checkpoints.is_dir() else []
+        # A write takes ~100 ms on this model; polling every millisecond lands inside one.
+        writing = [n for n in names if ".orbax-checkpoint-tmp" in n and int(n.split(".")[0]) >= 4]
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (checkpoints / writing[0]).is_dir()  # killed before the write was committed
+    resumed = subprocess.run(cli(root, model, corpus, run), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert_repeats_reference(run, straight)
+    exported = safetensors.numpy.load_file(run / "adapter" / "adapter_model.safetensors")
+    reference = safetensors.numpy.load_file(straight / "adapter" / "adapter_model.safetensors")
+    assert exported.keys() == reference.keys()
+    for name, value in reference.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
+def test_resume_from_a_chosen_step_or_from_scratch(tiny_run, straight):
+    """run.resume: <step> resumes there (the later checkpoints moved aside intact);
+    run.resume: none starts over (every earlier checkpoint moved aside intact)."""
+    root, model, corpus = tiny_run
+    run = copy_run(straight, "resume-4")
+    checkpoints = run / "checkpoints"
+    later = {step: files_of(checkpoints / str(step)) for step in (6, 8, 10)}
+    done = subprocess.run(cli(root, model, corpus, run, "--set", "run.resume=4"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from step 4" in done.stderr
+    for step, files in later.items():
+        assert files_of(checkpoints / f"superseded-{step}") == files
+    assert_repeats_reference(run, straight)
+    assert len(train_losses(run)[5]) == 2
+
+    run = copy_run(straight, "resume-none")
+    before = files_of(run / "checkpoints")
+    done = subprocess.run(cli(root, model, corpus, run, "--set", "run.resume=none",
+                              "--set", "run.max_steps=2"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" not in done.stderr
+    [aside] = run.glob("checkpoints-before-*")
+    assert files_of(aside) == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]
+    reference = train_losses(straight)
+    assert train_losses(run)[1] == reference[1] * 2  # the first step, run again from scratch
