@@ -122,6 +122,19 @@ def recipe_for_seed(a, seed: int, out_dir: Path) -> dict:
             "stages": stages}
 
 
+def reuse_base_eval(first: Path, run_dir: Path) -> None:
+    """The untrained rows do not depend on the seed: give a later seed's recipe the first
+    seed's base evaluation, which the recipe then skips as already done."""
+    results = run_dir / "results.json"
+    source = first / "results.json"
+    if results.exists() or not source.exists():
+        return
+    base = json.loads(source.read_text())["rows"].get("base")
+    if base:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps({"rows": {"base": base}}, indent=2))
+
+
 def summarise(per_seed: dict[int, dict]) -> list[dict]:
     """Per row: Spearman x100 per seed, mean and (with 2+ seeds) sample std."""
     table = []
@@ -161,6 +174,8 @@ def main(argv=None) -> int:
         run_dir = out_root / f"seed-{seed}"
         recipe_file = out_root / f"recipe-seed-{seed}.yaml"
         recipe_file.write_text(yaml.safe_dump(recipe_for_seed(a, seed, run_dir), sort_keys=False))
+        if seed:
+            reuse_base_eval(out_root / "seed-0", run_dir)
         t0 = time.time()
         per_seed[seed] = run_recipe(load_recipe(recipe_file))
         print(f"[ablation] seed {seed} done in {time.time() - t0:.0f} s", flush=True)

@@ -79,6 +79,10 @@ class ContrastiveSection:
     # a record's dataset (a record without it belongs to its file's stem).
     instructions: str | None = None
     dataset_field: str = "dataset"
+    # Leave out of each row's softmax the in-batch documents with the same text as its own
+    # positive (false negatives: a sentence twice in a SimCSE batch, a shared positive). An
+    # open bug of the reference, which scores them as negatives; false restores that.
+    mask_duplicates: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,8 +57,30 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(norm, eps)
 
 
+def same_text_as_positive(positive_ids: jax.Array, positive_mask: jax.Array,
+                          doc_ids: list[jax.Array], doc_masks: list[jax.Array]) -> jax.Array:
+    """[B, B + Bn] True where document column j is not row i's own positive but holds the same
+    text (the same real tokens at the same positions of a left-padded row): a false negative.
+
+    Views narrower than the positives' are left-padded to their width first (every
+    contrastive batch is left-padded, so equal texts then line up).
+    """
+    width = positive_ids.shape[1]
+
+    def real_tokens(ids, mask):
+        pad = ((0, 0), (width - ids.shape[1], 0))
+        mask = jnp.pad(mask, pad)
+        return jnp.where(mask > 0, jnp.pad(ids, pad), -1)
+
+    key = real_tokens(positive_ids, positive_mask)
+    docs = jnp.concatenate([real_tokens(i, m) for i, m in zip(doc_ids, doc_masks)])
+    same = jnp.all(key[:, None, :] == docs[None, :, :], axis=-1)
+    own = jnp.arange(docs.shape[0])[None, :] == jnp.arange(key.shape[0])[:, None]
+    return same & ~own
+
+
 def contrastive_loss(q: jax.Array, d: jax.Array, n: jax.Array | None = None,
-                     scale: float = 20.0) -> jax.Array:
+                     scale: float = 20.0, exclude: jax.Array | None = None) -> jax.Array:
     """The reference ``HardNegativeNLLLoss``: InfoNCE over cosine similarities × ``scale``.
 
     Row i of ``q`` [B, E] must pick column i of the documents ``[d; n]`` ([B + Bn, E]):
@@ -67,10 +89,15 @@ def contrastive_loss(q: jax.Array, d: jax.Array, n: jax.Array | None = None,
     reference all-gathers q/d/n across data-parallel workers before scoring; in JAX, pass
     the global (sharded) batch and the gather is implicit. Computed in float32 with full
     matmul precision (the B × B score matrix is tiny, TPUs would otherwise use bf16 passes).
+
+    ``exclude`` [B, B + Bn] drops those documents from row i's softmax (false negatives,
+    ``same_text_as_positive``); the reference has no such option.
     """
     docs = d if n is None else jnp.concatenate([d, n], axis=0)
     scores = jnp.matmul(_l2_normalize(q), _l2_normalize(docs).T,
                         precision=jax.lax.Precision.HIGHEST) * scale
+    if exclude is not None:
+        scores = jnp.where(exclude, -jnp.inf, scores)
     B = q.shape[0]
     positive = scores[jnp.arange(B), jnp.arange(B)]
     return jnp.mean(jax.nn.logsumexp(scores, axis=-1) - positive)

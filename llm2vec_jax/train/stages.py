@@ -46,9 +46,9 @@ def objective(config: TrainConfig):
     if section.grad_cache_chunk:
         return functools.partial(grad_cache_objective, scale=section.scale,
                                  pooling=section.pooling, chunk=section.grad_cache_chunk,
-                                 causal=causal)
+                                 causal=causal, mask_duplicates=section.mask_duplicates)
     return functools.partial(contrastive_objective, scale=section.scale, pooling=section.pooling,
-                             causal=causal)
+                             causal=causal, mask_duplicates=section.mask_duplicates)
 
 
 # -- text (MNTP, SimCSE) ----------------------------------------------------------------------

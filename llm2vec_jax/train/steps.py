@@ -28,7 +28,7 @@ from ..data.batches import ContrastiveBatch, Features, MNTPBatch
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from ..models.pooling import pool
 from ..sharding import replicated
-from .losses import contrastive_loss, lm_head_weight, mntp_loss
+from .losses import contrastive_loss, lm_head_weight, mntp_loss, same_text_as_positive
 
 
 @flax.struct.dataclass
@@ -121,13 +121,26 @@ def view_keys(rng, views: int) -> list:
     return [None] * views if rng is None else list(jax.random.split(rng, 3))[:views]
 
 
+def false_negatives(batch: ContrastiveBatch, mask_duplicates: bool):
+    """The documents left out of each row's softmax: copies of its own positive's text
+    (``contrastive.mask_duplicates``), else none."""
+    if not mask_duplicates:
+        return None
+    docs = batch.views[1:]
+    return same_text_as_positive(batch.d.input_ids, batch.d.attention_mask,
+                                 [v.input_ids for v in docs], [v.attention_mask for v in docs])
+
+
 def contrastive_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
-                          pooling: str = "mean", causal: bool = False):
+                          pooling: str = "mean", causal: bool = False,
+                          mask_duplicates: bool = True):
     """Query/document(/negative) views with independent dropout; in-batch negatives over the
-    global batch (the compiler gathers the sharded embeddings for the score matrix)."""
+    global batch (the compiler gathers the sharded embeddings for the score matrix), less
+    the false negatives of ``mask_duplicates``."""
     views = batch.views
     q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling, causal=causal)
-    loss = contrastive_loss(q, d, n[0] if n else None, scale=scale)
+    loss = contrastive_loss(q, d, n[0] if n else None, scale=scale,
+                            exclude=false_negatives(batch, mask_duplicates))
     return loss, {"loss": loss}
 
 

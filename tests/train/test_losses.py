@@ -11,7 +11,8 @@ import pytest
 from conftest import REFERENCE
 
 from llm2vec_jax.data import IGNORE_INDEX, MNTPCollator
-from llm2vec_jax.train.losses import contrastive_loss, lm_head_weight, mntp_loss
+from llm2vec_jax.train.losses import (contrastive_loss, lm_head_weight, mntp_loss,
+                                     same_text_as_positive)
 
 @pytest.fixture(scope="module")
 def fixtures():
@@ -166,3 +167,61 @@ def test_contrastive_loss_hand_computed():
     neg = np.array([[-1.0, 0.0], [0.0, -1.0]], np.float32)
     row0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(-2) + math.exp(0)))
     assert math.isclose(float(contrastive_loss(q, d, neg, 2.0)), row0, rel_tol=1e-6)
+
+
+def test_contrastive_loss_leaves_out_excluded_documents():
+    # Rows 0 and 2 share a positive text: each scores the other's copy as neither positive
+    # nor negative. Unit vectors, scale 2: q_i · d_j = 1 on the diagonal, else 0.
+    q = np.eye(3, dtype=np.float32)
+    d = np.eye(3, dtype=np.float32)
+    exclude = np.zeros((3, 3), bool)
+    exclude[0, 2] = exclude[2, 0] = True
+    two = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))        # rows 0, 2: 1 negative
+    three = -math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(0)))  # row 1: 2 negatives
+    got = float(contrastive_loss(q, d, None, 2.0, exclude=exclude))
+    assert math.isclose(got, (2 * two + three) / 3, rel_tol=1e-6)
+    assert math.isclose(float(contrastive_loss(q, d, None, 2.0)), three, rel_tol=1e-6)
+
+
+def test_same_text_as_positive_finds_false_negatives_across_views():
+    # Left-padded positives (width 5; pad ids differ on purpose: only real tokens count) and
+    # hard negatives of another width (4).
+    d_ids = np.array([[2, 2, 5, 6, 7], [0, 0, 0, 8, 9], [0, 0, 5, 6, 7]], np.int32)
+    d_mask = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]], np.int32)
+    n_ids = np.array([[2, 2, 8, 9], [2, 2, 2, 4], [2, 5, 6, 7]], np.int32)
+    n_mask = np.array([[0, 0, 1, 1], [0, 0, 0, 1], [0, 1, 1, 1]], np.int32)
+    got = np.asarray(same_text_as_positive(d_ids, d_mask, [d_ids, n_ids], [d_mask, n_mask]))
+    #        positives d0 d1 d2 | negatives n0 n1 n2
+    expected = np.array([[0, 0, 1, 0, 0, 1],   # "5 6 7": d2 and n2 are copies
+                         [0, 0, 0, 1, 0, 0],   # "8 9": n0 is a copy
+                         [1, 0, 0, 0, 0, 1]],  # n2 is row 2's own negative, still a copy
+                        bool)
+    np.testing.assert_array_equal(got, expected)
+    # The same tokens at other positions (a longer text ending alike) are not the same text.
+    longer = np.array([[0, 4, 5, 6, 7]], np.int32)
+    assert not np.asarray(same_text_as_positive(
+        d_ids[:1], d_mask[:1], [longer], [np.array([[0, 1, 1, 1, 1]], np.int32)])).any()
+
+
+def test_simcse_step_masks_a_repeated_sentence_unless_told_not_to():
+    from flax import nnx
+
+    from conftest import tiny_lora_model
+    from llm2vec_jax.data.batches import ContrastiveBatch, Features
+    from llm2vec_jax.train.steps import contrastive_objective, embed
+    graphdef, lora, frozen = tiny_lora_model(vocab_size=64, hidden_size=32,
+                                             intermediate_size=48, head_dim=8)
+    model = nnx.merge(graphdef, lora, frozen)
+    ids = np.random.default_rng(0).integers(3, 64, (4, 6)).astype(np.int32)
+    ids[3] = ids[1]  # the same sentence twice in one SimCSE batch
+    view = Features(ids, np.ones_like(ids), np.ones_like(ids))
+    batch = ContrastiveBatch(view, view)
+    masked = float(contrastive_objective(model, batch, None, scale=20.0)[0])
+    plain = float(contrastive_objective(model, batch, None, scale=20.0, mask_duplicates=False)[0])
+    e = np.asarray(embed(model, view, None, "mean"))
+    exclude = np.zeros((4, 4), bool)
+    exclude[1, 3] = exclude[3, 1] = True
+    np.testing.assert_allclose(masked, float(contrastive_loss(e, e, None, 20.0, exclude)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(plain, float(contrastive_loss(e, e, None, 20.0)), rtol=1e-6)
+    assert plain > masked + 1e-3  # the copy scored as a negative costs loss
