@@ -29,6 +29,8 @@ TINY_CONFIGS = {
     "mistral_window": ("mistral", dict(sliding_window=4)),
     "qwen2": ("qwen2", {}),  # q/k/v biases, no o bias
     "qwen3_tied": ("qwen3", dict(head_dim=24, tie_word_embeddings=True)),  # q/k norms
+    # embeddings × √D, (1 + w) norms, tanh GELU, head_dim ≠ D/N, tied
+    "gemma": ("gemma", dict(head_dim=24, hidden_act="gelu")),
 }
 
 

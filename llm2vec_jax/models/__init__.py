@@ -1,5 +1,5 @@
-"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3) with a causal flag: configuration,
-weight table, the module itself.
+"""Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, Gemma) with a causal flag:
+configuration, weight table, the module itself.
 
 Loading and saving checkpoints is ``llm2vec_jax.checkpoints`` (``load_hf_checkpoint``, also
 exported by the top-level package); this package knows nothing of files.

@@ -1,5 +1,5 @@
 """Model configuration: one frozen, validated dataclass for the Llama-style decoders (Llama
-2/3/3.1, Mistral, Qwen2/2.5, Qwen3), built from and written back to a Hugging Face
+2/3/3.1, Mistral, Qwen2/2.5, Qwen3, Gemma), built from and written back to a Hugging Face
 ``config.json``. A family is a few switches of the one decoder (``FAMILIES``), not a model
 file of its own."""
 
@@ -23,6 +23,9 @@ class Family:
     qk_norm: bool = False              # per-head RMSNorm of q and k before RoPE (Qwen3)
     sliding_window: bool = False       # one window on every layer (Mistral)
     layer_types: bool = False          # config.json lists per-layer attention types (Qwen)
+    hidden_act: str = "silu"           # the MLP's gate activation
+    # Gemma: embeddings × √D, RMSNorm scaling by (1 + w) in float32.
+    gemma_scaling: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -30,7 +33,10 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family("Mistral", sliding_window=True),
     "qwen2": Family("Qwen2", fixed_qkv_bias=True, layer_types=True),
     "qwen3": Family("Qwen3", qk_norm=True, layer_types=True),
+    "gemma": Family("Gemma", hidden_act="gelu_pytorch_tanh", gemma_scaling=True),
 }
+# Gemma's releases say "gelu" but mean the tanh approximation (transformers rewrites it too).
+HIDDEN_ACT_ALIASES = {("gemma", "gelu"): "gelu_pytorch_tanh"}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -131,6 +137,8 @@ class ModelConfig:
     attention_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False
+    hidden_act: str = "silu"
+    gemma_scaling: bool = False
     # False for a bare ``*Model`` checkpoint (an encoder saved without its LM head): it then
     # has logits only through tied embeddings.
     lm_head: bool = True
@@ -157,6 +165,10 @@ class ModelConfig:
         elif self.o_bias != self.attention_bias:
             raise ConfigError(f"{self.model_type} biases all of q/k/v/o or none: o_bias must "
                               f"equal attention_bias={self.attention_bias}")
+        for name in ("hidden_act", "gemma_scaling"):
+            if getattr(self, name) != getattr(family, name):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not supported for "
+                                  f"{self.model_type}; supported: {getattr(family, name)!r}")
         if self.qk_norm != family.qk_norm:
             raise ConfigError(f"qk_norm={self.qk_norm} but {self.model_type} has "
                               f"{'' if family.qk_norm else 'no '}q/k norm")
@@ -203,9 +215,11 @@ class ModelConfig:
             hf = read_hf_config(hf)
         model_type = hf.get("model_type")
         family = family_of(model_type)
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"hidden_act={act!r} is not supported; {model_type} uses 'silu'")
+        act = hf.get("hidden_act", family.hidden_act)
+        act = HIDDEN_ACT_ALIASES.get((model_type, act), act)
+        if act != family.hidden_act:
+            raise ConfigError(f"hidden_act={act!r} is not supported; {model_type} uses "
+                              f"{family.hidden_act!r}")
         if family.layer_types and (hf.get("use_sliding_window")
                                    or set(hf.get("layer_types") or ()) - {"full_attention"}):
             raise ConfigError(f"use_sliding_window=true (per-layer sliding windows) is not "
@@ -241,6 +255,8 @@ class ModelConfig:
             attention_bias=attention_bias,
             o_bias=attention_bias and family.fixed_qkv_bias is None,
             qk_norm=family.qk_norm,
+            hidden_act=act,
+            gemma_scaling=family.gemma_scaling,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=sliding,
             bos_token_id=hf.get("bos_token_id"),
@@ -267,7 +283,7 @@ class ModelConfig:
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            "hidden_act": self.hidden_act,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "rope_scaling": self.rope_scaling.to_hf(),

@@ -68,19 +68,20 @@ def weight_specs(config: ModelConfig) -> dict[str, dict[str, WeightSpec]]:
     c = config
     D, N, K, H, F, V, L = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                            c.intermediate_size, c.vocab_size, c.num_layers)
+    norm = "zeros" if c.gemma_scaling else "ones"  # Gemma stores w of the (1 + w) scale
     top = {
         "embed": WeightSpec((V, D), ("vocab", "embed")),
-        "final_norm": WeightSpec((D,), ("norm",), "ones"),
+        "final_norm": WeightSpec((D,), ("norm",), norm),
     }
     if c.lm_head and not c.tie_word_embeddings:
         top["lm_head"] = WeightSpec((V, D), ("vocab", "embed"))
     layer = {
-        "attn_norm": WeightSpec((D,), ("norm",), "ones"),
+        "attn_norm": WeightSpec((D,), ("norm",), norm),
         "q": WeightSpec((D, N, H), ("embed", "heads", "head_dim")),
         "k": WeightSpec((D, K, H), ("embed", "kv_heads", "head_dim")),
         "v": WeightSpec((D, K, H), ("embed", "kv_heads", "head_dim")),
         "o": WeightSpec((N, H, D), ("heads", "head_dim", "embed")),
-        "mlp_norm": WeightSpec((D,), ("norm",), "ones"),
+        "mlp_norm": WeightSpec((D,), ("norm",), norm),
         "gate": WeightSpec((D, F), ("embed", "mlp")),
         "up": WeightSpec((D, F), ("embed", "mlp")),
         "down": WeightSpec((F, D), ("mlp", "embed")),
@@ -94,8 +95,8 @@ def weight_specs(config: ModelConfig) -> dict[str, dict[str, WeightSpec]]:
     if c.o_bias:
         layer["o_bias"] = WeightSpec((D,), ("embed",), "zeros")
     if c.qk_norm:  # one [H] scale shared by every head
-        layer.update(q_norm=WeightSpec((H,), ("norm",), "ones"),
-                     k_norm=WeightSpec((H,), ("norm",), "ones"))
+        layer.update(q_norm=WeightSpec((H,), ("norm",), norm),
+                     k_norm=WeightSpec((H,), ("norm",), norm))
     if c.mlp_bias:
         layer.update(
             gate_bias=WeightSpec((F,), ("mlp",), "zeros"),

@@ -1,4 +1,5 @@
-"""The Llama-style decoder (Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3) as one Flax NNX module.
+"""The Llama-style decoder (Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3, Gemma) as one Flax NNX
+module.
 
 Dimension legend used in shapes and einsums:
   B batch, S sequence, L layers, V vocab, D model, N query heads, K kv heads, H head dim,
@@ -15,6 +16,7 @@ padding stays masked.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -38,11 +40,21 @@ def _param(spec: WeightSpec, key, dtype, std) -> nnx.Param:
     return nnx.Param(init_weight(spec, key, dtype, std), logical_axes=spec.axes)
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """HF LlamaRMSNorm: normalise in float32, scale in the input dtype."""
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, gemma: bool = False) -> jax.Array:
+    """HF LlamaRMSNorm: normalise in float32, scale in the input dtype. ``gemma``: HF
+    GemmaRMSNorm, which scales by (1 + w) in float32 and rounds once at the end."""
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    if gemma:
+        return (xf * (1.0 + weight.astype(jnp.float32))).astype(x.dtype)
     return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+# The MLP gate activations, by HF ``hidden_act`` name.
+ACTIVATIONS: dict[str, Callable] = {
+    "silu": jax.nn.silu,
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
 
 
 def project(x: jax.Array, weights: dict, name: str, dtype, kernels: K.Kernels, lora=None,
@@ -138,7 +150,14 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(config, positions)
         allowed = attention_allowed(attention_mask, causal=causal,
                                     sliding_window=config.sliding_window)
-        x = K.embed_tokens(self.embed[...], input_ids, kernels).astype(dtype)
+        x = K.embed_tokens(self.embed[...], input_ids, kernels)
+        if config.gemma_scaling:  # HF scales in the embedding's dtype
+            x = x * jnp.asarray(config.hidden_size ** 0.5, x.dtype)
+        x = x.astype(dtype)
+        act = ACTIVATIONS[config.hidden_act]
+
+        def norm(h, weight):
+            return rms_norm(h, weight, config.rms_norm_eps, config.gemma_scaling)
         scanned, sliced = K.split_for_scan(self.layers.arrays(), kernels)
         lora = self.lora_config
         lora_rate = lora.dropout if lora is not None and lora_dropout else 0.0
@@ -154,19 +173,18 @@ class Transformer(nnx.Module):
             def proj(h, name):
                 return project(h, w, name, dtype, kernels, lora, lora_rate, proj_key)
 
-            h = rms_norm(x, w["attn_norm"], config.rms_norm_eps)
+            h = norm(x, w["attn_norm"])
             q, k = proj(h, "q"), proj(h, "k")
             if config.qk_norm:
-                q = rms_norm(q, w["q_norm"], config.rms_norm_eps)
-                k = rms_norm(k, w["k_norm"], config.rms_norm_eps)
+                q, k = norm(q, w["q_norm"]), norm(k, w["k_norm"])
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             v = proj(h, "v")
             attn = attend(q, k, v, allowed, impl=kernels.attention,
                           dropout_rate=config.attention_dropout, dropout_rng=attn_key,
                           dropout_impl=kernels.dropout)
             x = x + proj(attn, "o")
-            h = rms_norm(x, w["mlp_norm"], config.rms_norm_eps)
-            gated = jax.nn.silu(proj(h, "gate").astype(jnp.float32))
+            h = norm(x, w["mlp_norm"])
+            gated = act(proj(h, "gate").astype(jnp.float32))
             up = proj(h, "up").astype(jnp.float32)
             x = x + proj((gated * up).astype(dtype), "down")
             return x, None
@@ -178,7 +196,7 @@ class Transformer(nnx.Module):
             keys = split_keys(dropout_rng, config.num_layers)
         x, _ = jax.lax.scan(layer, constrain(x, ACTIVATION_AXES),
                             (scanned, keys, jnp.arange(config.num_layers)))
-        return rms_norm(x, self.final_norm[...], config.rms_norm_eps)
+        return norm(x, self.final_norm[...])
 
     def lm_head_weight(self) -> jax.Array:
         """The [V, D] output projection (the embedding when tied)."""

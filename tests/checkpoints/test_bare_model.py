@@ -34,7 +34,7 @@ def save_bare(hf_causal_lm, directory) -> str:
     return str(directory)
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_tied", "mistral_window", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "mistral_window", "qwen2", "gemma"])
 def test_bare_checkpoint_matches_hf_and_round_trips(name, tmp_path):
     hf = make_hf_model(name)
     src = save_bare(hf, tmp_path / "bare")

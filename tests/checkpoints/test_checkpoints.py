@@ -30,7 +30,7 @@ def reload_logits(directory, ids, mask):
 
 
 @pytest.mark.parametrize("name", ["llama", "llama_tied", "llama3_rope", "gqa_kv4_bias",
-                                  "mistral_window", "qwen2", "qwen3_tied"])
+                                  "mistral_window", "qwen2", "qwen3_tied", "gemma"])
 def test_round_trip_through_transformers(name, tmp_path):
     hf = make_hf_model(name)
     src = save_hf_model(hf, tmp_path / "src")
@@ -126,6 +126,8 @@ def test_unknown_model_type(hf_dir, tmp_path):
     ("qwen2", "use_sliding_window", True,
      r"use_sliding_window=true .* not supported for qwen2; supported: false"),
     ("qwen3", "hidden_act", "gelu", r"hidden_act='gelu' is not supported; qwen3 uses 'silu'"),
+    ("gemma", "hidden_act", "silu",
+     r"hidden_act='silu' is not supported; gemma uses 'gelu_pytorch_tanh'"),
     ("llama", "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
      r"rope_type='yarn' is not supported; supported: default, linear, llama3"),
 ])
