@@ -42,6 +42,8 @@ every process. Compat mode pads to the local batch's longest row, as the referen
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 from pathlib import Path
@@ -161,38 +163,98 @@ def load_instructions(path: str | os.PathLike) -> dict[str, str | list[str]]:
     return table
 
 
+# The column names of the supervised layouts users have, per role: ours / the reference's E5
+# JSONL, sentence-transformers' (anchor, positive, negative), SimCSE's NLI CSV
+# (sent0, sent1, hard_neg) and NLI tables (premise, entailment, contradiction).
+ROLE_COLUMNS = {"query": ("query", "anchor", "sent0", "premise"),
+                "positive": ("positive", "sent1", "entailment"),
+                "negative": ("negative", "hard_neg", "contradiction")}
+TABLE_SUFFIXES = (".jsonl", ".tsv", ".csv")
+
+
 def read_triples(path: str | os.PathLike, *, dataset_field: str = "dataset",
                  dataset_name: str | None = None,
                  max_records: int | None = None) -> list[dict[str, str]]:
-    """JSONL records ``{"query", "positive"[, "negative"][, dataset_field]}``.
+    """Supervised records ``{"query", "positive"[, "negative"], "dataset"}``.
 
-    ``path`` is a ``.jsonl`` file or a directory of them (the reference's E5 layout, one
-    ``<dataset>.jsonl`` per dataset); a record without ``dataset_field`` belongs to
-    ``dataset_name``, by default the dataset named by its file's stem. Every process reads
-    everything: batches are task-homogeneous over the *global* batch, so all processes must
-    agree on the plan.
+    ``path`` is a file or a directory of them (the reference's E5 layout: one
+    ``<dataset>.jsonl`` per dataset). JSONL records, and ``.tsv`` (tab-separated, no quoting)
+    or ``.csv`` tables with a header, name their fields by ``ROLE_COLUMNS`` (e.g. SimCSE's
+    ``sent0,sent1,hard_neg``, or ``premise, entailment, contradiction``). SNLI / MultiNLI
+    JSONL (``sentence1, sentence2, gold_label``) becomes one record per premise: its first
+    entailment hypothesis the positive, its first contradiction the negative. A record
+    without ``dataset_field`` belongs to ``dataset_name``, by default its file's stem. Every
+    process reads everything: batches are task-homogeneous over the *global* batch, so all
+    processes must agree on the plan.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
+        files = sorted(f for f in path.iterdir() if f.suffix in TABLE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no *.jsonl files in {path}")
+            raise FileNotFoundError(f"no {', '.join('*' + s for s in TABLE_SUFFIXES)} files "
+                                    f"in {path}")
     elif path.is_file():
         files = [path]
     else:
         raise FileNotFoundError(f"supervised data not found: {path}")
     records = []
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                raw = json.loads(line)
-                records.append(_record(raw, ("query", "positive", "negative"), dataset_field,
-                                       dataset_name or file.stem, f"{file}:{line_no}"))
-                if max_records and len(records) >= max_records:
-                    return records
+        rows = _rows(file)
+        first = next(rows, None)
+        if first is not None and "gold_label" in first[1]:
+            rows = _nli_triples(itertools.chain([first], rows))
+            first = next(rows, None)
+        if first is None:
+            continue
+        rows = itertools.chain([first], rows)
+        columns = _columns(first[1], file)
+        for where, raw in rows:
+            records.append(_record(raw, columns, dataset_field, dataset_name or file.stem,
+                                   f"{file}:{where}"))
+            if max_records and len(records) >= max_records:
+                return records
     return records
+
+
+def _rows(file: Path):
+    """(line number, {column: value}) of a JSONL, TSV or CSV file."""
+    with open(file, encoding="utf-8", newline="") as f:
+        if file.suffix in (".tsv", ".csv"):
+            reader = (csv.reader(f) if file.suffix == ".csv"
+                      else (line.rstrip("\r\n").split("\t") for line in f))
+            header = next(reader, None) or []
+            for line_no, values in enumerate(reader, 2):
+                if any(v.strip() for v in values):
+                    yield line_no, dict(zip(header, values))
+            return
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                yield line_no, json.loads(line)
+
+
+def _columns(raw: Mapping[str, Any], file: Path) -> tuple[str, ...]:
+    """The (query, positive[, negative]) field names this file uses."""
+    found = [next((c for c in names if c in raw), None) for names in ROLE_COLUMNS.values()]
+    if found[0] is None or found[1] is None:
+        raise ValueError(f"{file}: no query/positive fields among {sorted(raw)}; name them "
+                         f"one of {ROLE_COLUMNS['query']} and {ROLE_COLUMNS['positive']}")
+    # A JSONL record may lack the optional negative that later records have.
+    return found[0], found[1], found[2] or ROLE_COLUMNS["negative"][0]
+
+
+def _nli_triples(rows):
+    """SNLI / MultiNLI labelled pairs -> one (premise, entailment[, contradiction]) record per
+    premise that has an entailment, in the order premises first appear."""
+    by_premise: dict[str, dict] = {}
+    for where, raw in rows:
+        record = by_premise.setdefault(raw.get("sentence1"), {"where": where})
+        label = raw.get("gold_label")
+        if label in ("entailment", "contradiction"):
+            record.setdefault(label, raw.get("sentence2"))
+    for premise, r in by_premise.items():
+        if premise and "entailment" in r:
+            yield r["where"], {"premise": premise, "entailment": r["entailment"],
+                               "contradiction": r.get("contradiction")}
 
 
 def read_hub_triples(name: str, config: str | None = None, *, split: str = "train",

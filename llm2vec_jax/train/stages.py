@@ -181,11 +181,12 @@ def supervised_records(config: TrainConfig, path: str, split: str, max_records=N
 def supervised_iterators(config: TrainConfig, tokenizer, model_type: str):
     data, run, section = config.data, config.run, config.contrastive
     if not data.path:
-        raise ValueError("supervised training needs data.path: a JSONL file or a directory of "
-                         "<dataset>.jsonl files with query/positive[/negative] records, a hub "
+        raise ValueError("supervised training needs data.path: a JSONL / TSV / CSV file or a "
+                         "directory of them with query/positive[/negative] records (or "
+                         "premise/entailment/contradiction, sent0/sent1/hard_neg), a hub "
                          "dataset (hf:<id>) or sample:nli")
     if data.kind not in ("builtin", "auto", "file", "dir", "hf"):
-        raise ValueError(f"supervised data is read from JSONL or a hub dataset; "
+        raise ValueError(f"supervised data is read from JSONL / TSV / CSV or a hub dataset; "
                          f"data.kind={data.kind!r} is not supported for it")
     if not section.instructions:
         raise ValueError("supervised training needs contrastive.instructions: a YAML table "

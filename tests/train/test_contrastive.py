@@ -187,6 +187,36 @@ def test_supervised_records_from_a_hub_dataset(tmp_path):
     assert all(r["negative"] for r in nli)
 
 
+def test_supervised_tables_and_nli_jsonl_read_as_records(tmp_path):
+    """The layouts users have: our NLI TSV (premise, entailment, contradiction), SimCSE's
+    CSV (sent0,sent1,hard_neg; quoted commas) and SNLI's labelled JSONL pairs."""
+    (tmp_path / "triplets.tsv").write_text(
+        "source\tpremise\tentailment\tcontradiction\n"
+        'snli\tA "quoted" man.\tA man.\tA woman.\n\nmnli\tP2\tE2\tC2\n', encoding="utf-8")
+    tsv = read_triples(tmp_path / "triplets.tsv", dataset_name="allnli")
+    assert tsv == [{"query": 'A "quoted" man.', "positive": "A man.", "negative": "A woman.",
+                    "dataset": "allnli"},
+                   {"query": "P2", "positive": "E2", "negative": "C2", "dataset": "allnli"}]
+    (tmp_path / "nli_for_simcse.csv").write_text(
+        'sent0,sent1,hard_neg\n"One, two.",Two.,Three.\n', encoding="utf-8")
+    assert read_triples(tmp_path / "nli_for_simcse.csv") == [
+        {"query": "One, two.", "positive": "Two.", "negative": "Three.",
+         "dataset": "nli_for_simcse"}]
+    snli = [("P", "E1", "entailment"), ("P", "N", "neutral"), ("P", "C", "contradiction"),
+            ("P", "E2", "entailment"), ("Q", "C", "contradiction"), ("R", "E", "entailment")]
+    (tmp_path / "snli.jsonl").write_text("".join(
+        json.dumps({"sentence1": a, "sentence2": b, "gold_label": label}) + "\n"
+        for a, b, label in snli), encoding="utf-8")
+    assert read_triples(tmp_path / "snli.jsonl") == [  # Q has no entailment: no record
+        {"query": "P", "positive": "E1", "negative": "C", "dataset": "snli"},
+        {"query": "R", "positive": "E", "dataset": "snli"}]
+    # A directory holds any mix; a table without query/positive columns is named.
+    assert len(read_triples(tmp_path)) == 2 + 1 + 2
+    (tmp_path / "bad.tsv").write_text("a\tb\nx\ty\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.tsv: no query/positive fields.*premise"):
+        read_triples(tmp_path / "bad.tsv")
+
+
 def test_e5_instruction_table():
     table = load_instructions(E5_INSTRUCTIONS)
     assert len(table) == 14
