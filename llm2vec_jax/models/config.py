@@ -35,6 +35,11 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("Qwen3", qk_norm=True, layer_types=True),
     "gemma": Family("Gemma", hidden_act="gelu_pytorch_tanh", gemma_scaling=True),
 }
+# config.json fields of features no family here implements (soft-capping, Gemma 2's query
+# scaling, mixtures of experts): set, they would be silently ignored, so they are refused.
+UNSUPPORTED_HF_FIELDS = ("attn_logit_softcapping", "final_logit_softcapping",
+                         "query_pre_attn_scalar", "num_local_experts", "num_experts",
+                         "moe_intermediate_size")
 # Gemma's releases say "gelu" but mean the tanh approximation (transformers rewrites it too).
 HIDDEN_ACT_ALIASES = {("gemma", "gelu"): "gelu_pytorch_tanh"}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
@@ -215,6 +220,10 @@ class ModelConfig:
             hf = read_hf_config(hf)
         model_type = hf.get("model_type")
         family = family_of(model_type)
+        for field in UNSUPPORTED_HF_FIELDS:
+            if hf.get(field) is not None:
+                raise ConfigError(f"{field}={hf[field]!r} is not supported for {model_type}: "
+                                  "no family here implements it; supported: absent or null")
         act = hf.get("hidden_act", family.hidden_act)
         act = HIDDEN_ACT_ALIASES.get((model_type, act), act)
         if act != family.hidden_act:

@@ -128,6 +128,9 @@ def test_unknown_model_type(hf_dir, tmp_path):
     ("qwen3", "hidden_act", "gelu", r"hidden_act='gelu' is not supported; qwen3 uses 'silu'"),
     ("gemma", "hidden_act", "silu",
      r"hidden_act='silu' is not supported; gemma uses 'gelu_pytorch_tanh'"),
+    ("llama", "attn_logit_softcapping", 50.0,
+     r"attn_logit_softcapping=50.0 is not supported for llama: .*supported: absent or null"),
+    ("mistral", "num_local_experts", 8, r"num_local_experts=8 is not supported for mistral"),
     ("llama", "rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
      r"rope_type='yarn' is not supported; supported: default, linear, llama3"),
 ])
