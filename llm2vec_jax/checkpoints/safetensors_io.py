@@ -43,7 +43,7 @@ class SafetensorsFile:
         try:
             self._entries, self.metadata, self._data_start = self._read_header()
         except BaseException:
-            os.close(self._fd)
+            self.close()  # and mark it closed, or __del__ closes the number again
             raise
 
     def _fail(self, problem: str) -> SafetensorsFormatError:
@@ -64,15 +64,21 @@ class SafetensorsFile:
             raise self._fail(f"header is not JSON ({e})") from None
         metadata = header.pop("__metadata__", None) or {}
         data_start, data_size = 8 + length, size - 8 - length
+        data_end = 0
         for key, entry in header.items():
             try:
                 dtype, shape = DTYPES[entry["dtype"]], tuple(entry["shape"])
                 begin, end = entry["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise self._fail(f"bad header entry for {key!r}: {entry}") from None
-            if end - begin != math.prod(shape) * dtype.itemsize or not 0 <= begin <= end <= data_size:
+            if end - begin != math.prod(shape) * dtype.itemsize or not 0 <= begin <= end:
                 raise self._fail(f"tensor {key!r}: offsets {begin}..{end} do not fit "
-                                 f"{entry['dtype']}{list(shape)} in {data_size} data bytes")
+                                 f"{entry['dtype']}{list(shape)}")
+            data_end = max(data_end, end)
+        if data_end > data_size:  # the usual corruption: an interrupted download or copy
+            raise SafetensorsFormatError(
+                f"{self.path!r} is truncated: its header describes {data_start + data_end} "
+                f"bytes, the file has {size}; download (or copy) it again")
         return header, metadata, data_start
 
     def keys(self) -> list[str]:

@@ -149,9 +149,27 @@ def _shard_desc(process_index: int, process_count: int) -> str:
 
 def _lines(paths: list[Path]) -> Iterator[str]:
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield line.rstrip("\n")
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    yield line.rstrip("\n")
+        except UnicodeDecodeError:
+            raise SourceError(_not_utf8(path)) from None
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8 (the decoder's error counts bytes of a chunk, not lines)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where = f"line {number} (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                break
+        else:
+            where = "its end (a character cut short)"
+    return (f"{path} is not UTF-8 at {where}; convert it, e.g. iconv -f latin1 -t utf-8 "
+            f"{path} > {path.with_name(path.stem + '.utf8' + path.suffix)}")
 
 
 def text_file_source(path: str | os.PathLike, *, process_index: int = 0,

@@ -4,11 +4,31 @@ reference's ``LLM2Vec.tokenize``, minus its left-padding-only pooling assumption
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
+import transformers
 
 from .reference import SEPARATOR, build_strings, count_text_tokens, validate_pooling
+
+
+# Any one of these is a tokenizer transformers can load without a converter
+# (sentencepiece/tiktoken): a fast tokenizer, a sentencepiece model, a BPE vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(directory: str | os.PathLike):
+    """The tokenizer of a local checkpoint directory; a directory without tokenizer files is
+    a FileNotFoundError naming them (transformers would blame a missing converter)."""
+    directory = os.fspath(directory)
+    if os.path.isdir(directory) and not any(os.path.isfile(os.path.join(directory, name))
+                                            for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer in {directory}: none of {', '.join(TOKENIZER_FILES)} is there; copy "
+            "the tokenizer files of the model it came from (or save_pretrained its tokenizer) "
+            "into it")
+    return transformers.AutoTokenizer.from_pretrained(directory)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,11 +9,12 @@ and supervised training is ``stages.py``.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import time
 
 import jax
-import transformers
 
 from .. import sharding as shd
 from ..data.batches import real_tokens
@@ -22,10 +23,11 @@ from ..distributed import maybe_initialize_distributed
 from ..host_memory import compile_now
 from ..lora import lora_parameter_count
 from ..text.reference import validate_pooling
+from ..text.tokenize import load_tokenizer
 from . import stages
 from .checkpointing import (checkpoint_manager, data_fingerprint, record_settings, restore,
                             run_identity, save, start_over)
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .export import export_adapter
 from .flops import mfu, train_flops_per_step
 from .metrics import MetricsWriter, progress_bar
@@ -39,6 +41,9 @@ def train(config: TrainConfig) -> dict:
     """Run (or resume) one training stage; returns the final metrics."""
     maybe_initialize_distributed()
     run = config.run
+    if os.path.isfile(run.output_dir):
+        raise TrainConfigError(f"run.output_dir={run.output_dir!r} is an existing file; name a "
+                               "directory (it is created if missing)")
     mesh = shd.make_mesh(config.mesh)
     shd.check_batch(mesh, run.global_batch_size)
     if run.global_batch_size % jax.process_count():
@@ -51,12 +56,24 @@ def train(config: TrainConfig) -> dict:
                              f"global_batch_size={run.global_batch_size}")
         shd.check_batch(mesh, chunk)  # each chunk is spread over the data-parallel shards
     path, model = prepare_model(config, mesh)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    check_lengths(config, path)
+    tokenizer = load_tokenizer(path)
     if run.stage != "mntp":
         validate_pooling(config.contrastive.pooling, tokenizer)
     train_iter, eval_iter = stages.iterators(config, tokenizer, model.config.model_type)
     return run_loop(config, mesh, model, path, tokenizer, train_iter, eval_iter,
                     stages.objective(config))
+
+
+def check_lengths(config: TrainConfig, model_path: str) -> None:
+    """Sequence lengths the model has positions for (else it fails later on a token count)."""
+    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+        limit = json.load(f).get("max_position_embeddings")
+    length, name = ((config.data.max_seq_length, "data.max_seq_length") if config.run.stage == "mntp"
+                    else (config.contrastive.max_length, "contrastive.max_length"))
+    if limit is not None and length > limit:
+        raise TrainConfigError(f"{name}={length} exceeds the model's max_position_embeddings="
+                               f"{limit} ({model_path}/config.json); use at most {limit}")
 
 
 def evaluate(eval_step, state, iterator: ShardedBatches, mesh, batches: int) -> dict:

@@ -1,5 +1,8 @@
 """Our safetensors reader against files written by safetensors' own torch writer."""
 
+import gc
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -33,8 +36,19 @@ def test_reads_every_dtype_exactly(tmp_path):
 def test_damaged_files_are_named(tmp_path, damage):
     path = tmp_path / "x.safetensors"
     save_file({"w": torch.ones(64, 64)}, str(path))
-    raw = path.read_bytes()
-    raw = {"truncate_data": raw[:-100], "truncate_header": raw[:20], "garbage": b"\\x07" * 4000}[damage]
+    whole = path.read_bytes()
+    raw = {"truncate_data": whole[:-100], "truncate_header": whole[:20], "garbage": b"\\x07" * 4000}[damage]
     path.write_bytes(raw)
-    with pytest.raises(SafetensorsFormatError, match="x.safetensors"):
-        SafetensorsFile(path)
+    unraisable = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with pytest.raises(SafetensorsFormatError, match="x.safetensors") as error:
+            SafetensorsFile(path)
+        gc.collect()  # the half-built object's __del__ must not close its descriptor twice
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
+    if damage == "truncate_data":
+        assert str(error.value) == (f"{str(path)!r} is truncated: its header describes "
+                                    f"{len(whole)} bytes, the file has {len(raw)}; download "
+                                    "(or copy) it again")

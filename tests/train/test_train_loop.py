@@ -1,6 +1,7 @@
 """The training CLI and loop: config errors, an MNTP run, exact resume after SIGKILL (also
 during a checkpoint write), and resume's rules: unreadable checkpoints set aside, checkpoints
-of another stage / model / LoRA layout refused, changed data warned about."""
+of another stage / model / LoRA layout refused, changed data warned about; bad inputs as one
+line and exit 2."""
 
 import json
 import os
@@ -335,3 +336,83 @@ def test_resume_from_a_chosen_step_or_from_scratch(tiny_run, straight):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]
     reference = train_losses(straight)
     assert train_losses(run)[1] == reference[1] * 2  # the first step, run again from scratch
+
+
+def _bad_inputs(root, model):
+    """name -> (extra CLI arguments, the one line expected on stderr); makes the files."""
+    bad = root / "bad-inputs"
+    if not bad.exists():
+        bad.mkdir()
+        truncated = shutil.copytree(model, bad / "truncated-model")
+        os.truncate(truncated / "model.safetensors", 3_000_000)
+        no_tokenizer = shutil.copytree(model, bad / "no-tokenizer")
+        for name in os.listdir(no_tokenizer):
+            if name.startswith("tokenizer"):
+                os.remove(no_tokenizer / name)
+        (bad / "latin1.txt").write_bytes("first line\ncaf\u00e9 au lait\n".encode("latin1"))
+        (bad / "blank.txt").write_text("\n   \n\n", encoding="utf-8")
+        (bad / "a-file").write_text("", encoding="utf-8")
+        (bad / "no-text").mkdir()
+        (bad / "no-text" / "notes.md").write_text("# not a .txt file\n", encoding="utf-8")
+    size = os.path.getsize(model + "/model.safetensors")
+
+    def data(path):
+        return ["--set", f"data.path={path}"]
+
+    return {
+        "truncated model": (["--set", f"model.path={bad / 'truncated-model'}"],
+                            f"model error: cannot read safetensors file "
+                            f"'{bad / 'truncated-model' / 'model.safetensors'}' (corrupt or "
+                            f"truncated?): '{bad / 'truncated-model' / 'model.safetensors'}' is "
+                            f"truncated: its header describes {size} bytes, the file has "
+                            "3000000; download (or copy) it again"),
+        "no tokenizer": (["--set", f"model.path={bad / 'no-tokenizer'}"],
+                         f"file error: no tokenizer in {bad / 'no-tokenizer'}: none of "
+                         "tokenizer.json, tokenizer.model, vocab.json is there; copy the "
+                         "tokenizer files of the model it came from (or save_pretrained its "
+                         "tokenizer) into it"),
+        "missing data": (data(bad / "nope.txt"), f"file error: text file not found: {bad / 'nope.txt'}"),
+        "blank data": (data(bad / "blank.txt"), f"data error: no text found in {bad / 'blank.txt'}"),
+        "not utf-8": (data(bad / "latin1.txt"),
+                      f"data error: {bad / 'latin1.txt'} is not UTF-8 at line 2 (byte 0xe9 at "
+                      f"column 4); convert it, e.g. iconv -f latin1 -t utf-8 "
+                      f"{bad / 'latin1.txt'} > {bad / 'latin1.utf8.txt'}"),
+        "no text files": (["--set", "data.kind=dir", *data(bad / "no-text")],
+                          f"data error: no text found in {bad / 'no-text'}: no *.txt files"),
+        "too many devices": (["--set", "mesh.data=64"],
+                             "mesh error: mesh data=64 fsdp=1 tensor=1 needs 64 devices, but 1 "
+                             "are available"),
+        "output_dir a file": (["--set", f"run.output_dir={bad / 'a-file'}"],
+                              f"config error: run.output_dir='{bad / 'a-file'}' is an existing "
+                              "file; name a directory (it is created if missing)"),
+        "sequence too long": (["--set", "data.max_seq_length=4096"],
+                              "config error: data.max_seq_length=4096 exceeds the model's "
+                              f"max_position_embeddings=256 ({model}/config.json); use at most 256"),
+    }
+
+
+BAD_INPUTS = ["truncated model", "no tokenizer", "missing data", "blank data", "not utf-8",
+              "no text files", "too many devices", "output_dir a file", "sequence too long"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_2(tiny_run, case):
+    root, model, corpus = tiny_run
+    extra, expected = _bad_inputs(root, model)[case]
+    done = subprocess.run(cli(root, model, corpus, root / "bad-run", *extra),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == expected
+    assert not (root / "bad-run" / "checkpoints").exists()
+
+
+def test_debug_keeps_the_traceback(tiny_run):
+    root, model, corpus = tiny_run
+    extra, expected = _bad_inputs(root, model)["too many devices"]
+    done = subprocess.run(cli(root, model, corpus, root / "bad-run", *extra, "--debug"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "llm2vec_jax.sharding.ShardingError: " + expected.removeprefix("mesh error: "))
