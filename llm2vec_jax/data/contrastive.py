@@ -56,7 +56,7 @@ from ..text.reference import SEPARATOR, prepare_for_tokenization, validate_pooli
 from ..text.tokenize import collate, pad_token_id, tokenize_strings
 from .batches import ContrastiveBatch, Features
 from .epochs import EpochIterator, ShuffledBatches
-from .sources import load_hf_dataset
+from .sources import SourceError, load_hf_dataset
 
 PADDING = ("bucket", "max_length", "longest")
 
@@ -153,12 +153,12 @@ def load_instructions(path: str | os.PathLike) -> dict[str, str | list[str]]:
     with open(path, encoding="utf-8") as f:
         table = yaml.safe_load(f) or {}
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a mapping of dataset name -> instruction(s)")
+        raise SourceError(f"{path}: expected a mapping of dataset name -> instruction(s)")
     for name, value in table.items():
         ok = isinstance(value, str) or (isinstance(value, list) and value
                                         and all(isinstance(v, str) for v in value))
         if not ok:
-            raise ValueError(f"{path}: instruction for {name!r} must be a string or a "
+            raise SourceError(f"{path}: instruction for {name!r} must be a string or a "
                              f"non-empty list of strings, got {value!r}")
     return table
 
@@ -229,14 +229,18 @@ def _rows(file: Path):
             return
         for line_no, line in enumerate(f, 1):
             if line.strip():
-                yield line_no, json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SourceError(f"{file}:{line_no}: not a JSON record ({e})") from None
+                yield line_no, record
 
 
 def _columns(raw: Mapping[str, Any], file: Path) -> tuple[str, ...]:
     """The (query, positive[, negative]) field names this file uses."""
     found = [next((c for c in names if c in raw), None) for names in ROLE_COLUMNS.values()]
     if found[0] is None or found[1] is None:
-        raise ValueError(f"{file}: no query/positive fields among {sorted(raw)}; name them "
+        raise SourceError(f"{file}: no query/positive fields among {sorted(raw)}; name them "
                          f"one of {ROLE_COLUMNS['query']} and {ROLE_COLUMNS['positive']}")
     # A JSONL record may lack the optional negative that later records have.
     return found[0], found[1], found[2] or ROLE_COLUMNS["negative"][0]
@@ -290,7 +294,7 @@ def _record(raw: Mapping[str, Any], columns: Sequence[str], dataset_field: str,
     query, positive, *negative = columns
     for key in (query, positive):
         if not isinstance(raw.get(key), str):
-            raise ValueError(f"{where}: record needs a string {key!r}")
+            raise SourceError(f"{where}: record needs a string {key!r}")
     record = {"query": raw[query], "positive": raw[positive],
               "dataset": str(raw.get(dataset_field) or default_dataset)}
     if negative and raw.get(negative[0]) is not None:
@@ -367,12 +371,12 @@ class SupervisedBatchIterator(EpochIterator):
                 (query_string(r["query"], instr), SEPARATOR + r["positive"],
                  SEPARATOR + r["negative"] if self.with_negative else None))
         if missing:
-            raise ValueError(f"no instruction for dataset(s) {sorted(missing)}; known: "
-                             f"{sorted(instructions)} (add them to the instruction table)")
+            raise SourceError(f"no instruction for dataset(s) {sorted(missing)}; known: "
+                              f"{sorted(instructions)} (add them to the instruction table)")
         self.names = sorted(self.datasets)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"no dataset has a full global batch of {self.global_batch_size} "
-                             f"records ({ {n: len(v) for n, v in self.datasets.items()} })")
+            raise SourceError(f"no dataset has a full global batch of {self.global_batch_size} "
+                              f"records ({ {n: len(v) for n, v in self.datasets.items()} })")
         self._plan_epoch: int | None = None
         self._plan: list[tuple[str, np.ndarray]] = []
 

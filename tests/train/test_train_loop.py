@@ -354,10 +354,22 @@ def _bad_inputs(root, model):
         (bad / "a-file").write_text("", encoding="utf-8")
         (bad / "no-text").mkdir()
         (bad / "no-text" / "notes.md").write_text("# not a .txt file\n", encoding="utf-8")
+        (bad / "no-positive.jsonl").write_text(
+            '{"query": "q1", "positive": "p1", "dataset": "qa"}\n{"query": "q2", "dataset": "qa"}\n',
+            encoding="utf-8")
+        (bad / "qa.jsonl").write_text('{"query": "q1", "positive": "p1", "dataset": "qa"}\n',
+                                      encoding="utf-8")
+        (bad / "instructions.yaml").write_text('nli: "Retrieve a hypothesis"\n', encoding="utf-8")
+        (bad / "unreadable.txt").write_text("text\n", encoding="utf-8")
+        os.chmod(bad / "unreadable.txt", 0)
     size = os.path.getsize(model + "/model.safetensors")
 
     def data(path):
         return ["--set", f"data.path={path}"]
+
+    def supervised(path):
+        return ["--stage", "supervised", "--set", "data.kind=auto", *data(path),
+                "--set", f"contrastive.instructions={bad / 'instructions.yaml'}"]
 
     return {
         "truncated model": (["--set", f"model.path={bad / 'truncated-model'}"],
@@ -373,6 +385,14 @@ def _bad_inputs(root, model):
                          "tokenizer) into it"),
         "missing data": (data(bad / "nope.txt"), f"file error: text file not found: {bad / 'nope.txt'}"),
         "blank data": (data(bad / "blank.txt"), f"data error: no text found in {bad / 'blank.txt'}"),
+        "unreadable data": (data(bad / "unreadable.txt"),
+                            f"file error: [Errno 13] Permission denied: '{bad / 'unreadable.txt'}'"),
+        "record without positive": (supervised(bad / "no-positive.jsonl"),
+                                    f"data error: {bad / 'no-positive.jsonl'}:2: record needs a "
+                                    "string 'positive'"),
+        "dataset without instruction": (supervised(bad / "qa.jsonl"),
+                                        "data error: no instruction for dataset(s) ['qa']; known: "
+                                        "['nli'] (add them to the instruction table)"),
         "not utf-8": (data(bad / "latin1.txt"),
                       f"data error: {bad / 'latin1.txt'} is not UTF-8 at line 2 (byte 0xe9 at "
                       f"column 4); convert it, e.g. iconv -f latin1 -t utf-8 "
@@ -391,13 +411,17 @@ def _bad_inputs(root, model):
     }
 
 
-BAD_INPUTS = ["truncated model", "no tokenizer", "missing data", "blank data", "not utf-8",
-              "no text files", "too many devices", "output_dir a file", "sequence too long"]
+BAD_INPUTS = ["truncated model", "no tokenizer", "missing data", "blank data", "unreadable data",
+              "not utf-8", "no text files", "record without positive",
+              "dataset without instruction", "too many devices", "output_dir a file",
+              "sequence too long"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_and_exit_2(tiny_run, case):
     root, model, corpus = tiny_run
+    if case == "unreadable data" and os.geteuid() == 0:
+        pytest.skip("root reads a file without read permission")
     extra, expected = _bad_inputs(root, model)[case]
     done = subprocess.run(cli(root, model, corpus, root / "bad-run", *extra),
                           capture_output=True, text=True, timeout=600)
