@@ -62,11 +62,12 @@ def _input_error_kind(error: Exception) -> str | None:
     from ..lora import LoRAError
     from ..models.config import ConfigError
     from ..sharding import ShardingError
-    from .checkpointing import ResumeError
+    from .checkpointing import CheckpointWriteError, ResumeError
     from .config import TrainConfigError
     kinds = {TrainConfigError: "config", SourceError: "data", STSFormatError: "data",
-             ResumeError: "resume", ShardingError: "mesh", CheckpointError: "model",
-             SafetensorsFormatError: "model", GGUFError: "model", ConfigError: "model",
+             ResumeError: "resume", CheckpointWriteError: "checkpoint", ShardingError: "mesh",
+             CheckpointError: "model", SafetensorsFormatError: "model", GGUFError: "model",
+             ConfigError: "model",
              LoRAError: "adapter", FileNotFoundError: "file", NotADirectoryError: "file",
              IsADirectoryError: "file", PermissionError: "file"}
     for cls, kind in kinds.items():

@@ -231,13 +231,39 @@ def start_over(config: TrainConfig) -> None:
     barrier("llm2vec-start-over")
 
 
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (a full disk, a quota); the earlier ones are intact:
+    orbax writes into a temporary directory and renames it only when complete."""
+
+
+def _write_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+    return CheckpointWriteError(
+        f"writing a checkpoint in {manager.directory} failed ({_reason(error)}); the earlier "
+        f"checkpoints {sorted(manager.all_steps())} are intact: free space (or fix the "
+        "directory) and run the same command again to resume")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState, iterator,
          record: dict) -> None:
     """``record``: {"identity": run_identity(...), "data fingerprint": data_fingerprint(...)},
-    kept in the checkpoint's metadata for the resume to compare."""
-    manager.save(step, args=ocp.args.Composite(train=ocp.args.StandardSave(trainable(state)),
-                                               data=ocp.args.JsonSave(iterator.get_state())),
-                 force=True, custom_metadata=record)
+    kept in the checkpoint's metadata for the resume to compare. An asynchronous write's
+    failure surfaces here, at the next save, or in ``finish``."""
+    try:
+        manager.save(step, args=ocp.args.Composite(
+            train=ocp.args.StandardSave(trainable(state)),
+            data=ocp.args.JsonSave(iterator.get_state())), force=True, custom_metadata=record)
+    except Exception as e:  # noqa: BLE001 - orbax reports I/O failures as ValueError and more
+        raise _write_failed(manager, e) from e
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Wait for the last checkpoint write, then close the manager."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - as in save
+        raise _write_failed(manager, e) from e
+    finally:
+        manager.close()
 
 
 def record_settings(config: TrainConfig, start: int) -> None:

@@ -25,8 +25,8 @@ from ..lora import lora_parameter_count
 from ..text.reference import validate_pooling
 from ..text.tokenize import load_tokenizer
 from . import stages
-from .checkpointing import (checkpoint_manager, data_fingerprint, record_settings, restore,
-                            run_identity, save, start_over)
+from .checkpointing import (checkpoint_manager, data_fingerprint, finish, record_settings,
+                            restore, run_identity, save, start_over)
 from .config import TrainConfig, TrainConfigError
 from .export import export_adapter
 from .flops import mfu, train_flops_per_step
@@ -154,8 +154,7 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
                 progress.update(1)
     finally:
         progress.close()
-        manager.wait_until_finished()
-        manager.close()
         writer.close()
+        finish(manager)
     export_adapter(config, graphdef, state, model_path, tokenizer)
     return last

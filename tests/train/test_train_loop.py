@@ -440,3 +440,28 @@ def test_debug_keeps_the_traceback(tiny_run):
     assert "Traceback (most recent call last)" in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "llm2vec_jax.sharding.ShardingError: " + expected.removeprefix("mesh error: "))
+
+
+def test_a_failed_checkpoint_write_exits_2_and_keeps_the_earlier_ones(tiny_run, straight):
+    """A write that fails (here: files capped at 50 kB, as a full disk would cut them) stops
+    the run with exit 2 and a line saying so; every earlier checkpoint stays byte for byte."""
+    import resource
+    root, model, corpus = tiny_run
+    run = copy_run(straight, "write-fails")
+    checkpoints = run / "checkpoints"
+    before = {p.name: files_of(p) for p in checkpoints.iterdir()}
+    adapter = files_of(run / "adapter")
+
+    def cap_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    done = subprocess.run(cli(root, model, corpus, run, "--set", "run.max_steps=12"),
+                          capture_output=True, text=True, timeout=600, preexec_fn=cap_file_size)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("checkpoint error: ")]
+    assert line.startswith(f"checkpoint error: writing a checkpoint in {checkpoints} failed (")
+    assert line.endswith("); the earlier checkpoints [2, 4, 6, 8, 10] are intact: free space (or "
+                         "fix the directory) and run the same command again to resume")
+    assert {p.name: files_of(p) for p in checkpoints.iterdir() if p.name in before} == before
+    assert files_of(run / "adapter") == adapter
