@@ -31,6 +31,10 @@ TINY_CONFIGS = {
     "qwen3_tied": ("qwen3", dict(head_dim=24, tie_word_embeddings=True)),  # q/k norms
     # embeddings × √D, (1 + w) norms, tanh GELU, head_dim ≠ D/N, tied
     "gemma": ("gemma", dict(head_dim=24, hidden_act="gelu")),
+    # + norms after attention and MLP, logit soft-capping (caps low enough to bite on random
+    # weights), query_pre_attn_scalar, sliding window on layer 0 only
+    "gemma2": ("gemma2", dict(head_dim=24, sliding_window=4, attn_logit_softcapping=0.5,
+                              final_logit_softcapping=2.0, query_pre_attn_scalar=20)),
 }
 
 

@@ -58,6 +58,13 @@ HF_NAMES: dict[str, str] = {
     **{f"{p}_bias": f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo"},
     **{f"{p}_norm": f"model.layers.{{i}}.self_attn.{p}_norm.weight" for p in "qk"},
     **{f"{p}_bias": f"model.layers.{{i}}.mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
+    "mlp_post_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+}
+# With norms after attention and MLP too (Gemma 2), HF's post_attention_layernorm is the
+# norm after attention and the MLP's own norm has a name of its own.
+POST_NORM_HF_NAMES: dict[str, str] = {
+    "attn_post_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "mlp_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
 }
 
 
@@ -103,8 +110,10 @@ def hf_tensor_names(config: ModelConfig) -> dict[str, list[str]]:
     layout ``config.lm_head`` says (bare ``*Model`` names when False)."""
     specs = weight_specs(config)
 
+    table = {**HF_NAMES, **POST_NORM_HF_NAMES} if config.post_norms else HF_NAMES
+
     def hf_name(name: str) -> str:
-        return HF_NAMES[name] if config.lm_head else HF_NAMES[name].removeprefix(BARE_PREFIX)
+        return table[name] if config.lm_head else table[name].removeprefix(BARE_PREFIX)
 
     names = {name: [hf_name(name)] for name in specs["top"]}
     for name in specs["layers"]:

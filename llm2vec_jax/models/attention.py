@@ -44,14 +44,21 @@ def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
     return allowed
 
 
+def soft_cap(x: jnp.ndarray, cap: float | None) -> jnp.ndarray:
+    """``cap · tanh(x / cap)`` (Gemma 2's logit soft-capping); x itself when cap is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
 def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
                             allowed: jnp.ndarray, *, dropout_rate: float = 0.0,
                             dropout_rng: jax.Array | None = None,
-                            dropout_impl: str = "bits16") -> jnp.ndarray:
-    """softmax(q kᵀ / √H) v with GQA; q [B,S,N,H], k/v [B,T,K,H], allowed [B,1,S,T].
+                            dropout_impl: str = "bits16", scale: float | None = None,
+                            softcap: float | None = None) -> jnp.ndarray:
+    """softmax(q kᵀ · scale) v with GQA; q [B,S,N,H], k/v [B,T,K,H], allowed [B,1,S,T].
 
-    Logits and softmax in float32. Dropout (on the attention probabilities, as HF's
-    ``attention_dropout``) only when ``dropout_rng`` is given.
+    ``scale`` defaults to 1/√H; ``softcap`` caps the scaled logits at ±softcap with tanh
+    before the mask (Gemma 2). Logits and softmax in float32. Dropout (on the attention
+    probabilities, as HF's ``attention_dropout``) only when ``dropout_rng`` is given.
     """
     batch, seq, heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -66,7 +73,8 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     # gives the minimum exactly (a logit is far below the minimum's ulp), so a row with no
     # visible key is still uniform.
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, :, None]
-    probs = jax.nn.softmax(logits * (head_dim ** -0.5) + bias, axis=-1)
+    logits = soft_cap(logits * (head_dim ** -0.5 if scale is None else scale), softcap)
+    probs = jax.nn.softmax(logits + bias, axis=-1)
     probs = dropout(probs, dropout_rate, dropout_rng, dropout_impl)
     out = jnp.einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
@@ -79,7 +87,8 @@ class AttentionImplError(ValueError):
 
 def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
                     dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-                    implementation: str = "cudnn") -> jnp.ndarray:
+                    implementation: str = "cudnn", scale: float | None = None,
+                    softcap: float | None = None) -> jnp.ndarray:
     """The same function as ``grouped_query_attention`` through cuDNN's fused kernel.
 
     The mask goes in as ``allowed`` itself ([B,1,S,T], which cuDNN applies as an additive
@@ -93,12 +102,16 @@ def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp
             "kernels.attention='cudnn' has no attention-probability dropout "
             "(jax.nn.dot_product_attention takes no rng); use kernels.attention='xla' when "
             "training with attention_dropout > 0")
+    if softcap is not None:
+        raise AttentionImplError("kernels.attention='cudnn' has no attention-logit soft-capping "
+                                 "(Gemma 2); use kernels.attention='xla'")
     if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         raise AttentionImplError(
             f"kernels.attention='cudnn' needs bfloat16/float16 compute, got {q.dtype}; set "
             "dtype='bfloat16' or use kernels.attention='xla'")
     try:
-        return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=implementation)
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=scale,
+                                            implementation=implementation)
     except (NotImplementedError, RuntimeError, ValueError) as e:
         raise AttentionImplError(
             f"kernels.attention='cudnn' is not supported here ({type(e).__name__}: {e}); "
@@ -107,9 +120,12 @@ def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
            impl: str = "xla", dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-           dropout_impl: str = "bits16") -> jnp.ndarray:
+           dropout_impl: str = "bits16", scale: float | None = None,
+           softcap: float | None = None) -> jnp.ndarray:
     """Dispatch on ``Kernels.attention``."""
     if impl == "cudnn":
-        return cudnn_attention(q, k, v, allowed, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+        return cudnn_attention(q, k, v, allowed, dropout_rate=dropout_rate,
+                               dropout_rng=dropout_rng, scale=scale, softcap=softcap)
     return grouped_query_attention(q, k, v, allowed, dropout_rate=dropout_rate,
-                                   dropout_rng=dropout_rng, dropout_impl=dropout_impl)
+                                   dropout_rng=dropout_rng, dropout_impl=dropout_impl,
+                                   scale=scale, softcap=softcap)

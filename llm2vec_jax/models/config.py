@@ -26,6 +26,11 @@ class Family:
     hidden_act: str = "silu"           # the MLP's gate activation
     # Gemma: embeddings × √D, RMSNorm scaling by (1 + w) in float32.
     gemma_scaling: bool = False
+    # Gemma 2: RMSNorm after attention and after the MLP too (before the residual add).
+    post_norms: bool = False
+    # Gemma 2: attention- and final-logit soft-capping, query_pre_attn_scalar.
+    softcapping: bool = False
+    sliding_layers: bool = False       # per-layer windows from config.json's layer_types
 
 
 FAMILIES: dict[str, Family] = {
@@ -34,14 +39,18 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family("Qwen2", fixed_qkv_bias=True, layer_types=True),
     "qwen3": Family("Qwen3", qk_norm=True, layer_types=True),
     "gemma": Family("Gemma", hidden_act="gelu_pytorch_tanh", gemma_scaling=True),
+    "gemma2": Family("Gemma2", hidden_act="gelu_pytorch_tanh", gemma_scaling=True,
+                     post_norms=True, softcapping=True, sliding_window=True,
+                     layer_types=True, sliding_layers=True),
 }
 # config.json fields of features no family here implements (soft-capping, Gemma 2's query
 # scaling, mixtures of experts): set, they would be silently ignored, so they are refused.
-UNSUPPORTED_HF_FIELDS = ("attn_logit_softcapping", "final_logit_softcapping",
-                         "query_pre_attn_scalar", "num_local_experts", "num_experts",
-                         "moe_intermediate_size")
+SOFTCAPPING_HF_FIELDS = ("attn_logit_softcapping", "final_logit_softcapping",
+                         "query_pre_attn_scalar")
+MOE_HF_FIELDS = ("num_local_experts", "num_experts", "moe_intermediate_size")
 # Gemma's releases say "gelu" but mean the tanh approximation (transformers rewrites it too).
-HIDDEN_ACT_ALIASES = {("gemma", "gelu"): "gelu_pytorch_tanh"}
+HIDDEN_ACT_ALIASES = {("gemma", "gelu"): "gelu_pytorch_tanh",
+                      ("gemma2", "gelu"): "gelu_pytorch_tanh"}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -144,6 +153,12 @@ class ModelConfig:
     qk_norm: bool = False
     hidden_act: str = "silu"
     gemma_scaling: bool = False
+    post_norms: bool = False
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    query_pre_attn_scalar: float | None = None   # None: attention scaled by head_dim ** -0.5
+    # Which layers use ``sliding_window`` (Gemma 2); None: every layer (Mistral).
+    sliding_layers: tuple[bool, ...] | None = None
     # False for a bare ``*Model`` checkpoint (an encoder saved without its LM head): it then
     # has logits only through tied embeddings.
     lm_head: bool = True
@@ -170,16 +185,25 @@ class ModelConfig:
         elif self.o_bias != self.attention_bias:
             raise ConfigError(f"{self.model_type} biases all of q/k/v/o or none: o_bias must "
                               f"equal attention_bias={self.attention_bias}")
-        for name in ("hidden_act", "gemma_scaling"):
+        for name in ("hidden_act", "gemma_scaling", "post_norms"):
             if getattr(self, name) != getattr(family, name):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not supported for "
                                   f"{self.model_type}; supported: {getattr(family, name)!r}")
         if self.qk_norm != family.qk_norm:
             raise ConfigError(f"qk_norm={self.qk_norm} but {self.model_type} has "
                               f"{'' if family.qk_norm else 'no '}q/k norm")
+        if not family.softcapping:
+            for name in SOFTCAPPING_HF_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} is not supported for "
+                                      f"{self.model_type}; supported: None (gemma2 has it)")
+        if self.sliding_layers is not None and (not family.sliding_layers
+                                                or len(self.sliding_layers) != self.num_layers):
+            raise ConfigError(f"sliding_layers must be None or one flag per layer (gemma2), "
+                              f"got {self.sliding_layers!r} for {self.model_type}")
         if self.sliding_window is not None and not family.sliding_window:
             raise ConfigError(f"sliding_window={self.sliding_window}: {self.model_type} has no "
-                              "sliding window here (supported with: mistral)")
+                              "sliding window here (supported with: mistral, gemma2)")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                      "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
             value = getattr(self, name)
@@ -205,6 +229,10 @@ class ModelConfig:
             raise ConfigError(f"kernels must be a Kernels, got {self.kernels!r}")
 
     @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
     def has_logits(self) -> bool:
         return self.lm_head or self.tie_word_embeddings
 
@@ -220,16 +248,17 @@ class ModelConfig:
             hf = read_hf_config(hf)
         model_type = hf.get("model_type")
         family = family_of(model_type)
-        for field in UNSUPPORTED_HF_FIELDS:
+        unsupported = MOE_HF_FIELDS + (() if family.softcapping else SOFTCAPPING_HF_FIELDS)
+        for field in unsupported:
             if hf.get(field) is not None:
                 raise ConfigError(f"{field}={hf[field]!r} is not supported for {model_type}: "
                                   "no family here implements it; supported: absent or null")
-        act = hf.get("hidden_act", family.hidden_act)
+        act = hf.get("hidden_activation") or hf.get("hidden_act", family.hidden_act)
         act = HIDDEN_ACT_ALIASES.get((model_type, act), act)
         if act != family.hidden_act:
             raise ConfigError(f"hidden_act={act!r} is not supported; {model_type} uses "
                               f"{family.hidden_act!r}")
-        if family.layer_types and (hf.get("use_sliding_window")
+        if family.layer_types and not family.sliding_layers and (hf.get("use_sliding_window")
                                    or set(hf.get("layer_types") or ()) - {"full_attention"}):
             raise ConfigError(f"use_sliding_window=true (per-layer sliding windows) is not "
                               f"supported for {model_type}; supported: false")
@@ -242,6 +271,17 @@ class ModelConfig:
         rope = hf.get("rope_parameters") or hf.get("rope_scaling")
         rope_theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
         sliding = hf.get("sliding_window") if family.sliding_window else None
+        sliding_layers = None
+        if family.sliding_layers:
+            # transformers' default when config.json lists none: every other layer, from 0.
+            types = hf.get("layer_types") or [
+                "sliding_attention" if (i + 1) % 2 else "full_attention"
+                for i in range(hf["num_hidden_layers"])]
+            unknown = sorted(set(types) - {"sliding_attention", "full_attention"})
+            if unknown:
+                raise ConfigError(f"layer_types {unknown} are not supported for {model_type}; "
+                                  "supported: sliding_attention, full_attention")
+            sliding_layers = tuple(t == "sliding_attention" for t in types)
         attention_bias = (family.fixed_qkv_bias if family.fixed_qkv_bias is not None
                           else bool(hf.get("attention_bias", False)))
         eos = hf.get("eos_token_id")
@@ -266,6 +306,9 @@ class ModelConfig:
             qk_norm=family.qk_norm,
             hidden_act=act,
             gemma_scaling=family.gemma_scaling,
+            post_norms=family.post_norms,
+            **{name: hf.get(name) for name in SOFTCAPPING_HF_FIELDS if family.softcapping},
+            sliding_layers=sliding_layers,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=sliding,
             bos_token_id=hf.get("bos_token_id"),
@@ -312,7 +355,12 @@ class ModelConfig:
             hf["pretraining_tp"] = 1
         if family.sliding_window:
             hf["sliding_window"] = self.sliding_window
-        if family.layer_types:
+        if family.sliding_layers:
+            hf.update(hidden_activation=self.hidden_act,
+                      layer_types=["sliding_attention" if s else "full_attention"
+                                   for s in self.sliding_layers],
+                      **{name: getattr(self, name) for name in SOFTCAPPING_HF_FIELDS})
+        elif family.layer_types:
             hf.update(use_sliding_window=False, sliding_window=None,
                       max_window_layers=self.num_layers,
                       layer_types=["full_attention"] * self.num_layers)

@@ -48,6 +48,13 @@ _QWEN3_8B = dict(
     hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
     attention_bias=False, use_sliding_window=False, tie_word_embeddings=False,
     bos_token_id=151643, eos_token_id=151645, initializer_range=0.02)
+_GEMMA2_9B = dict(
+    model_type="gemma2", vocab_size=256000, hidden_size=3584, intermediate_size=14336,
+    num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+    hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=10000.0,
+    max_position_embeddings=8192, sliding_window=4096, query_pre_attn_scalar=256,
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, tie_word_embeddings=True,
+    bos_token_id=2, eos_token_id=1, pad_token_id=0, initializer_range=0.02)
 
 PRESETS: dict[str, dict] = {
     "llama-2-7b": _LLAMA2_7B,
@@ -58,6 +65,7 @@ PRESETS: dict[str, dict] = {
     "smollm2-135m": _SMOLLM2_135M,
     "qwen2.5-7b": _QWEN25_7B,
     "qwen3-8b": _QWEN3_8B,
+    "gemma-2-9b": _GEMMA2_9B,
 }
 # hub ids (and short names) -> preset key; matched case-insensitively on the id's last part.
 _ALIASES = {
@@ -70,6 +78,7 @@ _ALIASES = {
     "sheared-llama-1.3b": "sheared-llama-1.3b",
     "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
     "qwen2.5-7b-instruct": "qwen2.5-7b", "qwen3-8b-base": "qwen3-8b",
+    "gemma-2-9b-it": "gemma-2-9b",
 }
 
 

@@ -94,6 +94,9 @@ def weight_specs(config: ModelConfig) -> dict[str, dict[str, WeightSpec]]:
         )
     if c.o_bias:
         layer["o_bias"] = WeightSpec((D,), ("embed",), "zeros")
+    if c.post_norms:
+        layer.update(attn_post_norm=WeightSpec((D,), ("norm",), norm),
+                     mlp_post_norm=WeightSpec((D,), ("norm",), norm))
     if c.qk_norm:  # one [H] scale shared by every head
         layer.update(q_norm=WeightSpec((H,), ("norm",), norm),
                      k_norm=WeightSpec((H,), ("norm",), norm))

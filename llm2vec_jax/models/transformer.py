@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import kernels as K
-from .attention import attend, attention_allowed
+from .attention import attend, attention_allowed, soft_cap
 from .config import ModelConfig
 from .dropout import dropout, fold_in_keys, split_keys
 from .rope import apply_rope, rope_tables
@@ -150,6 +150,9 @@ class Transformer(nnx.Module):
         cos, sin = rope_tables(config, positions)
         allowed = attention_allowed(attention_mask, causal=causal,
                                     sliding_window=config.sliding_window)
+        if config.sliding_layers is not None:  # the window on some layers only (Gemma 2)
+            full = attention_allowed(attention_mask, causal=causal)
+            sliding_layers = jnp.asarray(config.sliding_layers)
         x = K.embed_tokens(self.embed[...], input_ids, kernels)
         if config.gemma_scaling:  # HF scales in the embedding's dtype
             x = x * jnp.asarray(config.hidden_size ** 0.5, x.dtype)
@@ -173,20 +176,30 @@ class Transformer(nnx.Module):
             def proj(h, name):
                 return project(h, w, name, dtype, kernels, lora, lora_rate, proj_key)
 
+            mask = allowed
+            if config.sliding_layers is not None:
+                mask = jnp.where(sliding_layers[index], allowed, full)
             h = norm(x, w["attn_norm"])
             q, k = proj(h, "q"), proj(h, "k")
             if config.qk_norm:
                 q, k = norm(q, w["q_norm"]), norm(k, w["k_norm"])
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             v = proj(h, "v")
-            attn = attend(q, k, v, allowed, impl=kernels.attention,
+            attn = attend(q, k, v, mask, impl=kernels.attention,
                           dropout_rate=config.attention_dropout, dropout_rng=attn_key,
-                          dropout_impl=kernels.dropout)
-            x = x + proj(attn, "o")
+                          dropout_impl=kernels.dropout, scale=config.attention_scale,
+                          softcap=config.attn_logit_softcapping)
+            attn = proj(attn, "o")
+            if config.post_norms:
+                attn = norm(attn, w["attn_post_norm"])
+            x = x + attn
             h = norm(x, w["mlp_norm"])
             gated = act(proj(h, "gate").astype(jnp.float32))
             up = proj(h, "up").astype(jnp.float32)
-            x = x + proj((gated * up).astype(dtype), "down")
+            mlp = proj((gated * up).astype(dtype), "down")
+            if config.post_norms:
+                mlp = norm(mlp, w["mlp_post_norm"])
+            x = x + mlp
             return x, None
 
         if config.remat != "none":
@@ -208,9 +221,11 @@ class Transformer(nnx.Module):
         return (self.embed if self.config.tie_word_embeddings else self.lm_head)[...]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """LM head (tied to the embedding when the config says so); float32 logits."""
-        return jnp.einsum("...d,vd->...v", hidden, self.lm_head_weight().astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
+        """LM head (tied to the embedding when the config says so); float32 logits,
+        soft-capped when the config says so (Gemma 2)."""
+        logits = jnp.einsum("...d,vd->...v", hidden, self.lm_head_weight().astype(hidden.dtype),
+                            preferred_element_type=jnp.float32)
+        return soft_cap(logits, self.config.final_logit_softcapping)
 
 
 def abstract_model(config: ModelConfig) -> Transformer:

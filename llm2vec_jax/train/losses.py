@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..data.batches import IGNORE_INDEX
+from ..models.attention import soft_cap
 
 
 def lm_head_weight(model) -> jax.Array:
@@ -17,7 +18,8 @@ def lm_head_weight(model) -> jax.Array:
 
 
 def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,
-              predict_labels: jax.Array, *, precision=None) -> tuple[jax.Array, dict]:
+              predict_labels: jax.Array, *, precision=None,
+              softcap: float | None = None) -> tuple[jax.Array, dict]:
     """Mean cross-entropy of the scored MNTP tokens; ``(loss, metrics)``.
 
     ``hidden`` [B, S, D] are the final hidden states, ``head`` [V, D] the LM head,
@@ -32,12 +34,15 @@ def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,
     and the softmax in float32. With no scored token at all the loss is 0, not the
     reference's NaN, so one empty batch cannot poison training.
 
+    ``softcap``: the model's final-logit soft-capping (Gemma 2), applied as HF does.
+
     metrics: ``loss``, ``accuracy`` (argmax == label over scored tokens), ``count``.
     """
     index = predict_positions.astype(jnp.int32)[..., None]
     rows = jnp.take_along_axis(hidden, index, axis=1)  # [B, P, D]
     logits = jnp.einsum("bpd,vd->bpv", rows, head.astype(rows.dtype), precision=precision,
                         preferred_element_type=jnp.float32).astype(jnp.float32)
+    logits = soft_cap(logits, softcap)
     valid = predict_labels != IGNORE_INDEX
     target = jnp.where(valid, predict_labels, 0).astype(jnp.int32)
     target_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]

@@ -30,7 +30,7 @@ def reload_logits(directory, ids, mask):
 
 
 @pytest.mark.parametrize("name", ["llama", "llama_tied", "llama3_rope", "gqa_kv4_bias",
-                                  "mistral_window", "qwen2", "qwen3_tied", "gemma"])
+                                  "mistral_window", "qwen2", "qwen3_tied", "gemma", "gemma2"])
 def test_round_trip_through_transformers(name, tmp_path):
     hf = make_hf_model(name)
     src = save_hf_model(hf, tmp_path / "src")

@@ -97,7 +97,8 @@ def test_builtin_architectures():
              "meta-llama/Meta-Llama-3-8B-Instruct": 8_030_261_248,
              "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248,
              "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,
-             "Qwen/Qwen3-8B": 8_190_735_360}
+             "Qwen/Qwen3-8B": 8_190_735_360,
+             "google/gemma-2-9b-it": 9_241_705_984}
     for name, expected in sizes.items():
         config = ModelConfig.from_hf(plan.architecture(name))
         n = sum(math.prod(s.shape) for group in weight_specs(config).values()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hf_oracle import batch, make_hf_model, save_hf_model
+from hf_oracle import batch, hf_logits, make_hf_model, save_hf_model
 from llm2vec_jax import load_hf_checkpoint
 from llm2vec_jax.data.batches import ContrastiveBatch, Features, MNTPBatch
 from llm2vec_jax.lora import ALL_TARGETS, LORA_FILTER, LoRAConfig, attach_lora
@@ -25,7 +25,7 @@ def _simcse_batch():
     return ContrastiveBatch(*(Features(ids, mask, mask.copy()) for ids, mask in views))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3_tied", "gemma"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3_tied", "gemma", "gemma2"])
 def test_lora_mntp_and_simcse_steps(name, tmp_path):
     model = load_hf_checkpoint(save_hf_model(make_hf_model(name), tmp_path / name))
     attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.05))
@@ -52,3 +52,16 @@ def test_lora_mntp_and_simcse_steps(name, tmp_path):
             var = getattr(model.layers, key)
             var.set_value(var[...] + delta)
         assert float(loss_and_grads(model, rng)[0]) < float(loss), stage
+
+
+def test_mntp_loss_is_on_the_soft_capped_logits(tmp_path):
+    """Gemma 2 caps its final logits: the MNTP loss is HF's cross-entropy on those."""
+    hf = make_hf_model("gemma2")
+    model = load_hf_checkpoint(save_hf_model(hf, tmp_path / "gemma2"))
+    mntp = _mntp_batch()
+    loss = float(mntp_objective(model, mntp, None, causal=True)[0])
+    logits = hf_logits(hf, mntp.input_ids, mntp.attention_mask)
+    rows = np.take_along_axis(logits, mntp.predict_positions[..., None], axis=1)
+    logz = np.log(np.exp(rows).sum(-1))
+    nll = logz - np.take_along_axis(rows, mntp.predict_labels[..., None], axis=-1)[..., 0]
+    assert abs(loss - nll.mean()) <= 1e-5
