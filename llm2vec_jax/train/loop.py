@@ -47,13 +47,13 @@ def train(config: TrainConfig) -> dict:
     mesh = shd.make_mesh(config.mesh)
     shd.check_batch(mesh, run.global_batch_size)
     if run.global_batch_size % jax.process_count():
-        raise ValueError(f"global_batch_size {run.global_batch_size} does not divide over "
-                         f"{jax.process_count()} processes")
+        raise TrainConfigError(f"run.global_batch_size={run.global_batch_size} does not divide "
+                               f"over {jax.process_count()} processes")
     chunk = config.contrastive.grad_cache_chunk if run.stage != "mntp" else None
     if chunk is not None:
         if chunk < 1 or run.global_batch_size % chunk:
-            raise ValueError(f"contrastive.grad_cache_chunk={chunk} must divide "
-                             f"global_batch_size={run.global_batch_size}")
+            raise TrainConfigError(f"contrastive.grad_cache_chunk={chunk} must divide "
+                                   f"run.global_batch_size={run.global_batch_size}")
         shd.check_batch(mesh, chunk)  # each chunk is spread over the data-parallel shards
     path, model = prepare_model(config, mesh)
     check_lengths(config, path)

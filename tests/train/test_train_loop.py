@@ -399,6 +399,10 @@ def _bad_inputs(root, model):
                       f"{bad / 'latin1.txt'} > {bad / 'latin1.utf8.txt'}"),
         "no text files": (["--set", "data.kind=dir", *data(bad / "no-text")],
                           f"data error: no text found in {bad / 'no-text'}: no *.txt files"),
+        "chunk not dividing the batch": (["--stage", "simcse", "--set",
+                                          "contrastive.grad_cache_chunk=3"],
+                                         "config error: contrastive.grad_cache_chunk=3 must divide "
+                                         "run.global_batch_size=4"),
         "too many devices": (["--set", "mesh.data=64"],
                              "mesh error: mesh data=64 fsdp=1 tensor=1 needs 64 devices, but 1 "
                              "are available"),
@@ -413,8 +417,8 @@ def _bad_inputs(root, model):
 
 BAD_INPUTS = ["truncated model", "no tokenizer", "missing data", "blank data", "unreadable data",
               "not utf-8", "no text files", "record without positive",
-              "dataset without instruction", "too many devices", "output_dir a file",
-              "sequence too long"]
+              "dataset without instruction", "chunk not dividing the batch", "too many devices",
+              "output_dir a file", "sequence too long"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
