@@ -35,6 +35,14 @@ TINY_CONFIGS = {
     # weights), query_pre_attn_scalar, sliding window on layer 0 only
     "gemma2": ("gemma2", dict(head_dim=24, sliding_window=4, attn_logit_softcapping=0.5,
                               final_logit_softcapping=2.0, query_pre_attn_scalar=20)),
+    # + q/k norms, a RoPE base per layer type (global one linearly scaled), window on layer 0
+    "gemma3": ("gemma3_text", dict(head_dim=24, sliding_window=4, query_pre_attn_scalar=20,
+                                   layer_types=["sliding_attention", "full_attention"],
+                                   rope_parameters={
+                                       "full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                          "rope_theta": 1e6},
+                                       "sliding_attention": {"rope_type": "default",
+                                                             "rope_theta": 1e4}})),
 }
 
 

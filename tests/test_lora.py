@@ -130,7 +130,7 @@ def test_attach_twice_refused_and_remove():
 # -- merge ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["llama", "gqa_kv4_bias", "qwen2", "qwen3_tied", "gemma",
-                                  "gemma2"])
+                                  "gemma2", "gemma3"])
 def test_merge_matches_and_unmerge_restores(name):
     model = tiny_model(name)
     base = base_state(model)

@@ -31,6 +31,7 @@ class Family:
     # Gemma 2: attention- and final-logit soft-capping, query_pre_attn_scalar.
     softcapping: bool = False
     sliding_layers: bool = False       # per-layer windows from config.json's layer_types
+    local_rope: bool = False           # sliding layers have a RoPE base of their own (Gemma 3)
 
 
 FAMILIES: dict[str, Family] = {
@@ -42,6 +43,10 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family("Gemma2", hidden_act="gelu_pytorch_tanh", gemma_scaling=True,
                      post_norms=True, softcapping=True, sliding_window=True,
                      layer_types=True, sliding_layers=True),
+    "gemma3_text": Family("Gemma3", hidden_act="gelu_pytorch_tanh", gemma_scaling=True,
+                          qk_norm=True, post_norms=True, softcapping=True,
+                          sliding_window=True, layer_types=True, sliding_layers=True,
+                          local_rope=True),
 }
 # config.json fields of features no family here implements (soft-capping, Gemma 2's query
 # scaling, mixtures of experts): set, they would be silently ignored, so they are refused.
@@ -50,7 +55,8 @@ SOFTCAPPING_HF_FIELDS = ("attn_logit_softcapping", "final_logit_softcapping",
 MOE_HF_FIELDS = ("num_local_experts", "num_experts", "moe_intermediate_size")
 # Gemma's releases say "gelu" but mean the tanh approximation (transformers rewrites it too).
 HIDDEN_ACT_ALIASES = {("gemma", "gelu"): "gelu_pytorch_tanh",
-                      ("gemma2", "gelu"): "gelu_pytorch_tanh"}
+                      ("gemma2", "gelu"): "gelu_pytorch_tanh",
+                      ("gemma3_text", "gelu"): "gelu_pytorch_tanh"}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
@@ -159,6 +165,7 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None   # None: attention scaled by head_dim ** -0.5
     # Which layers use ``sliding_window`` (Gemma 2); None: every layer (Mistral).
     sliding_layers: tuple[bool, ...] | None = None
+    rope_local_theta: float | None = None   # the sliding layers' RoPE base (Gemma 3)
     # False for a bare ``*Model`` checkpoint (an encoder saved without its LM head): it then
     # has logits only through tied embeddings.
     lm_head: bool = True
@@ -201,6 +208,9 @@ class ModelConfig:
                                                 or len(self.sliding_layers) != self.num_layers):
             raise ConfigError(f"sliding_layers must be None or one flag per layer (gemma2), "
                               f"got {self.sliding_layers!r} for {self.model_type}")
+        if (self.rope_local_theta is not None) != family.local_rope:
+            raise ConfigError(f"rope_local_theta={self.rope_local_theta!r}: only gemma3_text "
+                              "has (and needs) a RoPE base of its own for sliding layers")
         if self.sliding_window is not None and not family.sliding_window:
             raise ConfigError(f"sliding_window={self.sliding_window}: {self.model_type} has no "
                               "sliding window here (supported with: mistral, gemma2)")
@@ -248,6 +258,9 @@ class ModelConfig:
             hf = read_hf_config(hf)
         model_type = hf.get("model_type")
         family = family_of(model_type)
+        if hf.get("use_bidirectional_attention"):
+            raise ConfigError("use_bidirectional_attention=true (EmbeddingGemma's symmetric "
+                              "sliding windows) is not supported; supported: false")
         unsupported = MOE_HF_FIELDS + (() if family.softcapping else SOFTCAPPING_HF_FIELDS)
         for field in unsupported:
             if hf.get(field) is not None:
@@ -269,6 +282,16 @@ class ModelConfig:
         head_dim = hf.get("head_dim") or hidden // heads
         # transformers 5 keeps rope_theta inside rope_parameters; 4.x keeps both top-level.
         rope = hf.get("rope_parameters") or hf.get("rope_scaling")
+        rope_local_theta = None
+        if family.local_rope:
+            # transformers 5: one rope_parameters entry per layer type; 4.x: top-level keys.
+            local = {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq", 1e4)}
+            if rope and "full_attention" in rope:
+                rope, local = rope["full_attention"], rope.get("sliding_attention", local)
+            if local.get("rope_type", "default") != "default":
+                raise ConfigError(f"rope_parameters.sliding_attention.rope_type="
+                                  f"{local['rope_type']!r} is not supported; supported: default")
+            rope_local_theta = float(local["rope_theta"])
         rope_theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
         sliding = hf.get("sliding_window") if family.sliding_window else None
         sliding_layers = None
@@ -309,6 +332,7 @@ class ModelConfig:
             post_norms=family.post_norms,
             **{name: hf.get(name) for name in SOFTCAPPING_HF_FIELDS if family.softcapping},
             sliding_layers=sliding_layers,
+            rope_local_theta=rope_local_theta,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=sliding,
             bos_token_id=hf.get("bos_token_id"),
@@ -364,6 +388,12 @@ class ModelConfig:
             hf.update(use_sliding_window=False, sliding_window=None,
                       max_window_layers=self.num_layers,
                       layer_types=["full_attention"] * self.num_layers)
+        if family.local_rope:
+            hf["rope_parameters"] = {
+                "full_attention": {**(self.rope_scaling.to_hf() or {"rope_type": "default"}),
+                                   "rope_theta": self.rope_theta},
+                "sliding_attention": {"rope_type": "default", "rope_theta": self.rope_local_theta}}
+            del hf["rope_theta"], hf["rope_scaling"]
         return hf
 
 

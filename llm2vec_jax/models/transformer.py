@@ -25,7 +25,7 @@ from flax import nnx
 
 from . import kernels as K
 from .attention import attend, attention_allowed, soft_cap
-from .config import ModelConfig
+from .config import ModelConfig, RopeScaling
 from .dropout import dropout, fold_in_keys, split_keys
 from .rope import apply_rope, rope_tables
 from .specs import (PROJECTIONS, WeightSpec, init_weight, lora_names, projection_einsum,
@@ -148,9 +148,12 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         cos, sin = rope_tables(config, positions)
+        if config.rope_local_theta is not None:  # Gemma 3's sliding layers: their own base
+            local_rope = rope_tables(config.replace(rope_theta=config.rope_local_theta,
+                                                    rope_scaling=RopeScaling()), positions)
         allowed = attention_allowed(attention_mask, causal=causal,
                                     sliding_window=config.sliding_window)
-        if config.sliding_layers is not None:  # the window on some layers only (Gemma 2)
+        if config.sliding_layers is not None:  # the window on some layers only (Gemma 2/3)
             full = attention_allowed(attention_mask, causal=causal)
             sliding_layers = jnp.asarray(config.sliding_layers)
         x = K.embed_tokens(self.embed[...], input_ids, kernels)
@@ -176,14 +179,17 @@ class Transformer(nnx.Module):
             def proj(h, name):
                 return project(h, w, name, dtype, kernels, lora, lora_rate, proj_key)
 
-            mask = allowed
+            mask, layer_cos, layer_sin = allowed, cos, sin
             if config.sliding_layers is not None:
                 mask = jnp.where(sliding_layers[index], allowed, full)
+            if config.rope_local_theta is not None:
+                layer_cos = jnp.where(sliding_layers[index], local_rope[0], cos)
+                layer_sin = jnp.where(sliding_layers[index], local_rope[1], sin)
             h = norm(x, w["attn_norm"])
             q, k = proj(h, "q"), proj(h, "k")
             if config.qk_norm:
                 q, k = norm(q, w["q_norm"]), norm(k, w["k_norm"])
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, layer_cos, layer_sin), apply_rope(k, layer_cos, layer_sin)
             v = proj(h, "v")
             attn = attend(q, k, v, mask, impl=kernels.attention,
                           dropout_rate=config.attention_dropout, dropout_rng=attn_key,

@@ -30,7 +30,8 @@ def reload_logits(directory, ids, mask):
 
 
 @pytest.mark.parametrize("name", ["llama", "llama_tied", "llama3_rope", "gqa_kv4_bias",
-                                  "mistral_window", "qwen2", "qwen3_tied", "gemma", "gemma2"])
+                                  "mistral_window", "qwen2", "qwen3_tied", "gemma", "gemma2",
+                                  "gemma3"])
 def test_round_trip_through_transformers(name, tmp_path):
     hf = make_hf_model(name)
     src = save_hf_model(hf, tmp_path / "src")
@@ -128,6 +129,8 @@ def test_unknown_model_type(hf_dir, tmp_path):
     ("qwen3", "hidden_act", "gelu", r"hidden_act='gelu' is not supported; qwen3 uses 'silu'"),
     ("gemma", "hidden_act", "silu",
      r"hidden_act='silu' is not supported; gemma uses 'gelu_pytorch_tanh'"),
+    ("gemma3_text", "use_bidirectional_attention", True,
+     r"use_bidirectional_attention=true .* not supported; supported: false"),
     ("llama", "attn_logit_softcapping", 50.0,
      r"attn_logit_softcapping=50.0 is not supported for llama: .*supported: absent or null"),
     ("mistral", "num_local_experts", 8, r"num_local_experts=8 is not supported for mistral"),

@@ -25,7 +25,7 @@ def _simcse_batch():
     return ContrastiveBatch(*(Features(ids, mask, mask.copy()) for ids, mask in views))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3_tied", "gemma", "gemma2"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3_tied", "gemma", "gemma2", "gemma3"])
 def test_lora_mntp_and_simcse_steps(name, tmp_path):
     model = load_hf_checkpoint(save_hf_model(make_hf_model(name), tmp_path / name))
     attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.05))
