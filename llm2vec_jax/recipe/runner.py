@@ -11,7 +11,7 @@ import time
 
 from ..checkpoints.io import staged_directory
 from ..checkpoints.merged import load_merged
-from ..distributed import is_main_process, maybe_initialize_distributed
+from ..distributed import barrier, is_main_process, maybe_initialize_distributed
 from ..encoder import LLM2Vec
 from ..evaluation import evaluate_sts
 from ..train.loop import train
@@ -38,13 +38,6 @@ def sts_eval(model, directory: str, data, settings: EvalSettings, modes) -> dict
         results[key] = evaluate_sts(encoder, data, limit=settings.limit,
                                     batch_size=settings.batch_size, show_progress_bar=False)
     return results
-
-
-def _barrier(name: str) -> None:
-    import jax
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
 
 
 class Results:
@@ -129,7 +122,7 @@ def run_recipe(recipe: Recipe) -> dict:
                               indent=2)
             results.save()
             fresh.add(stage.name)
-            _barrier(f"llm2vec-recipe-{stage.name}")  # the next stage reads this adapter
+            barrier(f"llm2vec-recipe-{stage.name}")  # the next stage reads this adapter
         mode = (stage.config.model.attention == "bidirectional", stage.config.contrastive.pooling)
         evaluate(stage.name, recipe.adapter_dirs(stage.chain + (stage.name,)), [mode])
 
@@ -144,7 +137,7 @@ def run_recipe(recipe: Recipe) -> dict:
         results.save()
         print(format_table(results.data, recipe), flush=True)
         print(usage_example(encoder_dir), flush=True)
-    _barrier("llm2vec-recipe-end")
+    barrier("llm2vec-recipe-end")
     return results.data
 
 
