@@ -55,8 +55,8 @@ from .text.packing import collate_packed, default_buckets, padded_row_count, pla
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .checkpoints.hf import save_hf_checkpoint
 from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, read_attention,
-                                         read_llm2vec_config, write_attention,
-                                         write_llm2vec_config)
+                                         read_llm2vec_config, read_sentence_transformers,
+                                         write_attention, write_llm2vec_config)
 from .checkpoints.merged import load_merged
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
@@ -146,9 +146,12 @@ class LLM2Vec:
         Encoder settings come, as in the reference, from ``llm2vec_config.json`` in the adapter
         directory when an adapter is given, else in the model directory; arguments that are
         not None override them; the rest default to pooling_mode="mean", max_length=512,
-        doc_max_length=400, skip_instruction=True. ``bidirectional=None`` takes the attention
-        mode the encoder was trained with (``llm2vec_jax_config.json`` beside those settings,
-        written by our training and ``save``), else bidirectional. ``dtype`` is the parameter
+        doc_max_length=400, skip_instruction=True; a sentence-transformers checkpoint
+        (``modules.json``) without them gets its own pooling. ``bidirectional=None`` takes the
+        attention mode the encoder was trained with (``llm2vec_jax_config.json`` beside those
+        settings, written by our training and ``save``), else a sentence-transformers
+        embedder's (causal unless its config.json says ``is_causal: false``), else
+        bidirectional. ``dtype`` is the parameter
         and compute dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
         ``packing=False`` gives each text a row of its own (see the module docstring).
         """
@@ -158,10 +161,15 @@ class LLM2Vec:
         directory, model = load_merged(path, [] if adapter is None else [adapter], dtype=dtype,
                                        sharding_fn=lambda spec: replicated, **config_overrides)
         saved_in = adapter if adapter is not None else directory
+        # An embedder saved by sentence-transformers carries its own pooling and attention;
+        # our own settings files, then explicit arguments, take precedence.
+        embedder = read_sentence_transformers(directory)
         if bidirectional is None:
-            bidirectional = read_attention(saved_in) != "causal"
+            mode = read_attention(saved_in) or embedder.get("attention", "bidirectional")
+            bidirectional = mode == "bidirectional"
         model.config = model.config.replace(causal=not bidirectional)
         settings = dict(DEFAULTS)
+        settings.update({k: v for k, v in embedder.items() if k in settings})
         settings.update(read_llm2vec_config(saved_in))
         explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
                     "doc_max_length": doc_max_length, "skip_instruction": skip_instruction}

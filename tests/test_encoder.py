@@ -394,3 +394,58 @@ def test_adapter_is_loaded_merged_and_its_config_read(encoder, smollm2_dir, tmp_
 
     with pytest.raises(FileNotFoundError, match="adapter"):
         LLM2Vec.from_pretrained(smollm2_dir, adapter=tmp_path / "missing")
+
+
+def _sentence_transformers_dir(directory, tokenizer_dir, pooling_flag: str, **config):
+    """A tiny random Qwen3 saved as a sentence-transformers embedder (modules.json + Pooling)."""
+    from hf_oracle import tiny_model_with_tokenizer
+    tiny_model_with_tokenizer(directory, tokenizer_dir, name="qwen3_tied")
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"}]))
+    (directory / "1_Pooling").mkdir()
+    flags = {f: f == pooling_flag for f in ("pooling_mode_cls_token", "pooling_mode_mean_tokens",
+                                            "pooling_mode_max_tokens", "pooling_mode_lasttoken")}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(flags))
+    if config:
+        hf = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps({**hf, **config}))
+    return directory
+
+
+def test_sentence_transformers_embedder_encodes_as_its_card_says(tmp_path, tokenizer_dir):
+    """Qwen3-Embedding style: last-token pooling with causal attention, read from the
+    checkpoint's own sentence-transformers files; oracle: HF PyTorch's causal forward, the
+    last token's final hidden state."""
+    import torch
+    import transformers
+    directory = _sentence_transformers_dir(tmp_path / "qwen3", tokenizer_dir,
+                                           "pooling_mode_lasttoken")
+    encoder = LLM2Vec.from_pretrained(str(directory))
+    assert encoder.pooling_mode == "last_token" and not encoder.bidirectional
+    texts = ["A man is playing a guitar.", "Two dogs run on the beach, chasing a ball.", "Hi"]
+    ours = encoder.encode(texts, show_progress_bar=False)
+    hf = transformers.AutoModel.from_pretrained(str(directory), torch_dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(directory))
+    for text, row in zip(texts, ours):
+        with torch.no_grad():
+            hidden = hf(**tok(text, return_tensors="pt")).last_hidden_state[0, -1].numpy()
+        np.testing.assert_allclose(row, hidden, atol=1e-5, rtol=0)
+    # Our own settings, then explicit arguments, win over the embedder's.
+    assert LLM2Vec.from_pretrained(str(directory), bidirectional=True,
+                                   pooling_mode="mean").pooling_mode == "mean"
+    (directory / "llm2vec_config.json").write_text(json.dumps({"pooling_mode": "weighted_mean"}))
+    assert LLM2Vec.from_pretrained(str(directory)).pooling_mode == "weighted_mean"
+
+
+def test_sentence_transformers_attention_and_unsupported_pooling(tmp_path, tokenizer_dir):
+    bidirectional = _sentence_transformers_dir(tmp_path / "gte", tokenizer_dir,
+                                               "pooling_mode_mean_tokens", is_causal=False)
+    encoder = LLM2Vec.from_pretrained(str(bidirectional))
+    assert encoder.pooling_mode == "mean" and encoder.bidirectional
+    max_pooled = _sentence_transformers_dir(tmp_path / "max", tokenizer_dir,
+                                            "pooling_mode_max_tokens")
+    with pytest.raises(ValueError, match=r"pooling_mode_max_tokens.*no equivalent.*"
+                                         r"pooling_mode_lasttoken"):
+        LLM2Vec.from_pretrained(str(max_pooled))

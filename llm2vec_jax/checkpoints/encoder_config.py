@@ -69,3 +69,37 @@ def write_llm2vec_config(directory: str | os.PathLike, settings: dict) -> None:
         raise ValueError(f"encoder settings lack {missing}")
     with open(os.path.join(os.fspath(directory), LLM2VEC_CONFIG), "w", encoding="utf-8") as f:
         json.dump({k: settings[k] for k in CONFIG_KEYS}, f, indent=4)
+
+
+# A sentence-transformers checkpoint (modules.json + a Pooling module's config.json): the
+# pooling its model card promises, in our names. Its other flags have no equivalent here.
+ST_MODULES = "modules.json"
+ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_weightedmean_tokens":
+              "weighted_mean", "pooling_mode_lasttoken": "last_token",
+              "pooling_mode_cls_token": "bos_token"}
+
+
+def read_sentence_transformers(directory: str | os.PathLike) -> dict:
+    """``{"pooling_mode", "attention"}`` of a sentence-transformers checkpoint ({} when
+    ``directory`` is not one). Such embedders (Qwen3-Embedding, gte-Qwen2, e5-mistral …)
+    attend causally unless their ``config.json`` says ``"is_causal": false``."""
+    directory = os.fspath(directory)
+    modules_path = os.path.join(directory, ST_MODULES)
+    if not os.path.isfile(modules_path):
+        return {}
+    with open(modules_path, encoding="utf-8") as f:
+        modules = json.load(f)
+    pooling = [m for m in modules if str(m.get("type", "")).endswith("models.Pooling")]
+    if not pooling:
+        return {}
+    config_path = os.path.join(directory, pooling[0].get("path", ""), "config.json")
+    with open(config_path, encoding="utf-8") as f:
+        flags = {k for k, v in json.load(f).items() if k.startswith("pooling_mode_") and v}
+    if len(flags) != 1 or not flags <= set(ST_POOLING):
+        raise ValueError(f"{config_path}: pooling {sorted(flags)} has no equivalent here; "
+                         f"supported: exactly one of {sorted(ST_POOLING)} (or pass "
+                         "pooling_mode=... explicitly)")
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        causal = json.load(f).get("is_causal", True) is not False
+    return {"pooling_mode": ST_POOLING[flags.pop()],
+            "attention": "causal" if causal else "bidirectional"}
