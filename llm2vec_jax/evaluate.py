@@ -7,7 +7,8 @@
         [--instruction TEXT] [--dtype float32]
 
 prints one JSON line ``{"task": "sts", "spearman": ..., "pearson": ..., "n": ...}`` on stdout;
-progress and errors go to stderr (exit status 2 for bad arguments or input files).
+progress and errors go to stderr: a bad argument or input file is one line ``KIND error: ...``
+and exit status 2 (``--debug`` shows its traceback), see llm2vec_jax/cli_errors.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import json
 import sys
 import time
 
-from .data.sources import SourceError
-from .evaluation import STSFormatError, evaluate_sts, load_sts
+from .cli_errors import add_debug_flag, run_cli
+from .evaluation import evaluate_sts, load_sts
 
 
 def _positive_int(s: str) -> int:
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instruction applied to both sentences (default: none)")
     sts.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     sts.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_flag(sts)
     return parser
 
 
@@ -86,13 +88,12 @@ def run_sts(args) -> dict:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.task == "sts":
-            result = run_sts(args)
-    except (STSFormatError, SourceError, FileNotFoundError, IsADirectoryError,
-            UnicodeDecodeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args), args.debug)
+
+
+def _run(args) -> int:
+    if args.task == "sts":
+        result = run_sts(args)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -41,8 +41,15 @@ def read_sts_tsv(path: str | os.PathLike) -> STSData:
     [0, 5]. Trailing newline and a final empty line are fine; any other empty line is an error.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        lines = f.read().split("\n")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")  # bytes first, so \r stays as with newline=""
+    except UnicodeDecodeError as e:  # the bare error names neither the file nor the line
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise STSFormatError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); convert it, "
+                             f"e.g. iconv -f latin1 -t utf-8 {path} > {path}.utf8") from None
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
@@ -169,6 +176,8 @@ def evaluate_sts(encoder, data: "STSData", *, limit: int | None = None, batch_si
     fewer partial batches.
     """
     n = len(data) if limit is None else min(limit, len(data))
+    if n < 2:  # checked before encoding: a correlation needs two pairs
+        raise STSFormatError(f"{n} sentence pair(s) to score; a correlation needs at least 2")
     texts = list(data.sentences1[:n]) + list(data.sentences2[:n])
     if instruction:
         texts = [[instruction, t] for t in texts]

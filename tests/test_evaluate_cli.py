@@ -64,8 +64,9 @@ def test_bad_file(tmp_path, capsys, content, message):
 def test_unreachable_hub_dataset(capsys):
     assert cli.main(["sts", "--model", "unused", "--data", "hf:mteb/stsbenchmark-sts"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: hub dataset hf:mteb/stsbenchmark-sts is not in the datasets "
-                          "cache") and "\n" not in err
+    # "data error:", the KIND prefix every CLI's input errors share (llm2vec_jax/cli_errors.py)
+    assert err.startswith("data error: hub dataset hf:mteb/stsbenchmark-sts is not in the "
+                          "datasets cache") and "\n" not in err
 
 
 def test_missing_file(tmp_path, capsys):
@@ -79,6 +80,55 @@ def test_bad_arguments(argv):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
+
+
+def evaluate_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llm2vec_jax.evaluate", "sts", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def latin1_tsv(tmp_path):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes("source\tscore\tsentence1\tsentence2\nx\t1\tcaf\u00e9\tcoffee\n"
+                     .encode("latin1"))
+    return path
+
+
+def test_cli_bad_sts_file_is_one_line_and_exit_2(latin1_tsv):
+    """A non-UTF-8 STS file names the file, the line and the fix (not a bare codec error);
+    the data is read before the model, so --model is never looked at."""
+    done = evaluate_cli("--model", "unused", "--data", latin1_tsv)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"data error: {latin1_tsv}:2: not UTF-8 (byte 0xe9); convert it, e.g. iconv -f latin1 "
+        f"-t utf-8 {latin1_tsv} > {latin1_tsv}.utf8"]
+
+
+def test_cli_missing_model_dir_is_one_line_and_exit_2(sts_slice, tmp_path):
+    done = evaluate_cli("--model", tmp_path / "nope", "--data", sts_slice)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"file error: checkpoint directory '{tmp_path / 'nope'}' does not exist (nor is it a "
+        "hub id like 'meta-llama/Llama-3.1-8B')")
+
+
+def test_cli_debug_keeps_the_traceback(latin1_tsv):
+    done = evaluate_cli("--model", "unused", "--data", latin1_tsv, "--debug")
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"llm2vec_jax.evaluation.STSFormatError: {latin1_tsv}:2: not UTF-8 (byte 0xe9); "
+        f"convert it, e.g. iconv -f latin1 -t utf-8 {latin1_tsv} > {latin1_tsv}.utf8")
+
+
+def test_too_few_pairs(sts_slice):
+    from llm2vec_jax.evaluation import STSFormatError, evaluate_sts, read_sts_tsv
+    with pytest.raises(STSFormatError, match="1 sentence pair\\(s\\) to score; a correlation "
+                                             "needs at least 2"):
+        evaluate_sts(None, read_sts_tsv(sts_slice), limit=1)  # refused before any encoding
 
 
 def test_unknown_pooling_mode(smollm2_dir, sts_slice, capsys):

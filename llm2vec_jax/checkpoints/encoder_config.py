@@ -17,6 +17,13 @@ LLM2VEC_CONFIG = "llm2vec_config.json"
 ATTENTION_CONFIG = "llm2vec_jax_config.json"
 # The keys the reference writes and reads; its constructor would reject anything else.
 CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
+
+
+class EncoderConfigError(ValueError):
+    """An unreadable ``llm2vec_config.json`` / ``llm2vec_jax_config.json``: the checkpoint's
+    fault, so one line in the CLIs (llm2vec_jax/cli_errors.py), not a traceback."""
+
+
 DEFAULTS = {"pooling_mode": "mean", "max_length": 512, "doc_max_length": DOC_MAX_LENGTH,
             "skip_instruction": True}
 
@@ -32,12 +39,12 @@ def read_llm2vec_config(directory: str | os.PathLike | None) -> dict:
         try:
             cfg = json.load(f)
         except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+            raise EncoderConfigError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+        raise EncoderConfigError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {list(CONFIG_KEYS)}")
+        raise EncoderConfigError(f"{path}: unknown keys {unknown}; known: {list(CONFIG_KEYS)}")
     return cfg
 
 
@@ -50,10 +57,10 @@ def read_attention(directory: str | os.PathLike | None) -> str | None:
         try:
             mode = json.load(f).get("attention")
         except (ValueError, AttributeError):
-            raise ValueError(f"{path}: expected a JSON object like "
-                             '{"attention": "bidirectional"}') from None
+            raise EncoderConfigError(f"{path}: expected a JSON object like "
+                                     '{"attention": "bidirectional"}') from None
     if mode not in ATTENTION_MODES:
-        raise ValueError(f"{path}: attention={mode!r}; choose one of {ATTENTION_MODES}")
+        raise EncoderConfigError(f"{path}: attention={mode!r}; choose one of {ATTENTION_MODES}")
     return mode
 
 
@@ -96,9 +103,9 @@ def read_sentence_transformers(directory: str | os.PathLike) -> dict:
     with open(config_path, encoding="utf-8") as f:
         flags = {k for k, v in json.load(f).items() if k.startswith("pooling_mode_") and v}
     if len(flags) != 1 or not flags <= set(ST_POOLING):
-        raise ValueError(f"{config_path}: pooling {sorted(flags)} has no equivalent here; "
-                         f"supported: exactly one of {sorted(ST_POOLING)} (or pass "
-                         "pooling_mode=... explicitly)")
+        raise EncoderConfigError(f"{config_path}: pooling {sorted(flags)} has no equivalent here; "
+                                 f"supported: exactly one of {sorted(ST_POOLING)} (or pass "
+                                 "pooling_mode=... explicitly)")
     with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
         causal = json.load(f).get("is_causal", True) is not False
     return {"pooling_mode": ST_POOLING[flags.pop()],

@@ -29,9 +29,14 @@ import jax.numpy as jnp
 POOLING_MODES = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token")
 
 
+class PoolingModeError(ValueError):
+    """A pooling mode that does not exist or does not fit the tokenizer: a setting to fix (one
+    line in the CLIs, see llm2vec_jax/cli_errors.py), not a bug."""
+
+
 def check_pooling_mode(mode: str) -> str:
     if mode not in POOLING_MODES:
-        raise ValueError(
+        raise PoolingModeError(
             f"unknown pooling mode {mode!r}; valid modes: {', '.join(POOLING_MODES)}")
     return mode
 

@@ -13,6 +13,7 @@ import sys
 # the fake device count first (and re-executes itself if something initialised it earlier).
 import jax
 
+from ..cli_errors import add_debug_flag, run_cli
 from ..train.config import load_config
 from .compile import PlanError, parse_mesh, plan
 from .report import CHIPS, format_report
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu: fake host devices (default); native: compile for the real "
                         "devices of this machine (e.g. to check the estimate on a GPU)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_debug_flag(p)
     return p
 
 
@@ -72,16 +74,16 @@ def _prepare_devices(args, argv) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    try:
-        mesh_sizes = parse_mesh(args.mesh)
-        _prepare_devices(args, argv)
-        config = load_config(args.config, args.set)
-        devices = jax.devices() if args.backend == "native" else jax.devices("cpu")
-        report = plan(config, mesh_sizes, model=args.model, remat=args.remat, batch=args.batch,
-                      seq=args.seq, chips=args.device, assumed_mfu=args.mfu, devices=devices)
-    except (ValueError, FileNotFoundError) as e:  # PlanError, ShardingError, ConfigError, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args, argv), args.debug)
+
+
+def _run(args, argv: list[str]) -> int:
+    mesh_sizes = parse_mesh(args.mesh)
+    _prepare_devices(args, argv)
+    config = load_config(args.config, args.set)
+    devices = jax.devices() if args.backend == "native" else jax.devices("cpu")
+    report = plan(config, mesh_sizes, model=args.model, remat=args.remat, batch=args.batch,
+                  seq=args.seq, chips=args.device, assumed_mfu=args.mfu, devices=devices)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

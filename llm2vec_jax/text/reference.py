@@ -57,7 +57,7 @@ left-padded row, padding included (fixtures ``simcse_path/*``).
 
 from __future__ import annotations
 
-from ..models.pooling import check_pooling_mode
+from ..models.pooling import PoolingModeError, check_pooling_mode
 
 SEPARATOR = "!@#$%^&*()"
 # The reference's default (``LLM2Vec(doc_max_length=400)``, written to llm2vec_config.json).
@@ -97,7 +97,7 @@ def validate_pooling(mode: str, tokenizer=None) -> str:
     check_pooling_mode(mode)
     if mode == "bos_token" and tokenizer is not None and not tokenizer_adds_bos(tokenizer):
         # The reference would silently return an empty [0, D] array here.
-        raise ValueError(
+        raise PoolingModeError(
             "pooling_mode='bos_token' needs a tokenizer that prepends a BOS token, but "
             f"{type(tokenizer).__name__} (bos_token={getattr(tokenizer, 'bos_token', None)!r}) "
             "adds none; use 'mean', 'weighted_mean', 'last_token' or 'eos_token'")

@@ -17,10 +17,10 @@ TrainConfig defaults instead (an MNTP run on the built-in corpus).
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import sys
 
+from ..cli_errors import add_debug_flag, run_cli
 from ..distributed import maybe_initialize_distributed
 
 
@@ -32,50 +32,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, e.g. --set run.max_steps=50 (repeatable)")
     parser.add_argument("--stage", choices=["mntp", "simcse", "supervised"],
                         help="shorthand for --set run.stage=STAGE")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of input errors too (bad data, config, "
-                             "checkpoints), not only their one-line message")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
+    if not args.debug:  # --debug keeps them: the traceback where the write failed
+        from .checkpointing import hide_write_failure_tracebacks
+        hide_write_failure_tracebacks()
     maybe_initialize_distributed()  # before anything asks JAX for devices
 
-    try:
-        return _run(args)
-    except Exception as e:
-        kind = _input_error_kind(e)
-        if kind is None or args.debug:
-            raise
-        print(f"{kind} error: {e}", file=sys.stderr)
-        return 2
-
-
-def _input_error_kind(error: Exception) -> str | None:
-    """What was wrong with the input, for errors that are the input's and not a bug (those
-    print as one line; anything else keeps its traceback)."""
-    from ..checkpoints.gguf.metadata import GGUFError
-    from ..checkpoints.hf import CheckpointError
-    from ..checkpoints.safetensors_io import SafetensorsFormatError
-    from ..data.sources import SourceError
-    from ..evaluation import STSFormatError
-    from ..lora import LoRAError
-    from ..models.config import ConfigError
-    from ..sharding import ShardingError
-    from .checkpointing import CheckpointWriteError, ResumeError
-    from .config import TrainConfigError
-    kinds = {TrainConfigError: "config", SourceError: "data", STSFormatError: "data",
-             ResumeError: "resume", CheckpointWriteError: "checkpoint", ShardingError: "mesh",
-             CheckpointError: "model", SafetensorsFormatError: "model", GGUFError: "model",
-             ConfigError: "model",
-             LoRAError: "adapter", FileNotFoundError: "file", NotADirectoryError: "file",
-             IsADirectoryError: "file", PermissionError: "file"}
-    for cls, kind in kinds.items():
-        if isinstance(error, cls):
-            return kind
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        return "disk"
-    return None
+    return run_cli(lambda: _run(args), args.debug)
 
 
 def _run(args) -> int:

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -234,6 +236,50 @@ def start_over(config: TrainConfig) -> None:
 class CheckpointWriteError(Exception):
     """A checkpoint could not be written (a full disk, a quota); the earlier ones are intact:
     orbax writes into a temporary directory and renames it only when complete."""
+
+
+class _OrbaxTracebacks(logging.Filter):
+    """Strips the traceback from orbax's error records, keeping their one-line message. orbax
+    logs a failed write where it happens (its writer threads, then ``wait_until_finished``)
+    and raises the same exception again in the main thread (the next save, or ``finish``),
+    where it is reported: as the one ``checkpoint error:`` line, or with its full chained
+    traceback under ``--debug``. Records of anything other than orbax are left alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in record.pathname:
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _late_write_callback(kind, value, tb) -> bool:
+    """Whether an exception is tensorstore delivering a write's result to an asyncio loop that
+    orbax already closed after the first failed write: ``RuntimeError('Event loop is
+    closed')`` from ``call_soon_threadsafe`` in a thread other than the main one. tensorstore
+    prints each with a traceback (through ``sys.excepthook``) and nothing is lost: the failure
+    itself reaches the main thread."""
+    if kind is not RuntimeError or str(value) != "Event loop is closed":
+        return False
+    if threading.current_thread() is threading.main_thread():
+        return False
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return "call_soon_threadsafe" in frames
+
+
+def hide_write_failure_tracebacks() -> None:
+    """Leave a failed checkpoint write to its one ``checkpoint error:`` line: install
+    ``_OrbaxTracebacks`` on the logger orbax logs through (absl's), and skip tensorstore's
+    ``_late_write_callback`` tracebacks. Only without ``--debug``."""
+    logging.getLogger("absl").addFilter(_OrbaxTracebacks())
+    default = sys.excepthook
+
+    def excepthook(kind, value, tb):
+        if not _late_write_callback(kind, value, tb):
+            default(kind, value, tb)
+
+    sys.excepthook = excepthook
 
 
 def _write_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:

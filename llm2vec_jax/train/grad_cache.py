@@ -19,6 +19,7 @@ from flax import nnx
 from ..data.batches import ContrastiveBatch, Features
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from ..models.pooling import pool
+from ..typed_config import TrainConfigError
 from .losses import contrastive_loss
 from .steps import encode_rows, false_negatives, row_keys, view_keys
 
@@ -85,8 +86,9 @@ def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
     for view, key in zip(batch.views, view_keys(rng, len(batch.views))):
         rows = view.input_ids.shape[0]
         if rows % chunk:
-            raise ValueError(f"contrastive.grad_cache_chunk={chunk} does not divide the global "
-                             f"batch of {rows}")
+            # A setting to fix (one line in the CLIs): the plan CLI reaches here unchecked.
+            raise TrainConfigError(f"contrastive.grad_cache_chunk={chunk} does not divide the "
+                                   f"global batch of {rows}")
         # The same per-row keys as steps.embed, so chunking changes no dropout mask.
         embeddings.append(chunked_embed(graphdef, pooling, causal, rows // chunk, lora, frozen,
                                         view, row_keys(key, rows)))

@@ -21,6 +21,7 @@ from ..data.mntp import MNTPBatchIterator, MNTPCollator, group_texts, tokenize_l
 from ..data.samples import is_sample, sample_path
 from ..data.sharded import ShardedBatches, shards_of_process
 from ..data.sources import HF_PREFIX, is_hub_ref, resolve_source, text_source
+from ..typed_config import TrainConfigError
 from .config import TrainConfig
 from .grad_cache import grad_cache_objective
 from .steps import contrastive_objective, mntp_objective
@@ -89,8 +90,8 @@ def sharded_iterators(config: TrainConfig, make_shard):
     """
     num_shards = config.data.num_shards or jax.process_count()
     if config.run.global_batch_size % num_shards:
-        raise ValueError(f"global_batch_size {config.run.global_batch_size} does not divide "
-                         f"into data.num_shards={num_shards} shards")
+        raise TrainConfigError(f"global_batch_size {config.run.global_batch_size} does not "
+                               f"divide into data.num_shards={num_shards} shards")
     rows = config.run.global_batch_size // num_shards
     pairs = [make_shard(shard, num_shards, rows) for shard in
              shards_of_process(num_shards, jax.process_index(), jax.process_count())]

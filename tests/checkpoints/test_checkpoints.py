@@ -68,9 +68,58 @@ def test_cli_export(hf_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     ids, mask = batch("none", 2, 8)
     np.testing.assert_allclose(reload_logits(out, ids, mask), hf_logits(hf, ids, mask), atol=1e-5)
-    # Refuses to overwrite a non-empty directory without --overwrite.
-    assert convert_main(["export", src, str(out)]) == 1
+    # Refuses to overwrite a non-empty directory without --overwrite: an input error, so exit
+    # 2 like every CLI's (llm2vec_jax/cli_errors.py); test_convert_bad_input checks the line.
+    assert convert_main(["export", src, str(out)]) == 2
     assert convert_main(["export", src, str(out), "--overwrite"]) == 0
+
+
+def convert_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llm2vec_jax.convert", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing model dir", "truncated safetensors",
+                                  "non-empty output"])
+def test_convert_bad_input_is_one_line_and_exit_2(hf_dir, tmp_path, case):
+    src = hf_dir[1]
+    if case == "missing model dir":
+        args = ["export", tmp_path / "nope", tmp_path / "out"]
+        expected = (f"file error: checkpoint directory '{tmp_path / 'nope'}' does not exist (nor "
+                    "is it a hub id like 'meta-llama/Llama-3.1-8B')")
+    elif case == "truncated safetensors":
+        d = copy_checkpoint(src, tmp_path / "truncated")
+        weights = os.path.join(d, "model.safetensors")
+        size = os.path.getsize(weights)
+        os.truncate(weights, size // 2)
+        args = ["export", d, tmp_path / "out"]
+        expected = (f"model error: cannot read safetensors file '{weights}' (corrupt or "
+                    f"truncated?): '{weights}' is truncated: its header describes {size} bytes, "
+                    f"the file has {size // 2}; download (or copy) it again")
+    else:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "keep.txt").write_text("mine")
+        args = ["export", src, tmp_path / "out"]
+        expected = (f"file error: '{tmp_path / 'out'}' exists and is not empty; pass "
+                    "overwrite=True (or --overwrite) to replace it")
+    done = convert_cli(*args)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [expected]
+    assert done.stdout == ""
+    if case == "non-empty output":  # nothing of the refused directory is touched
+        assert os.listdir(tmp_path / "out") == ["keep.txt"]
+    else:
+        assert not (tmp_path / "out").exists()
+
+
+def test_convert_debug_keeps_the_traceback(tmp_path):
+    done = convert_cli("export", tmp_path / "nope", tmp_path / "out", "--debug")
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"FileNotFoundError: checkpoint directory '{tmp_path / 'nope'}' does not exist (nor is "
+        "it a hub id like 'meta-llama/Llama-3.1-8B')")
 
 
 def test_bfloat16_load(hf_dir):

@@ -91,6 +91,36 @@ def test_impossible_mesh_is_a_clear_error(tiny_config):
     assert "heads" in proc.stderr and "does not divide" in proc.stderr
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_bad_mesh_is_one_line_and_exit_2(debug):
+    """A malformed --mesh fails before anything compiles: one line and exit 2, or with --debug
+    the traceback (exit 1)."""
+    proc = run_plan("--mesh", "fsdp=x", *(["--debug"] if debug else []), check=False)
+    message = ("--mesh 'fsdp=x': expected AXIS=N[,AXIS=N] with AXIS in ('data', 'fsdp', "
+               "'tensor') and N >= 1, got 'fsdp=x'")
+    if debug:
+        assert proc.returncode == 1
+        assert "Traceback (most recent call last)" in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == ("llm2vec_jax.plan.compile.PlanError: "
+                                                        + message)
+    else:
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        assert proc.stderr.strip().splitlines() == ["plan error: " + message]
+
+
+def test_missing_model_dir_is_one_line_and_exit_2(tmp_path):
+    proc = run_plan("--model", tmp_path / "nope", "--mesh", "fsdp=1", *COMMON, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    # The list of built-in architectures in between grows with each preset.
+    assert line.startswith(f"plan error: unknown model '{tmp_path / 'nope'}': not a local "
+                           "config.json or checkpoint directory, and not one of the built-in "
+                           "architectures ['gemma-2-9b', ")
+    assert line.endswith("] (or their hub ids); pass --model PATH")
+
+
 def test_builtin_architectures():
     sizes = {"meta-llama/Llama-2-7b-chat-hf": 6_738_415_616,
              "mistralai/Mistral-7B-Instruct-v0.2": 7_241_732_096,

@@ -463,9 +463,54 @@ def test_a_failed_checkpoint_write_exits_2_and_keeps_the_earlier_ones(tiny_run, 
     done = subprocess.run(cli(root, model, corpus, run, "--set", "run.max_steps=12"),
                           capture_output=True, text=True, timeout=600, preexec_fn=cap_file_size)
     assert done.returncode == 2, done.stderr[-3000:]
+    # orbax's writer threads log the failure too, as one line each (their tracebacks hidden:
+    # the same exception is raised again in the main thread and reported there).
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     [line] = [x for x in done.stderr.splitlines() if x.startswith("checkpoint error: ")]
+    assert done.stderr.strip().splitlines()[-1] == line
     assert line.startswith(f"checkpoint error: writing a checkpoint in {checkpoints} failed (")
     assert line.endswith("); the earlier checkpoints [2, 4, 6, 8, 10] are intact: free space (or "
                          "fix the directory) and run the same command again to resume")
     assert {p.name: files_of(p) for p in checkpoints.iterdir() if p.name in before} == before
     assert files_of(run / "adapter") == adapter
+
+
+def test_only_orbax_and_late_callback_tracebacks_are_hidden():
+    """What hide_write_failure_tracebacks hides: the traceback (not the line) of orbax's log
+    records, and tensorstore's 'Event loop is closed' callbacks in other threads; a bug's
+    traceback elsewhere, or in the main thread, stays."""
+    import asyncio
+    import logging
+    import threading
+    from llm2vec_jax.train.checkpointing import _late_write_callback, _OrbaxTracebacks
+
+    def closed_loop_error():
+        loop = asyncio.new_event_loop()
+        loop.close()
+        try:
+            loop.call_soon_threadsafe(print)
+        except RuntimeError as e:
+            return type(e), e, e.__traceback__
+
+    in_thread = []
+    thread = threading.Thread(target=lambda: in_thread.append(
+        _late_write_callback(*closed_loop_error())))
+    thread.start()
+    thread.join()
+    assert in_thread == [True]
+    assert not _late_write_callback(*closed_loop_error())  # main thread: not tensorstore's
+    other = RuntimeError("Event loop is closed")  # not from call_soon_threadsafe
+    assert not _late_write_callback(RuntimeError, other, None)
+
+    def record(pathname):
+        try:
+            raise ValueError("disk full")
+        except ValueError:
+            return logging.LogRecord("absl", logging.ERROR, pathname, 1, "write failed", None,
+                                     sys.exc_info())
+
+    orbax = record(os.path.join("site-packages", "orbax", "checkpoint", "future.py"))
+    assert _OrbaxTracebacks().filter(orbax) and orbax.exc_info is None
+    assert orbax.getMessage() == "write failed"
+    ours = record(os.path.join("llm2vec_jax", "train", "loop.py"))
+    assert _OrbaxTracebacks().filter(ours) and ours.exc_info is not None
