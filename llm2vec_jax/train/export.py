@@ -15,6 +15,7 @@ from flax import nnx
 from ..checkpoints.encoder_config import write_attention, write_llm2vec_config
 from ..checkpoints.io import is_remote, join
 from ..checkpoints.peft import save_peft_adapter
+from ..checkpoints.tokenizer_files import make_portable
 from ..distributed import is_main_process
 from ..text.reference import DOC_MAX_LENGTH
 from .config import TrainConfig
@@ -33,6 +34,7 @@ def export_adapter(config: TrainConfig, graphdef, state: TrainState, model_path:
     local = tempfile.mkdtemp(prefix="adapter-") if is_remote(out) else out
     save_peft_adapter(model, local, base_model_name_or_path=model_path)
     tokenizer.save_pretrained(local)
+    make_portable(local)  # the reference's transformers 4.44 reads it as-is
     max_length = (config.data.max_seq_length if config.run.stage == "mntp"
                   else config.contrastive.max_length)
     write_llm2vec_config(local, {"pooling_mode": config.contrastive.pooling,

@@ -3,9 +3,6 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +10,10 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from conftest import REPO
 from hf_oracle import (batch, hf_hidden, hf_logits, make_hf_model, save_hf_model,
                        tiny_model_with_tokenizer)
 from llm2vec_jax import LLM2Vec
+from reference_oracle import needs_reference, run_reference
 from llm2vec_jax.checkpoints.hf import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
 from llm2vec_jax.convert import main as convert_main
 from llm2vec_jax.sharding import make_mesh
@@ -24,8 +21,6 @@ from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.prepare import prepare_model
 
 TOL = 1e-4
-REFERENCE_VENV = Path(os.environ.get("LLM2VEC_REF_VENV",
-                                    Path.home() / ".cache" / "llm2vec-jax" / "refvenv"))
 
 
 def save_bare(hf_causal_lm, directory) -> str:
@@ -129,23 +124,16 @@ print(json.dumps(l2v.encode(texts, batch_size=2, show_progress_bar=False).float(
 """
 
 
-@pytest.mark.skipif(not (REFERENCE_VENV / "bin" / "python").is_file(),
-                    reason="no reference venv (bench/setup_reference_env.sh creates it)")
+@needs_reference
 def test_encoder_loads_what_the_reference_save_writes(causal_and_bare_dirs):
     """PyTorch llm2vec 0.2.3's ``LLM2Vec.save()`` writes its bare ``LlamaBiModel``: we load
     that directory (weights, tokenizer, llm2vec_config.json) and embed as before and as it
-    does. Skipped where the reference venv does not exist."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import common  # bench/: the tokenizer.json downgrade the reference's tokenizers 0.19 needs
-
+    does. The reference starts from a checkpoint we wrote (``save_hf_checkpoint``), as is."""
     root, causal, _ = causal_and_bare_dirs
-    legacy_view = common.reference_model_dir(Path(causal), cache_dir=root)
+    ours = save_hf_checkpoint(load_hf_checkpoint(causal), root / "ours", tokenizer_dir=causal)
     saved = root / "reference-save"
-    done = subprocess.run([str(REFERENCE_VENV / "bin" / "python"), "-c", _REFERENCE_SAVE,
-                           str(legacy_view), str(saved), json.dumps(TEXTS)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]), np.float32)
+    out = run_reference(_REFERENCE_SAVE, ours, str(saved), json.dumps(TEXTS))
+    theirs = np.array(json.loads(out.strip().splitlines()[-1]), np.float32)
     assert "model.embed_tokens.weight" not in load_file(str(saved / "model.safetensors"))
     got = LLM2Vec.from_pretrained(saved).encode(TEXTS, show_progress_bar=False)
     want = LLM2Vec.from_pretrained(causal).encode(TEXTS, show_progress_bar=False)

@@ -148,7 +148,7 @@ def test_encoder_loads_in_the_reference_library(recipe_run):
     # The reference takes all strings or all [instruction, text] pairs, not a mix.
     texts = [["", "A man is playing a guitar."], ["Retrieve similar text:", "A dog runs."],
              ["", "Three people sit on a bench near the river."]]
-    theirs = reference_embeddings(encoder_dir, texts, root)
+    theirs = reference_embeddings(encoder_dir, texts)
     ours = LLM2Vec.from_pretrained(encoder_dir).encode(texts, show_progress_bar=False)
     assert theirs.shape == ours.shape
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)

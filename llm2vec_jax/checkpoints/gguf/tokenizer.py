@@ -13,10 +13,9 @@ SentencePiece (``"llama"``) vocabularies are not supported yet.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Callable
 
+from ..tokenizer_files import make_portable
 from .metadata import GGUFError
 
 # llama.cpp token types (gguf.TokenType)
@@ -129,31 +128,6 @@ def write_tokenizer(out: str, meta: dict, cfg: dict) -> None:
     if template:
         fast.chat_template = template
     fast.save_pretrained(out)
-    _make_tokenizer_files_portable(out, fast, template, add_bos, add_eos)
-
-
-def _make_tokenizer_files_portable(out: str, fast, template, add_bos: bool, add_eos: bool) -> None:
-    """Keep the tokenizer loadable by transformers 4.x as well as 5.x.
-
-    transformers 5 names the class ``TokenizersBackend`` (unknown to 4.x), keeps the chat
-    template only in ``chat_template.jinja`` and no longer writes ``special_tokens_map.json``.
-    ``PreTrainedTokenizerFast`` resolves in both and uses tokenizer.json verbatim (unlike
-    ``GPT2Tokenizer``, which 5.x rebuilds with its own pre-tokenizer).
-    """
-    path = os.path.join(out, "tokenizer_config.json")
-    with open(path) as fh:
-        tc = json.load(fh)
-    tc["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tc["add_bos_token"] = add_bos
-    tc["add_eos_token"] = add_eos
-    if template:
-        tc["chat_template"] = template
-    extra = list(tc.get("extra_special_tokens") or tc.get("additional_special_tokens") or [])
-    tc["additional_special_tokens"] = extra
-    with open(path, "w") as fh:
-        json.dump(tc, fh, indent=2, ensure_ascii=False)
-    smap = {k: getattr(fast, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
-            if getattr(fast, k, None) is not None}
-    smap["additional_special_tokens"] = extra
-    with open(os.path.join(out, "special_tokens_map.json"), "w") as fh:
-        json.dump(smap, fh, indent=2, ensure_ascii=False)
+    # add_bos/eos_token are written explicitly (5.x drops them when False); the chat template
+    # travels in tokenizer_config.json too, which make_portable adds from the .jinja file.
+    make_portable(out, {"add_bos_token": add_bos, "add_eos_token": add_eos})
