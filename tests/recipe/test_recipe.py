@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
-from reference_oracle import needs_reference, reference_embeddings
+from reference_oracle import needs_reference, reference_embeddings, run_reference
 from llm2vec_jax.recipe import load_recipe
 from llm2vec_jax.train.config import TrainConfigError
 
@@ -151,6 +151,60 @@ def test_encoder_loads_in_the_reference_library(recipe_run):
     theirs = reference_embeddings(encoder_dir, texts)
     ours = LLM2Vec.from_pretrained(encoder_dir).encode(texts, show_progress_bar=False)
     assert theirs.shape == ours.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+_REFERENCE_ADAPTERS = """
+import json, sys
+import torch
+from llm2vec import LLM2Vec
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModel
+base, mntp, simcse, texts, adapters = (sys.argv[1], sys.argv[2], sys.argv[3],
+                                       json.loads(sys.argv[4]), json.loads(sys.argv[5]))
+# peft 0.13.2 loads every adapter directory we wrote, with exactly the tensors in the file
+# (a key it does not match would only warn, so the values are compared).
+for directory in adapters:
+    peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(base), directory)
+    loaded = get_peft_model_state_dict(peft_model)
+    written = load_file(directory + "/adapter_model.safetensors")
+    assert set(loaded) == set(written), (directory, sorted(set(loaded) ^ set(written))[:4])
+    for key, value in written.items():
+        assert torch.equal(loaded[key], value), (directory, key)
+# The paper's recipe in the reference: MNTP merged into its own bidirectional base, then our
+# SimCSE adapter applied on top (the pooling and length the exported encoder uses).
+l2v = LLM2Vec.from_pretrained(base, peft_model_name_or_path=mntp, merge_peft=True,
+                              enable_bidirectional=True, torch_dtype=torch.float32,
+                              pooling_mode="mean", max_length=512)
+l2v.model = PeftModel.from_pretrained(l2v.model, simcse)
+emb = l2v.encode(texts, batch_size=2, show_progress_bar=False)
+print(json.dumps(emb.float().numpy().tolist()))
+"""
+
+
+@needs_reference
+def test_reference_applies_our_adapters_on_its_own_merged_base(recipe_run):
+    """peft 0.13.2 loads every adapter the recipe writes, and the reference's own MNTP merge +
+    our SimCSE adapter embeds like our merged encoder."""
+    from llm2vec_jax import LLM2Vec
+    from llm2vec_jax.checkpoints.hf import load_hf_checkpoint, save_hf_checkpoint
+
+    root, model_dir, _, _ = recipe_run
+    out = root / "out"
+    # The base as our writer leaves it (the test model was saved by transformers 5, whose
+    # tokenizer files 4.44 cannot read); same weights.
+    base = save_hf_checkpoint(load_hf_checkpoint(model_dir), root / "base-ours",
+                              tokenizer_dir=model_dir, overwrite=True)
+    adapters = [out / "mntp" / "adapter", out / "simcse" / "adapter",
+                out / "encoder" / "adapters" / "mntp", out / "encoder" / "adapters" / "simcse"]
+    texts = [["", "A man is playing a guitar."], ["Retrieve similar text:", "A dog runs."],
+             ["", "Three people sit on a bench near the river."]]
+    stdout = run_reference(_REFERENCE_ADAPTERS, base, str(adapters[0]),
+                           str(adapters[1]), json.dumps(texts),
+                           json.dumps([str(a) for a in adapters]))
+    theirs = np.array(json.loads(stdout.strip().splitlines()[-1]), np.float32)
+    ours = LLM2Vec.from_pretrained(out / "encoder").encode(texts, show_progress_bar=False)
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
 
 
