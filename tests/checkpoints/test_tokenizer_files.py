@@ -2,6 +2,7 @@
 reference's transformers 4.44 + tokenizers 0.19, and both tokenize to the same ids."""
 
 import json
+import shutil
 
 import pytest
 import transformers
@@ -80,3 +81,17 @@ def test_both_stacks_tokenize_the_shared_sentences_identically(written_dirs, wri
     assert theirs["ids"] == ours["ids"]
     # and the same ids as the tokenizer we converted from (nothing lost in the rewrite)
     assert ours["ids"] == _ours(written_dirs["gguf"], SENTENCES)["ids"]
+
+
+def test_make_portable_is_idempotent_and_keeps_merges_it_cannot_downgrade(written_dirs, tmp_path):
+    directory = shutil.copytree(written_dirs["save_pretrained"], tmp_path / "again")
+    before = {f: (directory / f).read_text() for f in ("tokenizer.json", "tokenizer_config.json")}
+    make_portable(directory)
+    assert {f: (directory / f).read_text() for f in before} == before
+    # A merge containing a space has no lossless "a b" form: the pair form stays (5.x reads it).
+    tok = json.loads(before["tokenizer.json"])
+    tok["model"]["merges"] = [["a b", "c"], ["d", "e"]]
+    (directory / "tokenizer.json").write_text(json.dumps(tok))
+    make_portable(directory)
+    merges = json.loads((directory / "tokenizer.json").read_text())["model"]["merges"]
+    assert merges == [["a b", "c"], ["d", "e"]]
