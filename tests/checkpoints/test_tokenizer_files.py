@@ -8,7 +8,6 @@ import pytest
 import transformers
 
 from conftest import REFERENCE
-from llm2vec_jax.checkpoints.gguf import convert_gguf
 from llm2vec_jax.checkpoints.tokenizer_files import MODEL_INPUT_NAMES, make_portable
 from reference_oracle import needs_reference, run_reference
 
