@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 
 import jax
@@ -254,18 +253,14 @@ class _OrbaxTracebacks(logging.Filter):
 def _late_write_callback(kind, value, tb) -> bool:
     """Whether an exception is tensorstore delivering a write's result to an asyncio loop that
     orbax already closed after the first failed write: ``RuntimeError('Event loop is
-    closed')`` from ``call_soon_threadsafe`` in a thread other than the main one. tensorstore
-    prints each with a traceback (through ``sys.excepthook``) and nothing is lost: the failure
-    itself reaches the main thread."""
-    if kind is not RuntimeError or str(value) != "Event loop is closed":
+    closed')`` whose traceback *starts* in ``call_soon_threadsafe``, i.e. no Python code called
+    it (tensorstore's C++ side did, on whichever thread completed the write, the main one
+    included). tensorstore prints each with a traceback (through ``sys.excepthook``) and
+    nothing is lost: the failure itself reaches the main thread. A program that dies of the
+    same error has its own frames first and keeps its traceback."""
+    if kind is not RuntimeError or str(value) != "Event loop is closed" or tb is None:
         return False
-    if threading.current_thread() is threading.main_thread():
-        return False
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return "call_soon_threadsafe" in frames
+    return tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
 
 
 def hide_write_failure_tracebacks() -> None:
