@@ -469,9 +469,9 @@ def test_a_failed_checkpoint_write_exits_2_and_keeps_the_earlier_ones(tiny_run, 
     # tensorstore's C++ side may still print 'Event loop is closed' tracebacks of write
     # results that arrive after orbax closed its loop (printed with PyErr_Print, which here
     # does not reach sys.excepthook); any other traceback fails this test.
-    for block in done.stderr.split("Traceback (most recent call last):\n")[1:]:
-        exception = next(x for x in block.splitlines() if x and not x.startswith(" "))
-        assert exception == "RuntimeError: Event loop is closed", done.stderr[-3000:]
+    # (Counted, not parsed: the threads' writes to stderr interleave.)
+    assert (done.stderr.count("Traceback (most recent call last):")
+            == done.stderr.count("RuntimeError: Event loop is closed")), done.stderr[-3000:]
     [line] = [x for x in done.stderr.splitlines() if x.startswith("checkpoint error: ")]
     assert done.stderr.strip().splitlines()[-1] == line
     assert line.startswith(f"checkpoint error: writing a checkpoint in {checkpoints} failed (")
