@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -237,47 +238,85 @@ class CheckpointWriteError(Exception):
     orbax writes into a temporary directory and renames it only when complete."""
 
 
-class _OrbaxTracebacks(logging.Filter):
-    """Strips the traceback from orbax's error records, keeping their one-line message. orbax
-    logs a failed write where it happens (its writer threads, then ``wait_until_finished``)
-    and raises the same exception again in the main thread (the next save, or ``finish``),
-    where it is reported: as the one ``checkpoint error:`` line, or with its full chained
-    traceback under ``--debug``. Records of anything other than orbax are left alone."""
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
+
+
+class _WriteFailureEchoes(logging.Filter):
+    """Quiets the echoes of a failed checkpoint write, which is reported once, in the main
+    thread (the next save, or ``finish``): as the one ``checkpoint error:`` line, or with its
+    full chained traceback under ``--debug``. The echoes: orbax logs the failure where it
+    happens (its writer threads, then ``wait_until_finished``), kept as one line each with
+    the traceback stripped; once the failure is reported, asyncio logs each abandoned writer
+    task or future again when it is garbage-collected (``... exception was never
+    retrieved``, at exit, after the report line), dropped. Records about anything else are
+    left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.reported = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in record.pathname:
+        if (self.reported and record.name == "asyncio"
+                and "exception was never retrieved" in record.getMessage()):
+            return False
+        if record.exc_info and (_ORBAX in record.pathname or _raised_in_orbax(record.exc_info)):
             record.exc_info = record.exc_text = None
         return True
 
 
-def _late_write_callback(kind, value, tb) -> bool:
-    """Whether an exception is tensorstore delivering a write's result to an asyncio loop that
-    orbax already closed after the first failed write: ``RuntimeError('Event loop is
+_ORBAX = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
+_echoes = _WriteFailureEchoes()
+
+
+def _raised_in_orbax(exc_info) -> bool:
+    tb = exc_info[2]
+    while tb is not None:
+        if _ORBAX in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _late_write_callback(unraisable) -> bool:
+    """Whether an unraisable exception is tensorstore delivering a write's result to an asyncio
+    loop that orbax already closed after the first failed write: ``RuntimeError('Event loop is
     closed')`` whose traceback *starts* in ``call_soon_threadsafe``, i.e. no Python code called
-    it (tensorstore's C++ side did, on whichever thread completed the write, the main one
-    included). tensorstore prints each with a traceback (through ``sys.excepthook``) and
-    nothing is lost: the failure itself reaches the main thread. A program that dies of the
-    same error has its own frames first and keeps its traceback."""
-    if kind is not RuntimeError or str(value) != "Event loop is closed" or tb is None:
-        return False
-    return tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+    it (tensorstore's C++ side did, on whichever thread completed the write). tensorstore
+    reports each through ``sys.unraisablehook``, which prints a traceback; nothing is lost:
+    the failure itself reaches the main thread."""
+    tb = unraisable.exc_traceback
+    return (unraisable.exc_type is RuntimeError and tb is not None
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
 
 
 def hide_write_failure_tracebacks() -> None:
-    """Leave a failed checkpoint write to its one ``checkpoint error:`` line: install
-    ``_OrbaxTracebacks`` on the logger orbax logs through (absl's), and skip tensorstore's
-    ``_late_write_callback`` tracebacks. Only without ``--debug``."""
-    logging.getLogger("absl").addFilter(_OrbaxTracebacks())
-    default = sys.excepthook
+    """Leave a failed checkpoint write to its one ``checkpoint error:`` line (only without
+    ``--debug``): ``_WriteFailureEchoes`` on the loggers that echo it (absl's, which orbax
+    logs through, and asyncio's), no report of tensorstore's late write callbacks, and,
+    once the failure is reported, no warning about the writer coroutines it abandoned."""
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_echoes)
+    default_unraisablehook = sys.unraisablehook
+    default_showwarning = warnings.showwarning
 
-    def excepthook(kind, value, tb):
-        if not _late_write_callback(kind, value, tb):
-            default(kind, value, tb)
+    def unraisablehook(unraisable):
+        if not _late_write_callback(unraisable):
+            default_unraisablehook(unraisable)
 
-    sys.excepthook = excepthook
+    def showwarning(message, category, *args, **kwargs):
+        if not (_echoes.reported and category is RuntimeWarning
+                and "was never awaited" in str(message)):
+            default_showwarning(message, category, *args, **kwargs)
+
+    sys.unraisablehook = unraisablehook
+    warnings.showwarning = showwarning
 
 
 def _write_failed(manager: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+    _echoes.reported = True
     return CheckpointWriteError(
         f"writing a checkpoint in {manager.directory} failed ({_reason(error)}); the earlier "
         f"checkpoints {sorted(manager.all_steps())} are intact: free space (or fix the "
