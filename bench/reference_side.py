@@ -46,6 +46,9 @@ LORA_TARGETS = ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", 
 MNTP_MASK_TOKEN = "_"  # run_mntp's mask_token_type "blank" for tokenizers without a mask token
 
 
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -93,7 +96,7 @@ def summarize(times: list[float]) -> dict:
 def cmd_encode(a) -> None:
     from llm2vec import LLM2Vec
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
+    dtype = TORCH_DTYPES[a.dtype]
     t0 = time.perf_counter()
     model = LLM2Vec.from_pretrained(
         a.model_dir, enable_bidirectional=True, pooling_mode="mean", max_length=a.max_length,
@@ -270,7 +273,7 @@ def _train_common(a, model, step, batch, real_tokens, n_sequences, extra) -> Non
     times, losses = _time_steps(step, a.warmup, a.steps)
     s = summarize(times)
     emit({
-        "bench": a.cmd, "grad_ckpt": a.grad_ckpt, "dtype": "float32",
+        "bench": a.cmd, "grad_ckpt": a.grad_ckpt, "dtype": a.dtype,
         "batch_shape": list(batch["input_ids"].shape), "real_tokens_per_step": real_tokens,
         "warmup": a.warmup, "steps": a.steps, **s,
         "tokens_per_s": real_tokens / s["median_s"], "sentences_per_s": n_sequences / s["median_s"],
@@ -285,7 +288,8 @@ def cmd_mntp_step(a) -> None:
 
     torch.manual_seed(a.seed)
     batch = _load_batch(a.batch)
-    model = LlamaBiForMNTP.from_pretrained(a.model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+    model = LlamaBiForMNTP.from_pretrained(a.model_dir, torch_dtype=TORCH_DTYPES[a.dtype],
+                                           attn_implementation="sdpa")
     model.model = _initialize_peft(model.get_model_for_peft(), a.lora_r, a.lora_alpha, a.lora_dropout)
     if a.grad_ckpt:
         _enable_grad_ckpt(model, model)
@@ -312,7 +316,7 @@ def cmd_simcse_step(a) -> None:
     batch = _load_batch(a.batch)
     model = LLM2Vec.from_pretrained(
         a.model_dir, enable_bidirectional=True, pooling_mode="mean",
-        max_length=batch["input_ids"].shape[1], torch_dtype=torch.float32,
+        max_length=batch["input_ids"].shape[1], torch_dtype=TORCH_DTYPES[a.dtype],
         attn_implementation="sdpa", attention_dropout=a.simcse_dropout,
     )
     model.model = _initialize_peft(model.model, a.lora_r, a.lora_alpha, a.lora_dropout)
@@ -384,6 +388,9 @@ def main(argv=None) -> None:
         t.add_argument("--lora-alpha", type=int, default=32)
         t.add_argument("--lora-dropout", type=float, default=0.05)
         t.add_argument("--seed", type=int, default=42)
+        # bfloat16: the base model in bf16; peft keeps the LoRA weights (and so their grads
+        # and AdamW state) in float32 (its autocast_adapter_dtype default), as ours does.
+        t.add_argument("--dtype", choices=list(TORCH_DTYPES), default="float32")
         if name == "simcse_step":
             t.add_argument("--simcse-dropout", type=float, default=0.3)
             t.add_argument("--loss-scale", type=float, default=20.0)

@@ -1,6 +1,6 @@
 """Training-step speed and memory, llm2vec-jax vs the PyTorch reference, in one run.
 
-Stages (SmolLM2-135M, fp32, LoRA r16 alpha 32 dropout 0.05 on q,k,v,o,gate,up,down, AdamW
+Stages (SmolLM2-135M, fp32 or ``--dtype bfloat16``, LoRA r16 alpha 32 dropout 0.05 on q,k,v,o,gate,up,down, AdamW
 lr 5e-5), each with and without gradient checkpointing:
 * ``mntp``:   batch 8 x 128, texts concatenated into full 128-token blocks, 20 % masked
               with ``_`` (run_mntp's default grouping and full-masking collator).
@@ -11,15 +11,22 @@ Both sides consume the *same* token batch (written once as .npz by
 RSS is per side. Reported: median step time over ``--steps`` after ``--warmup`` steps, real
 (non-pad) tokens/s, sequences/s, peak RSS.
 
+bfloat16 is mixed precision on both sides: the frozen base weights stored and multiplied in
+bf16 (f32 accumulation), the LoRA weights, their gradients and AdamW state in f32 (ours:
+``attach_lora``'s default; the reference: peft's ``autocast_adapter_dtype``), softmax, loss
+and pooling in f32.
+
     python bench/train_step.py                                  # full run
     python bench/train_step.py --steps 2 --warmup 1 --stages mntp --grad-ckpt off   # smoke
     python bench/train_step.py --sides ref                      # reference only
+    python bench/train_step.py --dtype bfloat16 --grad-ckpt off  # bf16 vs bf16
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import statistics
 import sys
@@ -36,7 +43,7 @@ STAGE_SHAPES = {"mntp": (8, 128), "simcse": (16, 64)}
 
 
 def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmup: int, steps: int,
-              lr: float = 5e-5, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+              dtype: str = "float32", lr: float = 5e-5, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
               simcse_dropout: float = 0.3, loss_scale: float = 20.0, seed: int = 42) -> dict:
     """HOOK: one jitted llm2vec-jax train step per call, timed like the reference side.
 
@@ -65,7 +72,7 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
 
     mesh = make_mesh()
     model = load_hf_checkpoint(
-        model_dir, dtype="float32", sharding_fn=weight_sharding_fn(mesh), causal=False,
+        model_dir, dtype=dtype, sharding_fn=weight_sharding_fn(mesh), causal=False,
         remat="full" if grad_ckpt else "none",
         attention_dropout=simcse_dropout if stage == "simcse" else 0.0)
     attach_lora(model, LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout), seed=seed,
@@ -131,13 +138,14 @@ def _worker(a) -> None:
         batch = {k: z[k] for k in z.files}
     try:
         r = ours_side(a.stage, a.model_dir, batch, grad_ckpt=a.grad_ckpt == "on", warmup=a.warmup,
-                      steps=a.steps, lr=a.lr, seed=a.seed)
+                      steps=a.steps, dtype=a.dtype, lr=a.lr, seed=a.seed)
     except NotImplementedError as e:
         print(json.dumps({"side": "ours", "pending": True, "error": f"NotImplementedError: {e}"}), flush=True)
         return
     real = int(batch["attention_mask"].sum()) * (2 if a.stage == "simcse" else 1)
     r.update({
         "side": "ours", "bench": f"{a.stage}_step", "grad_ckpt": a.grad_ckpt == "on",
+        "dtype": a.dtype,
         "batch_shape": list(batch["input_ids"].shape), "real_tokens_per_step": real,
         "tokens_per_s": real / r["median_s"], "sentences_per_s": batch["input_ids"].shape[0] / r["median_s"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
@@ -166,14 +174,15 @@ def _batch_path(a, stage: str, model_dir: Path) -> Path:
     return out
 
 
-def _cmd(a, side, stage, ckpt, batch, hf_dir, ref_dir):
+def _cmd(a, side, stage, ckpt, dtype, batch, hf_dir, ref_dir):
     if side == "ours":
         return [sys.executable, __file__, "--worker", "--stage", stage, "--model-dir", str(hf_dir),
                 "--batch", str(batch), "--grad-ckpt", ckpt, "--warmup", str(a.warmup),
-                "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed)]
+                "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed),
+                "--dtype", dtype]
     cmd = [common.ref_python(a.ref_venv), str(common.BENCH_DIR / "reference_side.py"), f"{stage}_step",
            "--model-dir", str(ref_dir), "--batch", str(batch), "--warmup", str(a.warmup),
-           "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed)]
+           "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed), "--dtype", dtype]
     return cmd + (["--grad-ckpt"] if ckpt == "on" else [])
 
 
@@ -181,6 +190,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", default="mntp,simcse")
     p.add_argument("--grad-ckpt", default="off,on", help="comma list of off/on")
+    p.add_argument("--dtype", default="float32", help="comma list of float32/bfloat16")
     p.add_argument("--sides", default="ours,ref")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
@@ -205,35 +215,37 @@ def main(argv=None) -> None:
     state, hf_dir, sides, ref_dir = common.prepare_run(a)
     stages = common.split_list(a.stages)
     ckpts = common.split_list(a.grad_ckpt)
+    dtypes = common.split_list(a.dtype)
     batches = {s: _batch_path(a, s, ref_dir or hf_dir) for s in stages}
 
     runs: dict[tuple, list[dict]] = {}
     k = 0
     for rnd in range(a.rounds):
-        for stage in stages:
-            for ckpt in ckpts:
-                order = sides if k % 2 == 0 else sides[::-1]
-                k += 1
-                for side in order:
-                    print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} ...",
-                          file=sys.stderr, flush=True)
-                    r = common.run_side(_cmd(a, side, stage, ckpt, batches[stage], hf_dir, ref_dir), a.timeout)
-                    if "error" in r:
-                        print(f"   {side}: {r['error'][-300:]}", file=sys.stderr)
-                    else:
-                        print(f"   {r['median_s']:.3f} s/step, {r['tokens_per_s']:.1f} tok/s, "
-                              f"peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
-                    runs.setdefault((stage, ckpt, side), []).append(r)
+        for config in itertools.product(stages, ckpts, dtypes):
+            stage, ckpt, dtype = config
+            order = sides if k % 2 == 0 else sides[::-1]
+            k += 1
+            for side in order:
+                print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} {dtype} ...",
+                      file=sys.stderr, flush=True)
+                r = common.run_side(_cmd(a, side, stage, ckpt, dtype, batches[stage], hf_dir,
+                                         ref_dir), a.timeout)
+                if "error" in r:
+                    print(f"   {side}: {r['error'][-300:]}", file=sys.stderr)
+                else:
+                    print(f"   {r['median_s']:.3f} s/step, {r['tokens_per_s']:.1f} tok/s, "
+                          f"peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                runs.setdefault((*config, side), []).append(r)
 
     rows = []
-    for stage in stages:
-        for ckpt in ckpts:
-            row = {"config": f"{stage} {'x'.join(map(str, STAGE_SHAPES[stage]))} ckpt={ckpt}"}
-            for side in sides:
-                row["ours" if side == "ours" else "ref"] = common.combine_runs(
-                    runs.get((stage, ckpt, side), []), lambda r: r["real_tokens_per_step"],
-                    lambda r: r["batch_shape"][0])
-            rows.append(row)
+    for stage, ckpt, dtype in itertools.product(stages, ckpts, dtypes):
+        row = {"config": f"{stage} {'x'.join(map(str, STAGE_SHAPES[stage]))} ckpt={ckpt}"
+                         + ("" if dtype == "float32" else f" {dtype}")}
+        for side in sides:
+            row["ours" if side == "ours" else "ref"] = common.combine_runs(
+                runs.get((stage, ckpt, dtype, side), []), lambda r: r["real_tokens_per_step"],
+                lambda r: r["batch_shape"][0])
+        rows.append(row)
 
     state_after = common.machine_state()
     payload = {
