@@ -15,6 +15,8 @@ import flax
 import jax
 import numpy as np
 
+from ..text.packing import segments_per_row
+
 IGNORE_INDEX = -100  # "not scored" (HF / torch CrossEntropyLoss convention)
 Array = Any          # numpy on the host, jax.Array on devices, ShapeDtypeStruct when planned
 
@@ -92,11 +94,30 @@ class MNTPBatch:
 
 @flax.struct.dataclass
 class Features:
-    """One view of a contrastive batch: left-padded token ids, attention and pooling masks."""
+    """One view of a contrastive batch: token ids, attention and pooling masks, one text a
+    row (left-padded), or several texts a row when packed (``slots`` given)."""
 
-    input_ids: Array       # int32 [B, S]
-    attention_mask: Array  # int32 [B, S]
-    embed_mask: Array      # int32 [B, S]: the pooled positions (instruction excluded)
+    input_ids: Array       # int32 [R, S]
+    attention_mask: Array  # int32 [R, S]: 0 padding, else 1 (packed: text j of a row is j + 1)
+    embed_mask: Array      # int32 [R, S]: the pooled positions (instruction excluded)
+    # Packed only: int32 [R, S] positions restarting at 0 for each text, and int32 [B] the
+    # index of text b's embedding in the row-major [R · P, D] pooled output (P texts a row
+    # at most: text.packing.segments_per_row(S)).
+    positions: Array | None = None
+    slots: Array | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.slots is not None
+
+    def real_tokens(self) -> int:
+        """Non-padding tokens (numpy); packed: in the rows holding texts, not in the copies
+        of the first row that fill the row count."""
+        mask = np.asarray(self.attention_mask)
+        if self.packed:
+            rows = np.unique(np.asarray(self.slots) // segments_per_row(mask.shape[1]))
+            mask = mask[rows]
+        return int((mask > 0).sum())
 
 
 @flax.struct.dataclass
@@ -107,6 +128,9 @@ class ContrastiveBatch:
     q: Features
     d: Features
     n: Features | None = None
+    # [B, B + Bn] bool, computed by the collator: document j is a copy of row i's positive
+    # (``losses.same_text_as_positive``, which packed views cannot be compared by on device).
+    duplicates: Array | None = None
 
     @property
     def views(self) -> list[Features]:
@@ -139,4 +163,6 @@ class ContrastiveBatch:
 
 def real_tokens(batch) -> int:
     """Non-padding tokens over every view of a (numpy) batch."""
-    return int(sum(np.asarray(mask).sum() for mask in batch.attention_masks()))
+    if isinstance(batch, ContrastiveBatch):
+        return sum(view.real_tokens() for view in batch.views)
+    return int(sum((np.asarray(mask) > 0).sum() for mask in batch.attention_masks()))

@@ -51,9 +51,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..text.packing import bucket_for, default_buckets
+from ..text.packing import (PackedBatch, Unplaced, bucket_for, collate_packed,
+                            default_buckets, segments_per_row)
 from ..text.reference import SEPARATOR, prepare_for_tokenization, validate_pooling
-from ..text.tokenize import collate, pad_token_id, tokenize_strings
+from ..text.tokenize import TokenizedRow, collate, pad_token_id, tokenize_strings
 from .batches import ContrastiveBatch, Features
 from .epochs import EpochIterator, ShuffledBatches
 from .sources import SourceError, load_hf_dataset
@@ -110,10 +111,17 @@ class SimCSEBatchIterator(ShuffledBatches):
     def __init__(self, sentences: Sequence[str], tokenizer, per_process_batch_size: int, *,
                  max_length: int, pooling: str = "mean",
                  compat_pool_all_positions: bool = False, padding: str | None = None,
+                 packed_rows_multiple: int | None = None,
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None):
+        """``packed_rows_multiple``: pack the batch's sentences several to a row
+        (``packed_simcse_features``) in a row count divisible by it; None: one a row."""
         super().__init__(len(sentences), per_process_batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, what="sentences")
         _check_compat(compat_pool_all_positions, pooling)
+        if packed_rows_multiple is not None and compat_pool_all_positions:
+            raise ValueError("compat_pool_all_positions pads one sentence a row, as the "
+                             "reference does: turn contrastive.packing off with it")
+        self.packed_rows_multiple = packed_rows_multiple
         self.sentences = list(sentences)
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
@@ -128,8 +136,11 @@ class SimCSEBatchIterator(ShuffledBatches):
         return [self.sentences[i] for i in rows]
 
     def __next__(self) -> ContrastiveBatch:
-        rows = self._next_rows()
-        return simcse_features(self.tokenizer, self.batch_texts(rows), max_length=self.max_length,
+        texts = self.batch_texts(self._next_rows())
+        if self.packed_rows_multiple is not None:
+            return packed_simcse_features(self.tokenizer, texts, max_length=self.max_length,
+                                          rows_multiple=self.packed_rows_multiple)
+        return simcse_features(self.tokenizer, texts, max_length=self.max_length,
                                pooling=self.pooling, compat_pool_all_positions=self.compat,
                                padding=self.padding)
 
@@ -143,6 +154,38 @@ def simcse_features(tokenizer, sentences: Sequence[str], *, max_length: int,
                      compat_pool_all_positions=compat_pool_all_positions, pad_to=pad_to,
                      pooling=pooling, padding=padding)
     return ContrastiveBatch(q=feats, d=feats)
+
+
+def packed_simcse_features(tokenizer, sentences: Sequence[str], *, max_length: int,
+                           rows_multiple: int = 1) -> ContrastiveBatch:
+    """``simcse_features`` with the sentences packed several to a row of ``max_length``
+    tokens (``text.packing``: each attends, is positioned and pooled within itself), so
+    almost no compute goes to padding: a Wiki1M batch of 32 is ~40 % real tokens when padded
+    one a row (docs/performance.md). The row count is rounded up to ``rows_multiple`` (the
+    devices a batch is split over); rows past the packed ones repeat the first and own no
+    text. ``duplicates`` marks the copies of each sentence, which the loss can then leave
+    out of its negatives."""
+    rows = tokenize_strings(tokenizer, [SEPARATOR + s for s in sentences], max_length=max_length)
+    lengths = [len(r) for r in rows]
+    per_row = segments_per_row(max_length)
+    placed = Unplaced(lengths, range(len(rows))).fill_rows(max_length, per_row, len(rows))
+    num_rows = -(-len(placed) // rows_multiple) * rows_multiple
+    packed = collate_packed(rows, PackedBatch(max_length, per_row, tuple(placed)),
+                            pad_id=pad_token_id(tokenizer), num_rows=num_rows)
+    slots = np.empty(len(rows), np.int32)
+    slots[packed["indices"]] = packed["slots"]
+    view = Features(packed["input_ids"], packed["segment_ids"], packed["embed_mask"],
+                    positions=packed["positions"], slots=slots)
+    return ContrastiveBatch(q=view, d=view, duplicates=same_token_rows(rows))
+
+
+def same_token_rows(rows: Sequence[TokenizedRow]) -> np.ndarray:
+    """[B, B] bool: rows i != j with the same token ids (SimCSE's false negatives, on the
+    host; ``losses.same_text_as_positive`` computes the same on device from padded rows)."""
+    ids = [r.input_ids for r in rows]
+    same = np.array([[a == b for b in ids] for a in ids], dtype=bool).reshape(len(ids), len(ids))
+    np.fill_diagonal(same, False)
+    return same
 
 
 # -- supervised -------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def padded_row_count(rows: int, rows_per_batch: int) -> int:
     return rows if rows >= rows_per_batch else min(rows_per_batch, 1 << max(0, rows - 1).bit_length())
 
 
-class _Unplaced:
+class Unplaced:
     """Texts not yet in a row, by length: the longest one that fits a room, in O(log n)."""
 
     def __init__(self, lengths: Sequence[int], indices: Iterable[int]):
@@ -144,7 +144,7 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
     lengths = [int(n) for n in lengths]
     buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(max_length)
     empty = tuple(i for i, n in enumerate(lengths) if n == 0)
-    unplaced = _Unplaced(lengths, (i for i, n in enumerate(lengths) if n > 0))
+    unplaced = Unplaced(lengths, (i for i, n in enumerate(lengths) if n > 0))
     if unplaced:
         bucket_for(unplaced.longest(), buckets)  # fail early, naming the length
 
@@ -160,7 +160,7 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
             texts = [i for row in rows for i in row]
             room = padded_row_count(len(rows), rows_per_batch)
             for narrower in (b for b in buckets if b < width):
-                tail = _Unplaced(lengths, texts)
+                tail = Unplaced(lengths, texts)
                 repacked = tail.fill_rows(narrower, texts_per_row(narrower), room)
                 if not tail:
                     rows, width = repacked, narrower

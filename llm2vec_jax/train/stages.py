@@ -138,7 +138,10 @@ def mntp_iterators(config: TrainConfig, tokenizer):
 def simcse_iterators(config: TrainConfig, tokenizer):
     run, section = config.run, config.contrastive
     padding = None  # the iterator's default: bucket widths (compat: the longest row)
-    if (config.data.num_shards or jax.process_count()) > 1:
+    several = (config.data.num_shards or jax.process_count()) > 1
+    pack = (section.packing and not several and not section.compat_pool_all_positions
+            and not section.grad_cache_chunk)
+    if several:
         # Shards (and processes) must agree on the global batch's width, which none of them
         # sees alone.
         if section.compat_pool_all_positions:
@@ -148,7 +151,7 @@ def simcse_iterators(config: TrainConfig, tokenizer):
         padding = "max_length"
     common = dict(max_length=section.max_length, pooling=section.pooling,
                   compat_pool_all_positions=section.compat_pool_all_positions,
-                  padding=padding)
+                  padding=padding, packed_rows_multiple=jax.device_count() if pack else None)
 
     def make_shard(shard: int, num_shards: int, rows: int):
         texts = [t.strip() for t in read_texts(config, shard=shard, num_shards=num_shards)]

@@ -26,7 +26,8 @@ from jax.sharding import NamedSharding
 
 from ..data.batches import ContrastiveBatch, Features, MNTPBatch
 from ..lora import FROZEN_FILTER, LORA_FILTER
-from ..models.pooling import pool
+from ..models.pooling import pool, pool_segments
+from ..text.packing import segments_per_row
 from ..sharding import replicated
 from .losses import contrastive_loss, lm_head_weight, mntp_loss, same_text_as_positive
 
@@ -76,14 +77,24 @@ def mntp_objective(model, batch: MNTPBatch, rng, *, causal: bool = False):
 
 
 def encode_rows(model, input_ids, attention_mask, row_keys=None, *,
-                causal: bool = False) -> jax.Array:
+                causal: bool = False, positions=None) -> jax.Array:
     """Hidden states [B, S, D] (bidirectional unless ``causal``); with ``row_keys`` [B], row
     i's dropout (attention and LoRA) is drawn from ``row_keys[i]`` alone, so any subset of
     rows (a GradCache chunk) gets exactly the masks it gets in the full batch."""
     if row_keys is None:
-        return model(input_ids, attention_mask, causal=causal)
-    return model(input_ids, attention_mask, causal=causal, dropout_rng=row_keys,
-                 lora_dropout=True)
+        return model(input_ids, attention_mask, causal=causal, positions=positions)
+    return model(input_ids, attention_mask, causal=causal, positions=positions,
+                 dropout_rng=row_keys, lora_dropout=True)
+
+
+def pool_view(hidden: jax.Array, view: Features, pooling: str) -> jax.Array:
+    """[B, D] float32 text embeddings of one view's hidden states (packed: each row's texts
+    pooled within themselves, then put in text order by ``view.slots``)."""
+    if not view.packed:
+        return pool(hidden, view.attention_mask, view.embed_mask, pooling)
+    per_row = segments_per_row(view.input_ids.shape[1])
+    pooled = pool_segments(hidden, view.attention_mask, view.embed_mask, pooling, per_row)
+    return pooled.reshape(-1, pooled.shape[-1])[view.slots]
 
 
 def row_keys(rng, rows: int):
@@ -94,8 +105,9 @@ def row_keys(rng, rows: int):
 def embed(model, view: Features, rng, pooling: str, *, causal: bool = False) -> jax.Array:
     """Pooled [B, D] float32 embeddings of one view in training mode."""
     hidden = encode_rows(model, view.input_ids, view.attention_mask,
-                         row_keys(rng, view.input_ids.shape[0]), causal=causal)
-    return pool(hidden, view.attention_mask, view.embed_mask, pooling)
+                         row_keys(rng, view.input_ids.shape[0]), causal=causal,
+                         positions=view.positions)
+    return pool_view(hidden, view, pooling)
 
 
 def embed_views(model, views: list[Features], rngs: list, pooling: str, *,
@@ -104,16 +116,17 @@ def embed_views(model, views: list[Features], rngs: list, pooling: str, *,
     views share a shape: the rows are concatenated (only token ids move between devices), so
     the layer scan runs once with V× larger matmuls, and every row keeps the dropout key
     ``embed`` would give it."""
-    if len({v.input_ids.shape for v in views}) > 1:
+    if len({(v.input_ids.shape, v.packed) for v in views}) > 1:
         return [embed(model, v, rng, pooling, causal=causal) for v, rng in zip(views, rngs)]
-    ids, mask, embed_mask = (jnp.concatenate([getattr(v, k) for v in views])
-                             for k in ("input_ids", "attention_mask", "embed_mask"))
+    ids, mask, positions = (None if getattr(views[0], k) is None else
+                            jnp.concatenate([getattr(v, k) for v in views])
+                            for k in ("input_ids", "attention_mask", "positions"))
     rows = views[0].input_ids.shape[0]
     keys = None
     if rngs[0] is not None:
         keys = jnp.concatenate([row_keys(rng, rows) for rng in rngs])
-    pooled = pool(encode_rows(model, ids, mask, keys, causal=causal), mask, embed_mask, pooling)
-    return jnp.split(pooled, len(views))
+    hidden = encode_rows(model, ids, mask, keys, causal=causal, positions=positions)
+    return [pool_view(h, v, pooling) for h, v in zip(jnp.split(hidden, len(views)), views)]
 
 
 def view_keys(rng, views: int) -> list:
@@ -126,6 +139,8 @@ def false_negatives(batch: ContrastiveBatch, mask_duplicates: bool):
     (``contrastive.mask_duplicates``), else none."""
     if not mask_duplicates:
         return None
+    if batch.duplicates is not None:
+        return batch.duplicates
     docs = batch.views[1:]
     return same_text_as_positive(batch.d.input_ids, batch.d.attention_mask,
                                  [v.input_ids for v in docs], [v.attention_mask for v in docs])

@@ -147,6 +147,72 @@ def test_batch_widths_bucket_padding_and_embeddings_do_not_depend_on_it(tokenize
     np.testing.assert_allclose(np.asarray(emb_b), np.asarray(emb_f), atol=2e-5, rtol=0)
 
 
+def _wiki_with_copies(n: int) -> list[str]:
+    """n Wiki1M sentences, the 3rd and 6th repeated further on (SimCSE's false negatives)."""
+    sentences = [line.strip() for line in WIKI1M.read_text().splitlines()[:n]]
+    sentences[n - 1], sentences[n - 3] = sentences[2], sentences[5]
+    return sentences
+
+
+def test_packed_simcse_batch_holds_each_sentence_once_in_its_slot(tokenizer):
+    """Packing puts every sentence, whole and positioned from 0, in exactly one segment of a
+    row, and ``slots`` points at it; the row count divides by ``rows_multiple``; far fewer
+    positions are padding than one sentence a row; ``duplicates`` equals the on-device
+    false-negative mask of the same batch padded."""
+    from llm2vec_jax.data.contrastive import packed_simcse_features, simcse_features
+    from llm2vec_jax.text.packing import segments_per_row
+    from llm2vec_jax.text.tokenize import tokenize_strings
+    from llm2vec_jax.train.losses import same_text_as_positive
+
+    sentences = _wiki_with_copies(32)
+    packed = packed_simcse_features(tokenizer, sentences, max_length=64, rows_multiple=8)
+    padded = simcse_features(tokenizer, sentences, max_length=64, padding="bucket")
+    view = packed.q
+    rows, width = view.input_ids.shape
+    assert width == 64 and rows % 8 == 0 and rows < len(sentences)
+    per_row = segments_per_row(width)
+    expected = tokenize_strings(tokenizer, [SEPARATOR + s for s in sentences], max_length=64)
+    assert len(set(view.slots.tolist())) == len(sentences)  # one slot per sentence
+    for text, slot in zip(expected, view.slots):
+        row, segment = divmod(int(slot), per_row)
+        where = view.attention_mask[row] == segment + 1
+        np.testing.assert_array_equal(view.input_ids[row][where], text.input_ids)
+        np.testing.assert_array_equal(view.positions[row][where], np.arange(len(text)))
+        assert view.embed_mask[row][where].sum() == text.n_pooled
+    real = sum(len(text) for text in expected)
+    assert view.real_tokens() == padded.q.real_tokens() == real
+    assert real / view.attention_mask.size > 1.5 * real / padded.q.attention_mask.size
+    on_device = same_text_as_positive(padded.d.input_ids, padded.d.attention_mask,
+                                      [padded.d.input_ids], [padded.d.attention_mask])
+    np.testing.assert_array_equal(packed.duplicates, np.asarray(on_device))
+    assert packed.duplicates.sum() == 4  # two copies, each marked from both sides
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_simcse_loss_and_gradients_equal_padded(tokenizer, causal):
+    """The SimCSE objective without dropout (equal inputs must give equal outputs) on packed
+    rows equals it on one sentence a row: loss and LoRA gradients, false negatives masked."""
+    from llm2vec_jax.data.contrastive import packed_simcse_features, simcse_features
+
+    graphdef, lora, frozen = tiny_lora_model(vocab_size=len(tokenizer), hidden_size=64,
+                                             intermediate_size=96, head_dim=16)
+    sentences = _wiki_with_copies(16)
+    batches = {"padded": simcse_features(tokenizer, sentences, max_length=64, padding="bucket"),
+               "packed": packed_simcse_features(tokenizer, sentences, max_length=64,
+                                                rows_multiple=4)}
+    results = {}
+    for name, batch in batches.items():
+        def loss(lora):
+            return contrastive_objective(nnx.merge(graphdef, lora, frozen), batch, None,
+                                         scale=20.0, causal=causal)[0]
+        results[name] = jax.value_and_grad(loss)(lora)
+    (loss_padded, padded), (loss_packed, packed) = results["padded"], results["packed"]
+    np.testing.assert_allclose(loss_packed, loss_padded, rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(padded), jax.tree.leaves(packed)):
+        rel = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+        assert rel <= 1e-5, (jax.tree_util.keystr(path), rel)
+
+
 # ---------------------------------------------------------------------------- supervised data
 
 
