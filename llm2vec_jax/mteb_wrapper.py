@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .embeddings import similarity, similarity_pairwise
 from .encoder import LLM2Vec
 
 
@@ -100,19 +101,17 @@ class LLM2VecMTEB:
                                  batch_size=int(kwargs.get("batch_size", 32)),
                                  show_progress_bar=bool(kwargs.get("show_progress_bar", True)))
 
-    @staticmethod
-    def _normalized(x) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norms > 0, norms, 1.0)
-
     def similarity(self, embeddings1, embeddings2) -> np.ndarray:
-        """Cosine similarity matrix [N1, N2]."""
-        return self._normalized(embeddings1) @ self._normalized(embeddings2).T
+        """Similarity matrix [N1, N2] with the encoder's function (cosine by default)."""
+        return similarity(embeddings1, embeddings2, self._similarity_fn)
 
     def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
-        """Cosine similarity of corresponding rows [N]."""
-        return np.sum(self._normalized(embeddings1) * self._normalized(embeddings2), axis=1)
+        """Similarity of corresponding rows [N]."""
+        return similarity_pairwise(embeddings1, embeddings2, self._similarity_fn)
+
+    @property
+    def _similarity_fn(self) -> str:
+        return getattr(self.model, "similarity_fn_name", "cosine")
 
     @property
     def mteb_model_meta(self):
