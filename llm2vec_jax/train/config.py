@@ -83,6 +83,16 @@ class ContrastiveSection:
     # positive (false negatives: a sentence twice in a SimCSE batch, a shared positive). An
     # open bug of the reference, which scores them as negatives; false restores that.
     mask_duplicates: bool = True
+    # Matryoshka: the loss is summed over these embedding prefixes (e.g. [64, 128, 256, 576];
+    # list the full width to keep training it), so encode(truncate_dim=m) stays useful.
+    matryoshka_dims: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        dims = self.matryoshka_dims
+        if dims is not None and (not dims or any(m < 1 for m in dims)
+                                 or list(dims) != sorted(set(dims))):
+            raise TrainConfigError(f"contrastive.matryoshka_dims={list(dims)} must be distinct "
+                                   "positive widths in increasing order, e.g. [64, 128, 256]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,10 @@ def train(config: TrainConfig) -> dict:
         shd.check_batch(mesh, chunk)  # each chunk is spread over the data-parallel shards
     path, model = prepare_model(config, mesh)
     check_lengths(config, path)
+    dims = config.contrastive.matryoshka_dims
+    if run.stage != "mntp" and dims and dims[-1] > model.config.hidden_size:
+        raise TrainConfigError(f"contrastive.matryoshka_dims={list(dims)} goes past the model's "
+                               f"embedding width {model.config.hidden_size}")
     tokenizer = load_tokenizer(path)
     if run.stage != "mntp":
         validate_pooling(config.contrastive.pooling, tokenizer)
