@@ -11,7 +11,12 @@ import types
 
 import pytest
 
-from test_train_loop import cli, straight, tiny_run, train_losses  # noqa: F401 (fixtures)
+from tiny_runs import cli, make_tiny_run, run_straight, train_losses
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tokenizer_dir):
+    return make_tiny_run(tmp_path_factory.mktemp("telemetry"), tokenizer_dir)
 
 
 def test_tensorboard_events_and_profile_trace(tiny_run):
@@ -63,9 +68,9 @@ def test_wandb_gets_the_metrics_when_enabled(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text())["loss"] == 2.0
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tiny_run, straight):
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tiny_run):
     root, model, corpus = tiny_run
-    reference = train_losses(straight)
+    reference = train_losses(run_straight(tiny_run))
     out = root / "preempted"
     # No scheduled checkpoint before the end, so only the SIGTERM save can be resumed from;
     # an eval every step slows the run so the signal lands mid-run.
