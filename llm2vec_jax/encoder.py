@@ -208,6 +208,13 @@ class LLM2Vec:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def num_parameters(self) -> int:
+        """Weights that make an embedding: an untied LM head (unused here) is not counted."""
+        params = nnx.state(self.model, nnx.Param)
+        return sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
+                   if "lm_head" not in jax.tree_util.keystr(path))
+
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in CONFIG_KEYS}
 
