@@ -3,8 +3,9 @@ clients, each sending one sentence per request, back to back.
 
 The server (``python -m llm2vec_jax.serve``, SmolLM2-135M, max_length 128) runs in its own
 process on 127.0.0.1; the clients are one asyncio process (httpx). Before each concurrency
-level, ``--warmup`` untimed rounds let the server compile the shapes that level produces.
-Sentences: the 512 of tests/fixtures/smollm2, in order.
+level, untimed rounds of ``--requests`` requests run until one adds no compiled shape to the
+server (its /health ``compilations``; at most ``--warmup`` rounds), so the timed round
+measures serving, not XLA compiling. Sentences: the 512 of tests/fixtures/smollm2, in order.
 
     python bench/serve.py                          # writes bench/results/serve-<date>.json
     python bench/serve.py --requests 64 --concurrency 1,8   # smoke run
@@ -30,6 +31,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def compilations(port: int) -> int:
+    import httpx
+    return httpx.get(f"http://127.0.0.1:{port}/health").json()["compilations"]
 
 
 def start_server(model: str, port: int, max_length: int, max_wait_ms: float):
@@ -85,7 +91,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="default: SmolLM2-135M (cached HF dir)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=256, help="timed requests per level")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds per level")
+    parser.add_argument("--warmup", type=int, default=8, help="most untimed rounds per level")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
@@ -100,8 +106,13 @@ def main() -> int:
     try:
         for c in common.split_list(args.concurrency):
             c = int(c)
-            asyncio.run(load(url, sentences, c, args.warmup * c))
+            for _ in range(args.warmup):
+                before = compilations(port)
+                asyncio.run(load(url, sentences, c, args.requests))
+                if compilations(port) == before:
+                    break
             row = asyncio.run(load(url, sentences, c, args.requests))
+            row["compilations"] = compilations(port)
             print(f"concurrency {c:3d}: {row['requests_per_s']:7.1f} req/s, "
                   f"p50 {row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms", flush=True)
             rows.append(row)

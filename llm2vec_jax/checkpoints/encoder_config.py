@@ -82,11 +82,6 @@ def read_jax_config(directory: str | os.PathLike | None) -> dict:
     return cfg
 
 
-def read_attention(directory: str | os.PathLike | None) -> str | None:
-    """The attention mode saved in ``directory/llm2vec_jax_config.json`` (None when absent)."""
-    return read_jax_config(directory).get("attention")
-
-
 def write_jax_config(directory: str | os.PathLike, bidirectional: bool, *,
                      prompts: dict | None = None, similarity_fn_name: str | None = None) -> None:
     cfg = {"attention": "bidirectional" if bidirectional else "causal"}

@@ -233,7 +233,8 @@ def create_app(encoder, model_name: str, config: ServeConfig = ServeConfig()):
                              "embedding_dim": encoder.hidden_size,
                              "queued_texts": batcher.queued_texts,
                              "in_flight_texts": batcher.in_flight_texts,
-                             "encode_calls": batcher.encode_calls})
+                             "encode_calls": batcher.encode_calls,
+                             "compilations": getattr(encoder, "num_compilations", None)})
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
