@@ -192,22 +192,24 @@ def test_mteb_cli_writes_mteb_result_files(tiny_model_dir, local_sts_task, monke
     assert meta["framework"] == ["JAX", "LLM2Vec"]
 
 
-def _evaluate_cli(*args):
+def _evaluate_cli(tmp_path, *args):
     import os
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # An empty cache: no task's data can be there, whatever this machine downloaded before.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "ds")}
     return subprocess.run([sys.executable, "-m", "llm2vec_jax.evaluate", *args],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_mteb_cli_errors_are_one_line(tmp_path):
     pytest.importorskip("mteb")
-    done = _evaluate_cli("mteb", "--model", "unused", "--tasks", "NoSuchTask",
+    done = _evaluate_cli(tmp_path, "mteb", "--model", "unused", "--tasks", "NoSuchTask",
                          "--output-dir", str(tmp_path))
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(
         "mteb error: unknown MTEB task 'NoSuchTask'")
     # A real task whose data was never downloaded here: named, with how to get it.
-    done = _evaluate_cli("mteb", "--model", "unused", "--tasks", "STS12",
+    done = _evaluate_cli(tmp_path, "mteb", "--model", "unused", "--tasks", "STS12",
                          "--output-dir", str(tmp_path))
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
