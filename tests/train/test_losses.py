@@ -303,3 +303,17 @@ def test_matryoshka_dims_config():
     for bad in ("[128, 64]", "[0, 8]", "[8, 8]", "[]"):
         with pytest.raises(TrainConfigError, match="must be distinct positive widths"):
             load_config(None, [f"contrastive.matryoshka_dims={bad}"])
+
+
+def test_matryoshka_dims_past_the_embedding_width_is_a_config_error(tmp_path, tokenizer_dir):
+    import subprocess
+
+    from tiny_runs import cli, make_tiny_run
+    root, model, corpus = make_tiny_run(tmp_path, tokenizer_dir)  # hidden size 64
+    done = subprocess.run(cli(root, model, corpus, tmp_path / "out", "--set", "run.stage=simcse",
+                              "--set", "contrastive.matryoshka_dims=[32, 128]"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "config error: contrastive.matryoshka_dims=[32, 128] goes past the model's embedding "
+        "width 64")
