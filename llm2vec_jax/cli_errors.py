@@ -40,6 +40,8 @@ _KINDS = [
     ("llm2vec_jax.models.pooling", "PoolingModeError", "config"),
     ("llm2vec_jax.data.sources", "SourceError", "data"),
     ("llm2vec_jax.evaluation", "STSFormatError", "data"),
+    ("llm2vec_jax.mteb_wrapper", "MTEBError", "mteb"),
+    ("llm2vec_jax.serve.server", "ServeConfigError", "config"),
     ("llm2vec_jax.train.checkpointing", "ResumeError", "resume"),
     ("llm2vec_jax.train.checkpointing", "CheckpointWriteError", "checkpoint"),
     ("llm2vec_jax.sharding", "ShardingError", "mesh"),

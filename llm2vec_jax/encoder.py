@@ -41,7 +41,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Sequence
+import warnings
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,14 +50,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from . import embeddings as emb_ops
 from .models.pooling import pool_segments
 from .text import tokenize as tok
 from .text.packing import collate_packed, default_buckets, padded_row_count, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .checkpoints.hf import save_hf_checkpoint
-from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, read_attention,
+from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, read_jax_config,
                                          read_llm2vec_config, read_sentence_transformers,
-                                         write_attention, write_llm2vec_config)
+                                         write_jax_config, write_llm2vec_config)
 from .checkpoints.merged import load_merged
 from .checkpoints.tokenizer_files import make_portable
 from .models.kernels import is_16bit_float
@@ -99,8 +101,11 @@ class LLM2Vec:
                  doc_max_length: int = DOC_MAX_LENGTH, skip_instruction: bool = True,
                  bidirectional: bool = True, name_or_path: str = "",
                  buckets: Sequence[int] | None = None, devices: Sequence | None = None,
-                 packing: bool = True):
+                 packing: bool = True, prompts: Mapping[str, str] | None = None,
+                 similarity_fn_name: str = "cosine"):
         validate_pooling(pooling_mode, tokenizer)
+        self.prompts = _check_prompts(prompts)
+        self.similarity_fn_name = emb_ops.check_similarity_fn(similarity_fn_name)
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         if not isinstance(doc_max_length, int) or doc_max_length < 1:
@@ -138,6 +143,8 @@ class LLM2Vec:
                         doc_max_length: int | None = None, skip_instruction: bool | None = None,
                         bidirectional: bool | None = None, dtype: str = "float32",
                         devices: Sequence | None = None, packing: bool = True,
+                        prompts: Mapping[str, str] | None = None,
+                        similarity_fn_name: str | None = None,
                         **config_overrides) -> "LLM2Vec":
         """Load an HF checkpoint (local dir, hub id or "smollm2"), optionally a PEFT adapter
         merged into it (what the reference does for the adapter stored with the base model
@@ -155,6 +162,8 @@ class LLM2Vec:
         bidirectional. ``dtype`` is the parameter
         and compute dtype ("float32", "bfloat16", "float16"); embeddings are always float32.
         ``packing=False`` gives each text a row of its own (see the module docstring).
+        ``prompts`` ({"query": ..., "document": ...}) and ``similarity_fn_name`` default to
+        what ``llm2vec_jax_config.json`` holds (none, and "cosine").
         """
         path = os.fspath(path_or_hub_id)
         devices = list(devices) if devices is not None else jax.local_devices()
@@ -165,8 +174,9 @@ class LLM2Vec:
         # An embedder saved by sentence-transformers carries its own pooling and attention;
         # our own settings files, then explicit arguments, take precedence.
         embedder = read_sentence_transformers(directory)
+        extras = read_jax_config(saved_in)
         if bidirectional is None:
-            mode = read_attention(saved_in) or embedder.get("attention", "bidirectional")
+            mode = extras.get("attention") or embedder.get("attention", "bidirectional")
             bidirectional = mode == "bidirectional"
         model.config = model.config.replace(causal=not bidirectional)
         settings = dict(DEFAULTS)
@@ -175,8 +185,11 @@ class LLM2Vec:
         explicit = {"pooling_mode": pooling_mode, "max_length": max_length,
                     "doc_max_length": doc_max_length, "skip_instruction": skip_instruction}
         settings.update({k: v for k, v in explicit.items() if v is not None})
-        return cls.from_loaded(model, directory, path=path, bidirectional=bidirectional,
-                               packing=packing, devices=devices, **settings)
+        return cls.from_loaded(
+            model, directory, path=path, bidirectional=bidirectional, packing=packing,
+            devices=devices, prompts=extras.get("prompts") if prompts is None else prompts,
+            similarity_fn_name=similarity_fn_name or extras.get("similarity_fn_name", "cosine"),
+            **settings)
 
     @classmethod
     def from_loaded(cls, model, directory: str, *, path: str | None = None,
@@ -195,6 +208,13 @@ class LLM2Vec:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def num_parameters(self) -> int:
+        """Weights that make an embedding: an untied LM head (unused here) is not counted."""
+        params = nnx.state(self.model, nnx.Param)
+        return sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
+                   if "lm_head" not in jax.tree_util.keystr(path))
+
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in CONFIG_KEYS}
 
@@ -203,9 +223,9 @@ class LLM2Vec:
         """Write ``llm2vec_config.json`` and the tokenizer (and, by default, the weights as an
         HF checkpoint) to ``out_dir``; the result loads with :meth:`from_pretrained` and with
         the reference. Only the reference's four keys go to ``llm2vec_config.json`` (its
-        constructor rejects others); the attention mode goes to ``llm2vec_jax_config.json``,
-        which :meth:`from_pretrained` reads (the reference takes it as
-        ``enable_bidirectional`` at load time)."""
+        constructor rejects others); the attention mode, the prompts and the similarity
+        function go to ``llm2vec_jax_config.json``, which :meth:`from_pretrained` reads (the
+        reference takes the mode as ``enable_bidirectional`` at load time)."""
         out_dir = os.fspath(out_dir)
         if save_model:
             # config.json + weights, atomically; refuses a non-empty dir unless overwrite.
@@ -214,7 +234,8 @@ class LLM2Vec:
         self.tokenizer.save_pretrained(out_dir)
         make_portable(out_dir)  # the reference's transformers 4.44 reads it as-is
         write_llm2vec_config(out_dir, self.settings())
-        write_attention(out_dir, self.bidirectional)
+        write_jax_config(out_dir, self.bidirectional, prompts=self.prompts,
+                         similarity_fn_name=self.similarity_fn_name)
         return out_dir
 
     # ------------------------------------------------------------------ encoding
@@ -256,19 +277,34 @@ class LLM2Vec:
         ndev = len(self.devices)
         return -(-rows // ndev) * ndev
 
-    def encode(self, texts, batch_size: int = 32, show_progress_bar: bool = True,
-               convert_to_numpy: bool = True):
-        """Embed ``texts`` -> float32 [N, D] (numpy; a jax array if ``convert_to_numpy=False``).
+    def encode(self, texts, batch_size: int = 32, show_progress_bar: bool | None = None,
+               normalize_embeddings: bool = False, truncate_dim: int | None = None,
+               precision: str = "float32", prompt: str | None = None,
+               prompt_name: str | None = None, convert_to: str = "numpy",
+               return_truncated: bool = False):
+        """Embed ``texts`` -> [N, D] (numpy; a jax array with ``convert_to="jax"``).
 
         ``texts``: a list whose items are ``str`` or ``[instruction, text]`` (a single ``str``
         is one text). Instruction tokens are attended but, with ``skip_instruction``, not
-        pooled. Texts longer than ``max_length`` tokens are truncated at the end (and texts
-        over ``doc_max_length`` shortened by whole words first), as the reference does.
+        pooled. ``prompt`` (or ``prompt_name``, a key of ``self.prompts``) is such an
+        instruction for every ``str`` item (sentence-transformers' prompts, with the
+        reference's semantics: the prompt is attended, not pooled).
+
+        After pooling, as sentence-transformers: the first ``truncate_dim`` dimensions are
+        kept (Matryoshka), rows are L2-normalised if ``normalize_embeddings``, then quantised
+        to ``precision`` (float32, int8, uint8, binary, ubinary; ``llm2vec_jax.embeddings``;
+        int8/uint8 calibrate on the embeddings of this call).
+
+        Texts longer than ``max_length`` tokens are truncated at the end (and texts over
+        ``doc_max_length`` shortened by whole words first), as the reference does; a warning
+        counts them, or ``return_truncated=True`` returns ``(embeddings, truncated)`` with a
+        bool [N] array marking them.
         An empty text has nothing to pool: it embeds to the zero vector (mean/weighted_mean
         always; last_token/eos_token only if the whole row is empty, otherwise the last
         instruction or suffix token). The reference's result there depends on the batch's
         padding, so it is not reproduced. ``batch_size`` is the rows per forward pass; with
         packing a row holds several short texts, so a pass may embed more texts than that.
+        ``show_progress_bar=None`` shows one when stderr is a terminal.
         """
         if texts is None:
             raise TypeError("texts must be a list of str or [instruction, text] pairs, got None")
@@ -277,11 +313,68 @@ class LLM2Vec:
                             f"got {type(texts).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        rows = self.tokenize_rows(list(texts) if not isinstance(texts, str) else texts)
+        if convert_to not in ("numpy", "jax"):
+            raise ValueError(f"convert_to={convert_to!r}; choose 'numpy' or 'jax'")
+        emb_ops.check_precision(precision)
+        emb_ops.check_truncate_dim(truncate_dim, self.hidden_size)
+        if show_progress_bar is None:
+            show_progress_bar = sys.stderr.isatty()
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = self.tokenize_rows(_with_prompt(texts, self._resolve_prompt(prompt, prompt_name)))
+        truncated = np.array([r.truncated for r in rows], bool)
+        emb = self._embed(rows, batch_size, show_progress_bar)
+        emb = emb_ops.truncate(emb, truncate_dim)
+        if normalize_embeddings:
+            emb = emb_ops.normalize(emb)
+        emb = emb_ops.quantize(emb, precision)
+        emb = emb if convert_to == "numpy" else jnp.asarray(emb)
+        if return_truncated:
+            return emb, truncated
+        if truncated.any():
+            warnings.warn(f"{int(truncated.sum())} of {len(rows)} texts were longer than "
+                          f"max_length={self.max_length} (or doc_max_length="
+                          f"{self.doc_max_length}) tokens and were truncated; pass "
+                          "return_truncated=True to see which", TruncationWarning, stacklevel=2)
+        return emb
+
+    def encode_query(self, texts, **kwargs):
+        """``encode`` with the "query" prompt (when ``self.prompts`` has one)."""
+        return self.encode(texts, **self._named_prompt("query", kwargs))
+
+    def encode_document(self, texts, **kwargs):
+        """``encode`` with the "document" prompt (when ``self.prompts`` has one)."""
+        return self.encode(texts, **self._named_prompt("document", kwargs))
+
+    def similarity(self, a, b) -> np.ndarray:
+        """[Na, Nb] scores with ``self.similarity_fn_name`` (``embeddings.similarity``)."""
+        return emb_ops.similarity(a, b, self.similarity_fn_name)
+
+    def similarity_pairwise(self, a, b) -> np.ndarray:
+        """[N] scores of corresponding rows with ``self.similarity_fn_name``."""
+        return emb_ops.similarity_pairwise(a, b, self.similarity_fn_name)
+
+    def _named_prompt(self, name: str, kwargs: dict) -> dict:
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None \
+                and name in self.prompts:
+            kwargs = {**kwargs, "prompt_name": name}
+        return kwargs
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """``prompt`` if given, else ``self.prompts[prompt_name]`` (as sentence-transformers)."""
+        if prompt is not None or prompt_name is None:
+            return prompt
+        if prompt_name not in self.prompts:
+            raise ValueError(f"prompt_name={prompt_name!r} is not one of this encoder's prompts "
+                             f"{sorted(self.prompts)}; set them with prompts={{...}} "
+                             "(saved in llm2vec_jax_config.json)")
+        return self.prompts[prompt_name]
+
+    def _embed(self, rows: list[tok.TokenizedRow], batch_size: int,
+               show_progress_bar: bool) -> np.ndarray:
+        """Pooled float32 [N, D] embeddings of tokenized rows, in their order."""
         dim = self.hidden_size
         if not rows:
-            out = np.zeros((0, dim), np.float32)
-            return out if convert_to_numpy else jnp.asarray(out)
+            return np.zeros((0, dim), np.float32)
         plan = plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
                                 max_length=self.max_length, buckets=self.buckets,
                                 packing=self.packing)
@@ -312,11 +405,36 @@ class LLM2Vec:
                 collect(*pending)
         finally:
             bar.close()
-        return emb if convert_to_numpy else jnp.asarray(emb)
+        return emb
 
     @property
     def num_compilations(self) -> int:
         return len(self._compiled)
+
+
+class TruncationWarning(UserWarning):
+    """Some texts were longer than the encoder's max_length and lost their end."""
+
+
+def _check_prompts(prompts) -> dict[str, str]:
+    prompts = dict(prompts or {})
+    bad = {k: v for k, v in prompts.items() if not (isinstance(k, str) and isinstance(v, str))}
+    if bad:
+        raise ValueError(f"prompts must map names to instruction strings, got {bad!r}")
+    return prompts
+
+
+def _with_prompt(texts: list, prompt: str | None) -> list:
+    """``[prompt, text]`` for every ``str`` item; a pair already has its instruction."""
+    if prompt is None:
+        return texts
+    out = []
+    for i, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise ValueError(f"text #{i} is {item!r}, not a str: pass either a prompt or "
+                             "[instruction, text] pairs, not both")
+        out.append([prompt, item])
+    return out
 
 
 def _cpu_half_as_bits(x: jax.Array) -> jax.Array:
@@ -348,4 +466,4 @@ def _save_weights(model, out_dir: str, overwrite: bool) -> None:
         unmerge_lora(model, adapter)
 
 
-__all__ = ["LLM2Vec", "LLM2VEC_CONFIG", "read_llm2vec_config"]
+__all__ = ["LLM2Vec", "LLM2VEC_CONFIG", "TruncationWarning", "read_llm2vec_config"]

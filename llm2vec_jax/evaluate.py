@@ -6,8 +6,14 @@
         [--attention bidirectional|causal] [--limit N]
         [--instruction TEXT] [--dtype float32]
 
-prints one JSON line ``{"task": "sts", "spearman": ..., "pearson": ..., "n": ...}`` on stdout;
-progress and errors go to stderr: a bad argument or input file is one line ``KIND error: ...``
+prints one JSON line ``{"task": "sts", "spearman": ..., "pearson": ..., "n": ...}`` on stdout.
+
+    python -m llm2vec_jax.evaluate mteb --model DIR [--adapter DIR] --tasks STSBenchmark,SciFact
+        --output-dir DIR [--instructions FILE.json | none] [--batch-size 32] [...]
+
+runs mteb's own tasks through ``mteb_wrapper.LLM2VecMTEB`` and writes mteb's result files
+under DIR/results/; one JSON line per task ``{"task": ..., "main_score": ...}`` on stdout.
+Progress and errors go to stderr: a bad argument or input file is one line ``KIND error: ...``
 and exit status 2 (``--debug`` shows its traceback), see llm2vec_jax/cli_errors.py.
 """
 
@@ -17,6 +23,8 @@ import argparse
 import json
 import sys
 import time
+
+import os
 
 from .cli_errors import add_debug_flag, run_cli
 from .evaluation import evaluate_sts, load_sts
@@ -37,32 +45,62 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Evaluate an LLM2Vec encoder.")
     sub = parser.add_subparsers(dest="task", required=True)
     sts = sub.add_parser("sts", help="STS-B style TSV: Spearman/Pearson of cosine vs gold")
-    sts.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
-    sts.add_argument("--adapter", default=None, help="PEFT adapter directory (merged on load)")
+    _add_model_arguments(sts)
     sts.add_argument("--data", required=True,
                      help="TSV with header source<TAB>score<TAB>sentence1<TAB>sentence2, "
                           "sample:stsb-dev (300 bundled STS-B dev pairs) or a hub dataset "
                           "hf:ID with columns sentence1, sentence2, score "
                           "(e.g. hf:mteb/stsbenchmark-sts)")
     sts.add_argument("--split", default="validation", help="split of an hf: dataset")
-    sts.add_argument("--pooling-mode", default=None,
-                     help="mean, weighted_mean, eos_token, last_token, bos_token "
-                          "(default: llm2vec_config.json, else mean)")
-    sts.add_argument("--batch-size", type=_positive_int, default=32)
-    sts.add_argument("--max-length", type=_positive_int, default=None,
-                     help="default: llm2vec_config.json, else 512")
-    sts.add_argument("--attention", choices=("bidirectional", "causal"), default=None,
-                     help="default: the mode the encoder was trained with "
-                          "(llm2vec_jax_config.json), else bidirectional")
-    sts.add_argument("--causal", dest="attention", action="store_const", const="causal",
-                     help="same as --attention causal")
+    _add_encoder_arguments(sts)
     sts.add_argument("--limit", type=_positive_int, default=None, help="first N pairs only")
     sts.add_argument("--instruction", default="",
                      help="instruction applied to both sentences (default: none)")
-    sts.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    sts.add_argument("--quiet", action="store_true", help="no progress bar")
     add_debug_flag(sts)
+
+    mteb = sub.add_parser("mteb", help="mteb's own tasks; writes mteb's result files")
+    _add_model_arguments(mteb)
+    mteb.add_argument("--tasks", required=True,
+                      help="comma-separated MTEB task names, e.g. STSBenchmark,SciFact")
+    mteb.add_argument("--output-dir", required=True,
+                      help="where mteb writes results/<model>/<revision>/<task>.json")
+    mteb.add_argument("--instructions", default=None,
+                      help="JSON table task -> query instruction (default: the reference's, "
+                           "configs/mteb/task_to_instructions.json; 'none': only the tasks' "
+                           "own MTEB prompts)")
+    mteb.add_argument("--model-name", default=None,
+                      help="name in the result files (default: llm2vec-jax/<directory name>)")
+    _add_encoder_arguments(mteb)
+    add_debug_flag(mteb)
     return parser
+
+
+def _add_model_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="HF checkpoint directory or hub id")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory (merged on load)")
+
+
+def _add_encoder_arguments(parser) -> None:
+    parser.add_argument("--pooling-mode", default=None,
+                        help="mean, weighted_mean, eos_token, last_token, bos_token "
+                             "(default: llm2vec_config.json, else mean)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--max-length", type=_positive_int, default=None,
+                        help="default: llm2vec_config.json, else 512")
+    parser.add_argument("--attention", choices=("bidirectional", "causal"), default=None,
+                        help="default: the mode the encoder was trained with "
+                             "(llm2vec_jax_config.json), else bidirectional")
+    parser.add_argument("--causal", dest="attention", action="store_const", const="causal",
+                        help="same as --attention causal")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _encoder_kwargs(args) -> dict:
+    return dict(adapter=args.adapter, pooling_mode=args.pooling_mode, max_length=args.max_length,
+                bidirectional=(None if args.attention is None
+                               else args.attention == "bidirectional"),
+                dtype=args.dtype)
 
 
 def run_sts(args) -> dict:
@@ -70,11 +108,7 @@ def run_sts(args) -> dict:
     from .encoder import LLM2Vec  # after the data check: a bad file fails before loading jax
 
     start = time.perf_counter()
-    encoder = LLM2Vec.from_pretrained(args.model, adapter=args.adapter,
-                                      pooling_mode=args.pooling_mode, max_length=args.max_length,
-                                      bidirectional=(None if args.attention is None
-                                                     else args.attention == "bidirectional"),
-                                      dtype=args.dtype)
+    encoder = LLM2Vec.from_pretrained(args.model, **_encoder_kwargs(args))
     result = {"task": "sts", **evaluate_sts(encoder, data, limit=args.limit,
                                             batch_size=args.batch_size,
                                             instruction=args.instruction,
@@ -85,6 +119,25 @@ def run_sts(args) -> dict:
     return result
 
 
+def run_mteb_tasks(args) -> list[dict]:
+    from . import mteb_wrapper as mw
+
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    if not names:
+        raise mw.MTEBError(f"--tasks {args.tasks!r} names no task")
+    instructions = args.instructions
+    if instructions is None:
+        instructions = mw.INSTRUCTIONS_FILE if mw.INSTRUCTIONS_FILE.is_file() else None
+    table = mw.load_instructions(None if instructions == "none" else instructions)
+    tasks = mw.resolve_tasks(names)  # before loading the model: a missing task fails fast
+    wrapper = mw.LLM2VecMTEB(args.model, task_to_instructions=table,
+                             model_name=args.model_name, **_encoder_kwargs(args))
+    result = mw.run_mteb(wrapper, tasks, args.output_dir, batch_size=args.batch_size,
+                         show_progress_bar=not args.quiet)
+    return [{"task": r.task_name, "main_score": float(r.get_score()),
+             "results": os.path.join(args.output_dir, "results")} for r in result.task_results]
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -92,9 +145,11 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    if args.task == "sts":
-        result = run_sts(args)
-    print(json.dumps(result), flush=True)
+    if args.task == "mteb":
+        for line in run_mteb_tasks(args):
+            print(json.dumps(line), flush=True)
+        return 0
+    print(json.dumps(run_sts(args)), flush=True)
     return 0
 
 

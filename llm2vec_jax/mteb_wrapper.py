@@ -1,7 +1,8 @@
 """An ``LLM2Vec`` encoder for MTEB 2.x (``mteb.evaluate(model, tasks)``).
 
-mteb is optional: this module imports without it, and only ``mteb_model_meta`` and the
-instruction fallback touch it, lazily.
+mteb is optional: this module imports without it, and only ``mteb_model_meta``, the
+instruction fallback and the task runner (``resolve_tasks``, ``run_mteb``: what
+``python -m llm2vec_jax.evaluate mteb`` calls) touch it, lazily.
 
 Instructions follow the reference's MTEB usage (llm2vec's ``experiments/mteb_eval_custom.py``
 and mteb's own ``llm2vec_models.py``): the task's instruction (from ``task_to_instructions``,
@@ -15,12 +16,78 @@ symmetric tasks such as STS (``prompt_type`` None) instruct both sides.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .embeddings import similarity, similarity_pairwise
 from .encoder import LLM2Vec
+
+
+# The reference's MTEB instruction table (configs/mteb/README.md), in a source checkout.
+INSTRUCTIONS_FILE = Path(__file__).resolve().parents[1] / "configs" / "mteb" / \
+    "task_to_instructions.json"
+
+
+class MTEBError(ValueError):
+    """An unknown task, task data that cannot be had offline, or a bad instruction table:
+    one line in the CLI (llm2vec_jax/cli_errors.py)."""
+
+
+def load_instructions(path: str | os.PathLike | None) -> dict[str, str]:
+    """A ``{task name: instruction}`` JSON table ({} for None)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+    except ValueError as e:
+        raise MTEBError(f"{path}: not valid JSON: {e}") from None
+    if not (isinstance(table, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in table.items())):
+        raise MTEBError(f"{path}: expected a JSON object of task name -> instruction string")
+    return table
+
+
+def resolve_tasks(names: list[str], *, load_data: bool = True) -> list:
+    """mteb's task objects for ``names``, their data loaded (from the datasets cache when
+    offline): an unknown task or data that cannot be had is an ``MTEBError`` naming it."""
+    import mteb
+
+    tasks = []
+    for name in names:
+        try:
+            tasks.append(mteb.get_task(name))
+        except KeyError:
+            raise MTEBError(f"unknown MTEB task {name!r}; list them with python -c \"import "
+                            "mteb; print([t.metadata.name for t in mteb.get_tasks()])\"") from None
+    for task in tasks if load_data else ():
+        try:
+            task.load_data()
+        except OSError as e:  # datasets' ConnectionError when offline and not cached
+            name = task.metadata.name
+            raise MTEBError(
+                f"the data of MTEB task {name!r} is not in the datasets cache and the hub "
+                f"cannot be reached ({str(e).splitlines()[0]}); download it once online with "
+                f"python -c \"import mteb; mteb.get_task('{name}').load_data()\" (same "
+                "HF_HOME / HF_DATASETS_CACHE), then run offline") from None
+    return tasks
+
+
+def run_mteb(wrapper: "LLM2VecMTEB", tasks: list, output_dir: str | os.PathLike, *,
+             batch_size: int = 32, show_progress_bar: bool = True):
+    """``mteb.evaluate`` of ``tasks``, writing mteb's result files under ``output_dir``
+    (``results/<model name>/<revision>/<task>.json`` and ``model_meta.json``)."""
+    import mteb
+    from mteb.cache import ResultCache
+
+    return mteb.evaluate(wrapper, tasks, cache=ResultCache(cache_path=output_dir),
+                         overwrite_strategy="always", show_progress_bar=show_progress_bar,
+                         encode_kwargs={"batch_size": batch_size,
+                                        "show_progress_bar": show_progress_bar})
 
 
 def llm2vec_instruction(instruction: str) -> str:
@@ -58,8 +125,10 @@ class LLM2VecMTEB:
                  task_to_instructions: Mapping[str, str] | None = None,
                  model_name: str | None = None, device: str | None = None,
                  **from_pretrained_kwargs: Any):
+        self.adapter = from_pretrained_kwargs.get("adapter")
+        self.base = None if isinstance(model, LLM2Vec) else os.fspath(model)
         if not isinstance(model, LLM2Vec):
-            model_name = model_name or os.fspath(model)
+            model_name = model_name or _model_name(self.base, self.adapter)
             model = LLM2Vec.from_pretrained(model, **from_pretrained_kwargs)
         elif from_pretrained_kwargs:
             raise TypeError(f"unexpected arguments for an already built LLM2Vec: "
@@ -100,32 +169,44 @@ class LLM2VecMTEB:
                                  batch_size=int(kwargs.get("batch_size", 32)),
                                  show_progress_bar=bool(kwargs.get("show_progress_bar", True)))
 
-    @staticmethod
-    def _normalized(x) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norms > 0, norms, 1.0)
-
     def similarity(self, embeddings1, embeddings2) -> np.ndarray:
-        """Cosine similarity matrix [N1, N2]."""
-        return self._normalized(embeddings1) @ self._normalized(embeddings2).T
+        """Similarity matrix [N1, N2] with the encoder's function (cosine by default)."""
+        return similarity(embeddings1, embeddings2, self._similarity_fn)
 
     def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
-        """Cosine similarity of corresponding rows [N]."""
-        return np.sum(self._normalized(embeddings1) * self._normalized(embeddings2), axis=1)
+        """Similarity of corresponding rows [N]."""
+        return similarity_pairwise(embeddings1, embeddings2, self._similarity_fn)
+
+    @property
+    def _similarity_fn(self) -> str:
+        return getattr(self.model, "similarity_fn_name", "cosine")
 
     @property
     def mteb_model_meta(self):
-        from mteb.models.model_meta import ModelMeta
+        from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         return ModelMeta.create_empty(overwrites={
             "name": self.model_name,
             "revision": self.revision,
+            "n_parameters": int(self.model.num_parameters),
             "embed_dim": self.model.hidden_size,
             "max_tokens": self.model.max_length,
-            "similarity_fn_name": "cosine",
+            "similarity_fn_name": ScoringFunction(self._similarity_fn),
+            "framework": ["JAX", "LLM2Vec"],
             "use_instructions": True,
+            "modalities": ["text"],
+            "model_type": ["dense"],
+            "open_weights": True,
+            "adapted_from": self.base if self.adapter is not None else None,
+            "reference": "https://arxiv.org/abs/2404.05961",
         })
 
 
-__all__ = ["LLM2VecMTEB", "llm2vec_instruction"]
+def _model_name(base: str, adapter) -> str:
+    """mteb wants "org/name"; ours: llm2vec-jax/<the adapter's or model's directory name>."""
+    path = os.fspath(adapter if adapter is not None else base)
+    return "llm2vec-jax/" + (os.path.basename(os.path.normpath(path)) or "model")
+
+
+__all__ = ["INSTRUCTIONS_FILE", "LLM2VecMTEB", "MTEBError", "llm2vec_instruction",
+           "load_instructions", "resolve_tasks", "run_mteb"]

@@ -17,7 +17,7 @@ from conftest import REFERENCE
 
 from llm2vec_jax.models import pooling
 from llm2vec_jax.text import packing
-from llm2vec_jax.encoder import LLM2Vec
+from llm2vec_jax.encoder import LLM2Vec, TruncationWarning
 
 META = json.loads((REFERENCE / "reference_fixtures.json").read_text())
 TEXTS, INSTRUCTION = META["texts"], META["instruction"]
@@ -199,10 +199,10 @@ def test_progress_bar(encoder, capsys):
     assert "sent/s" in capsys.readouterr().err
 
 
-def test_convert_to_numpy_false_gives_jax_array(encoder):
+def test_convert_to_jax_gives_jax_array(encoder):
     import jax
 
-    out = encoder.encode(TEXTS[:2], convert_to_numpy=False, show_progress_bar=False)
+    out = encoder.encode(TEXTS[:2], convert_to="jax", show_progress_bar=False)
     assert isinstance(out, jax.Array) and out.shape == (2, encoder.hidden_size)
 
 
@@ -244,7 +244,8 @@ def test_long_texts_are_truncated_like_the_reference(encoder):
     text = " ".join(f"word{i}" for i in range(200))
     rows = enc.tokenize_rows([text])
     assert len(rows[0]) == 16 and rows[0].n_pooled == 16
-    ours = enc.encode([text], show_progress_bar=False)[0]
+    with pytest.warns(TruncationWarning, match="1 of 1 texts were longer than max_length=16"):
+        ours = enc.encode([text], show_progress_bar=False)[0]
     ids = jnp.asarray([rows[0].input_ids], jnp.int32)
     hidden = encoder.model(ids, jnp.ones_like(ids), causal=False)
     np.testing.assert_allclose(ours, np.asarray(hidden[0].mean(0)), atol=1e-5, rtol=0)

@@ -1,20 +1,23 @@
 """The encoder's settings files: ``llm2vec_config.json`` (the reference's four keys, which its
 loader passes to its constructor) and ``llm2vec_jax_config.json`` (what that file cannot hold:
-the attention mode the encoder was trained with)."""
+the attention mode the encoder was trained with, named prompts, the similarity function)."""
 
 from __future__ import annotations
 
 import json
 import os
 
+from ..embeddings import SIMILARITY_FNS
 from ..models.config import ATTENTION_MODES
 from ..text.reference import DOC_MAX_LENGTH
 
 LLM2VEC_CONFIG = "llm2vec_config.json"
 # What the reference's llm2vec_config.json cannot hold (its constructor rejects unknown keys):
-# the attention mode the encoder was trained with. The reference takes that mode at load
-# time instead (``enable_bidirectional``).
+# the attention mode the encoder was trained with (the reference takes it at load time
+# instead, ``enable_bidirectional``), the sentence-transformers-style named prompts and
+# similarity function.
 ATTENTION_CONFIG = "llm2vec_jax_config.json"
+JAX_CONFIG_KEYS = ("attention", "prompts", "similarity_fn_name")
 # The keys the reference writes and reads; its constructor would reject anything else.
 CONFIG_KEYS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
 
@@ -48,25 +51,46 @@ def read_llm2vec_config(directory: str | os.PathLike | None) -> dict:
     return cfg
 
 
-def read_attention(directory: str | os.PathLike | None) -> str | None:
-    """The attention mode saved in ``directory/llm2vec_jax_config.json`` (None when absent)."""
+def read_jax_config(directory: str | os.PathLike | None) -> dict:
+    """``directory/llm2vec_jax_config.json`` validated ({} when absent): ``attention``,
+    ``prompts`` ({name: instruction}, e.g. query/document) and ``similarity_fn_name``."""
     path = os.path.join(os.fspath(directory), ATTENTION_CONFIG) if directory is not None else None
     if path is None or not os.path.isfile(path):
-        return None
+        return {}
     with open(path, encoding="utf-8") as f:
         try:
-            mode = json.load(f).get("attention")
-        except (ValueError, AttributeError):
-            raise EncoderConfigError(f"{path}: expected a JSON object like "
-                                     '{"attention": "bidirectional"}') from None
-    if mode not in ATTENTION_MODES:
-        raise EncoderConfigError(f"{path}: attention={mode!r}; choose one of {ATTENTION_MODES}")
-    return mode
+            cfg = json.load(f)
+        except ValueError:
+            cfg = None
+    if not isinstance(cfg, dict):
+        raise EncoderConfigError(f"{path}: expected a JSON object like "
+                                 '{"attention": "bidirectional"}')
+    unknown = sorted(set(cfg) - set(JAX_CONFIG_KEYS))
+    if unknown:
+        raise EncoderConfigError(f"{path}: unknown keys {unknown}; known: {list(JAX_CONFIG_KEYS)}")
+    if "attention" in cfg and cfg["attention"] not in ATTENTION_MODES:
+        raise EncoderConfigError(f"{path}: attention={cfg['attention']!r}; choose one of "
+                                 f"{ATTENTION_MODES}")
+    prompts = cfg.get("prompts", {})
+    if not (isinstance(prompts, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())):
+        raise EncoderConfigError(f"{path}: prompts must map names to instruction strings, e.g. "
+                                 '{"query": "Given a question, retrieve passages:"}')
+    if "similarity_fn_name" in cfg and cfg["similarity_fn_name"] not in SIMILARITY_FNS:
+        raise EncoderConfigError(f"{path}: similarity_fn_name={cfg['similarity_fn_name']!r}; "
+                                 f"choose one of {SIMILARITY_FNS}")
+    return cfg
 
 
-def write_attention(directory: str | os.PathLike, bidirectional: bool) -> None:
+def write_jax_config(directory: str | os.PathLike, bidirectional: bool, *,
+                     prompts: dict | None = None, similarity_fn_name: str | None = None) -> None:
+    cfg = {"attention": "bidirectional" if bidirectional else "causal"}
+    if prompts:
+        cfg["prompts"] = dict(prompts)
+    if similarity_fn_name is not None:
+        cfg["similarity_fn_name"] = similarity_fn_name
     with open(os.path.join(os.fspath(directory), ATTENTION_CONFIG), "w", encoding="utf-8") as f:
-        json.dump({"attention": "bidirectional" if bidirectional else "causal"}, f, indent=2)
+        json.dump(cfg, f, indent=2)
 
 
 def write_llm2vec_config(directory: str | os.PathLike, settings: dict) -> None:

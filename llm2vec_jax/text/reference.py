@@ -131,13 +131,22 @@ def count_text_tokens(tokenizer, texts: list[str], max_length: int) -> list[int]
 
 def truncate_document(tokenizer, text: str, *, max_length: int, doc_max_length: int) -> str:
     """Whole-word shortening of ``text`` to at most ``doc_max_length`` tokens, as the reference."""
+    return _shorten_document(tokenizer, text, max_length=max_length,
+                             doc_max_length=doc_max_length)[0]
+
+
+def _shorten_document(tokenizer, text: str, *, max_length: int,
+                      doc_max_length: int) -> tuple[str, bool]:
+    """``(truncate_document(...), whether it cut anything)``."""
     n = count_text_tokens(tokenizer, [text], max_length)[0]
+    cut = False
     while n > doc_max_length:
         words = text.split()
         keep = int(len(words) * (doc_max_length / n))
         text = " ".join(words[:keep])
         n = count_text_tokens(tokenizer, [text], max_length)[0]
-    return text
+        cut = True
+    return text, cut
 
 
 def join_instruction(instruction: str, text: str) -> str:
@@ -165,11 +174,21 @@ def build_strings(tokenizer, texts, *, max_length: int, doc_max_length: int,
                   pooling_mode: str = "mean", model_type: str | None = None,
                   name_or_path: str | None = None) -> list[str]:
     """The separator-carrying strings the reference feeds to ``tokenize``."""
-    out = []
+    return build_strings_and_cuts(tokenizer, texts, max_length=max_length,
+                                  doc_max_length=doc_max_length, pooling_mode=pooling_mode,
+                                  model_type=model_type, name_or_path=name_or_path)[0]
+
+
+def build_strings_and_cuts(tokenizer, texts, *, max_length: int, doc_max_length: int,
+                           pooling_mode: str = "mean", model_type: str | None = None,
+                           name_or_path: str | None = None) -> tuple[list[str], list[bool]]:
+    """``build_strings``, and for each text whether ``doc_max_length`` shortened it."""
+    strings, cuts = [], []
     for instruction, text in normalize_inputs(texts):
-        text = truncate_document(tokenizer, text, max_length=max_length,
-                                 doc_max_length=doc_max_length)
-        out.append(prepare_for_tokenization(
+        text, cut = _shorten_document(tokenizer, text, max_length=max_length,
+                                      doc_max_length=doc_max_length)
+        strings.append(prepare_for_tokenization(
             join_instruction(instruction, text), pooling_mode=pooling_mode,
             model_type=model_type, name_or_path=name_or_path))
-    return out
+        cuts.append(cut)
+    return strings, cuts

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import transformers
 
-from .reference import SEPARATOR, build_strings, count_text_tokens, validate_pooling
+from .reference import SEPARATOR, build_strings_and_cuts, count_text_tokens, validate_pooling
 
 
 # Any one of these is a tokenizer transformers can load without a converter
@@ -33,10 +33,12 @@ def load_tokenizer(directory: str | os.PathLike):
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedRow:
-    """One unpadded row: its token ids and how many trailing tokens are pooled."""
+    """One unpadded row: its token ids, how many trailing tokens are pooled, and whether its
+    text lost tokens to ``max_length`` or ``doc_max_length``."""
 
     input_ids: tuple[int, ...]
     n_pooled: int
+    truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -54,10 +56,15 @@ def tokenize_strings(tokenizer, strings: Sequence[str], *, max_length: int,
         originals.append("".join(parts))
     enc = tokenizer(list(originals), truncation=True, max_length=max_length)
     counts = count_text_tokens(tokenizer, pooled_parts, max_length)
+    # Only a row of exactly max_length tokens can have lost some: tokenize those again whole.
+    full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= max_length]
+    whole = tokenizer([originals[i] for i in full])["input_ids"] if full else []
+    cut = {i for i, ids in zip(full, whole) if len(ids) > max_length}
     rows = []
-    for ids, n in zip(enc["input_ids"], counts):
+    for i, (ids, n) in enumerate(zip(enc["input_ids"], counts)):
         ids = tuple(int(t) for t in ids)
-        rows.append(TokenizedRow(ids, len(ids) if not skip_instruction else min(n, len(ids))))
+        rows.append(TokenizedRow(ids, len(ids) if not skip_instruction else min(n, len(ids)),
+                                 i in cut))
     return rows
 
 
@@ -66,11 +73,13 @@ def tokenize_rows(tokenizer, texts, *, max_length: int, doc_max_length: int,
                   model_type: str | None = None,
                   name_or_path: str | None = None) -> list[TokenizedRow]:
     validate_pooling(pooling_mode, tokenizer)
-    strings = build_strings(tokenizer, texts, max_length=max_length,
-                            doc_max_length=doc_max_length, pooling_mode=pooling_mode,
-                            model_type=model_type, name_or_path=name_or_path)
-    return tokenize_strings(tokenizer, strings, max_length=max_length,
+    strings, shortened = build_strings_and_cuts(
+        tokenizer, texts, max_length=max_length, doc_max_length=doc_max_length,
+        pooling_mode=pooling_mode, model_type=model_type, name_or_path=name_or_path)
+    rows = tokenize_strings(tokenizer, strings, max_length=max_length,
                             skip_instruction=skip_instruction)
+    return [dataclasses.replace(r, truncated=True) if cut and not r.truncated else r
+            for r, cut in zip(rows, shortened)]
 
 
 def pad_token_id(tokenizer) -> int:

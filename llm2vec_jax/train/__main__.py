@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from .preemption import Preempted
+    try:
+        return _run_config(args)
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
+
+
+def _run_config(args) -> int:
     from .. import recipe as recipes
     from .config import load_config
     if _wants_recipe(args):

@@ -88,6 +88,16 @@ class ContrastiveSection:
     # positive (false negatives: a sentence twice in a SimCSE batch, a shared positive). An
     # open bug of the reference, which scores them as negatives; false restores that.
     mask_duplicates: bool = True
+    # Matryoshka: the loss is summed over these embedding prefixes (e.g. [64, 128, 256, 576];
+    # list the full width to keep training it), so encode(truncate_dim=m) stays useful.
+    matryoshka_dims: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        dims = self.matryoshka_dims
+        if dims is not None and (not dims or not _ints(dims) or any(m < 1 for m in dims)
+                                 or list(dims) != sorted(set(dims))):
+            raise TrainConfigError(f"contrastive.matryoshka_dims={list(dims)} must be distinct "
+                                   "positive widths in increasing order, e.g. [64, 128, 256]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +113,12 @@ class RunSection:
     save_every: int = 100
     keep_checkpoints: int = 2
     async_checkpointing: bool = True
-    tensorboard: bool = False
+    tensorboard: bool = False           # OUTPUT_DIR/tensorboard event files (tensorboardX)
+    wandb: bool = False                 # Weights & Biases, when the wandb package is installed
+    wandb_project: str | None = None    # default: "llm2vec-jax"
+    # [start, stop]: a jax.profiler trace of training steps start..stop (as numbered in the
+    # logs, 1-based) in OUTPUT_DIR/profile, from process 0 (open it with TensorBoard/XProf).
+    profile_steps: tuple[int, int] | None = None
     progress_bar: bool = True
     # auto: from the newest readable checkpoint in output_dir/checkpoints; none: start over
     # (earlier checkpoints are moved aside, never deleted); a step: from that checkpoint.
@@ -143,6 +158,11 @@ class TrainConfig:
         if self.data.mask_token_type not in MASK_TOKEN_TYPES:
             raise TrainConfigError(f"data.mask_token_type={self.data.mask_token_type!r}; "
                                    f"choose one of {MASK_TOKEN_TYPES}")
+        profile = self.run.profile_steps
+        if profile is not None and not (len(profile) == 2 and _ints(profile)
+                                       and 1 <= profile[0] <= profile[1]):
+            raise TrainConfigError(f"run.profile_steps={list(profile)} must be [start, stop] "
+                                   "with 1 <= start <= stop, e.g. [5, 8]")
         resume = self.run.resume
         if not (resume in ("auto", "none") or (isinstance(resume, int) and resume >= 1)):
             raise TrainConfigError(f"run.resume={resume!r}; choose auto, none or a "
@@ -150,6 +170,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _ints(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> TrainConfig:

@@ -12,7 +12,7 @@ import tempfile
 from etils import epath
 from flax import nnx
 
-from ..checkpoints.encoder_config import write_attention, write_llm2vec_config
+from ..checkpoints.encoder_config import write_jax_config, write_llm2vec_config
 from ..checkpoints.io import is_remote, join
 from ..checkpoints.peft import save_peft_adapter
 from ..checkpoints.tokenizer_files import make_portable
@@ -40,7 +40,7 @@ def export_adapter(config: TrainConfig, graphdef, state: TrainState, model_path:
     write_llm2vec_config(local, {"pooling_mode": config.contrastive.pooling,
                                  "max_length": max_length, "doc_max_length": DOC_MAX_LENGTH,
                                  "skip_instruction": True})
-    write_attention(local, config.model.attention == "bidirectional")
+    write_jax_config(local, config.model.attention == "bidirectional")
     if local != out:
         epath.Path(out).mkdir(parents=True, exist_ok=True)
         for name in os.listdir(local):

@@ -20,7 +20,7 @@ from ..data.batches import ContrastiveBatch, Features
 from ..lora import FROZEN_FILTER, LORA_FILTER
 from ..models.pooling import pool
 from ..typed_config import TrainConfigError
-from .losses import contrastive_loss
+from .losses import matryoshka_loss
 from .steps import encode_rows, false_negatives, row_keys, view_keys
 
 
@@ -79,7 +79,8 @@ chunked_embed.defvjp(_chunked_embed_fwd, _chunked_embed_bwd)
 
 def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
                          pooling: str = "mean", chunk: int, causal: bool = False,
-                         mask_duplicates: bool = True):
+                         mask_duplicates: bool = True,
+                         matryoshka_dims: tuple[int, ...] | None = None):
     """``contrastive_objective`` with the same value and gradients, ``chunk`` rows at a time."""
     graphdef, lora, frozen = nnx.split(model, LORA_FILTER, FROZEN_FILTER)
     embeddings = []
@@ -92,6 +93,6 @@ def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
         # The same per-row keys as steps.embed, so chunking changes no dropout mask.
         embeddings.append(chunked_embed(graphdef, pooling, causal, rows // chunk, lora, frozen,
                                         view, row_keys(key, rows)))
-    loss = contrastive_loss(*embeddings, scale=scale,
-                            exclude=false_negatives(batch, mask_duplicates))
+    loss = matryoshka_loss(*embeddings, scale=scale,
+                           exclude=false_negatives(batch, mask_duplicates), dims=matryoshka_dims)
     return loss, {"loss": loss}

@@ -30,7 +30,8 @@ from .checkpointing import (checkpoint_manager, data_fingerprint, finish, record
 from .config import TrainConfig, TrainConfigError
 from .export import export_adapter
 from .flops import mfu, train_flops_per_step
-from .metrics import MetricsWriter, progress_bar
+from .metrics import MetricsWriter, StepProfiler, progress_bar
+from .preemption import Preempted, PreemptionWatch
 from .prepare import prepare_model
 from .steps import init_state, jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
@@ -57,6 +58,10 @@ def train(config: TrainConfig) -> dict:
         shd.check_batch(mesh, chunk)  # each chunk is spread over the data-parallel shards
     path, model = prepare_model(config, mesh)
     check_lengths(config, path)
+    dims = config.contrastive.matryoshka_dims
+    if run.stage != "mntp" and dims and dims[-1] > model.config.hidden_size:
+        raise TrainConfigError(f"contrastive.matryoshka_dims={list(dims)} goes past the model's "
+                               f"embedding width {model.config.hidden_size}")
     tokenizer = load_tokenizer(path)
     if run.stage != "mntp":
         validate_pooling(config.contrastive.pooling, tokenizer)
@@ -115,7 +120,10 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
         compile_now(step_fn, state, sample, jax.random.key(0))
 
     start = int(jax.device_get(state.step))
-    writer = MetricsWriter(run.output_dir, run.tensorboard)
+    writer = MetricsWriter(run.output_dir, run.tensorboard, wandb=run.wandb,
+                           wandb_project=run.wandb_project, config=config.to_dict())
+    profiler = StepProfiler(run.profile_steps, os.path.join(run.output_dir, "profile"))
+    preemption = PreemptionWatch()
     record_settings(config, start)
     base_key = jax.random.key(run.seed)
     progress = progress_bar(run, start)
@@ -126,7 +134,9 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
             for step in range(start, run.max_steps):
                 local = next(train_iter)
                 batch = shd.global_batch(mesh, local)
+                profiler.before(step + 1)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+                profiler.after(step + 1, (state, metrics))
                 window_flops += step_flops(batch)
                 window_tokens += real_tokens(local) * jax.process_count()
                 done = step + 1
@@ -149,10 +159,15 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
                     last = {**last, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
                     progress.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}"
                                                                  for k, v in eval_metrics.items()))
-                if done % run.save_every == 0 or done == run.max_steps:
+                preempted = preemption.reached(done)
+                if done % run.save_every == 0 or done == run.max_steps or preempted:
                     save(manager, done, state, train_iter, record)
                 progress.update(1)
+                if preempted and done < run.max_steps:
+                    raise Preempted(done, run.output_dir)
     finally:
+        preemption.close()
+        profiler.stop()
         progress.close()
         writer.close()
         finish(manager)

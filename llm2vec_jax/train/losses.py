@@ -106,3 +106,18 @@ def contrastive_loss(q: jax.Array, d: jax.Array, n: jax.Array | None = None,
     B = q.shape[0]
     positive = scores[jnp.arange(B), jnp.arange(B)]
     return jnp.mean(jax.nn.logsumexp(scores, axis=-1) - positive)
+
+
+def matryoshka_loss(q: jax.Array, d: jax.Array, n: jax.Array | None = None,
+                    scale: float = 20.0, exclude: jax.Array | None = None,
+                    dims: tuple[int, ...] | None = None) -> jax.Array:
+    """Matryoshka representation learning (Kusupati et al. 2022) on ``contrastive_loss``:
+    the unweighted sum of the InfoNCE losses of the first ``m`` dimensions of every
+    embedding, for each ``m`` in ``dims`` (each prefix is normalised on its own, so a
+    truncated embedding is trained as what ``encode(truncate_dim=m)`` returns). Only the
+    listed widths are scored: list the full width too to keep training it. ``dims`` None:
+    plain ``contrastive_loss``."""
+    if not dims:
+        return contrastive_loss(q, d, n, scale, exclude)
+    return sum(contrastive_loss(q[:, :m], d[:, :m], None if n is None else n[:, :m], scale,
+                                exclude) for m in dims)

@@ -47,9 +47,11 @@ def objective(config: TrainConfig):
     if section.grad_cache_chunk:
         return functools.partial(grad_cache_objective, scale=section.scale,
                                  pooling=section.pooling, chunk=section.grad_cache_chunk,
-                                 causal=causal, mask_duplicates=section.mask_duplicates)
+                                 causal=causal, mask_duplicates=section.mask_duplicates,
+                                 matryoshka_dims=section.matryoshka_dims)
     return functools.partial(contrastive_objective, scale=section.scale, pooling=section.pooling,
-                             causal=causal, mask_duplicates=section.mask_duplicates)
+                             causal=causal, mask_duplicates=section.mask_duplicates,
+                             matryoshka_dims=section.matryoshka_dims)
 
 
 # -- text (MNTP, SimCSE) ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..lora import FROZEN_FILTER, LORA_FILTER
 from ..models.pooling import pool, pool_segments
 from ..text.packing import segments_per_row
 from ..sharding import replicated
-from .losses import contrastive_loss, lm_head_weight, mntp_loss, same_text_as_positive
+from .losses import lm_head_weight, matryoshka_loss, mntp_loss, same_text_as_positive
 
 
 @flax.struct.dataclass
@@ -148,14 +148,16 @@ def false_negatives(batch: ContrastiveBatch, mask_duplicates: bool):
 
 def contrastive_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
                           pooling: str = "mean", causal: bool = False,
-                          mask_duplicates: bool = True):
+                          mask_duplicates: bool = True,
+                          matryoshka_dims: tuple[int, ...] | None = None):
     """Query/document(/negative) views with independent dropout; in-batch negatives over the
     global batch (the compiler gathers the sharded embeddings for the score matrix), less
-    the false negatives of ``mask_duplicates``."""
+    the false negatives of ``mask_duplicates``; summed over the ``matryoshka_dims`` prefixes
+    when given (``losses.matryoshka_loss``)."""
     views = batch.views
     q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling, causal=causal)
-    loss = contrastive_loss(q, d, n[0] if n else None, scale=scale,
-                            exclude=false_negatives(batch, mask_duplicates))
+    loss = matryoshka_loss(q, d, n[0] if n else None, scale=scale,
+                           exclude=false_negatives(batch, mask_duplicates), dims=matryoshka_dims)
     return loss, {"loss": loss}
 
 

@@ -225,3 +225,95 @@ def test_simcse_step_masks_a_repeated_sentence_unless_told_not_to():
                                rtol=1e-6)
     np.testing.assert_allclose(plain, float(contrastive_loss(e, e, None, 20.0)), rtol=1e-6)
     assert plain > masked + 1e-3  # the copy scored as a negative costs loss
+
+
+# ---------------------------------------------------------------------------- Matryoshka
+
+
+def test_matryoshka_loss_hand_computed():
+    from llm2vec_jax.train.losses import matryoshka_loss
+
+    q = np.array([[2.0, 5.0], [-3.0, 1.0]], np.float32)
+    d = np.array([[1.0, 7.0], [-4.0, 0.0]], np.float32)
+    # Width 1: each prefix normalises to its sign, q = d = [1, -1]; scores (scale 1) are
+    # [[1, -1], [-1, 1]], so each row costs log(e + e^-1) - 1 = log(1 + e^-2).
+    width1 = math.log(1 + math.exp(-2.0))
+    assert math.isclose(float(matryoshka_loss(q, d, None, 1.0, dims=(1,))), width1, rel_tol=1e-6)
+    # Width 2: the whole vectors, cosines written out.
+    cos = lambda a, b: (a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))  # noqa: E731
+    s = np.array([[cos(q[i], d[j]) for j in range(2)] for i in range(2)], np.float64)
+    width2 = np.mean([math.log(math.exp(s[i, 0]) + math.exp(s[i, 1])) - s[i, i]
+                      for i in range(2)])
+    got = float(matryoshka_loss(q, d, None, 1.0, dims=(1, 2)))
+    assert math.isclose(got, width1 + width2, rel_tol=1e-6)
+    # Hard negatives and excluded documents are cut to each prefix too.
+    neg = np.array([[1.0, -9.0], [3.0, 3.0]], np.float32)
+    exclude = np.array([[False, True, False, False], [False, False, True, False]])
+    expected = sum(float(contrastive_loss(q[:, :m], d[:, :m], neg[:, :m], 3.0, exclude))
+                   for m in (1, 2))
+    got = float(matryoshka_loss(q, d, neg, 3.0, exclude, dims=(1, 2)))
+    assert math.isclose(got, expected, rel_tol=1e-6)
+    assert float(matryoshka_loss(q, d, neg, 3.0, exclude)) == float(
+        contrastive_loss(q, d, neg, 3.0, exclude))
+
+
+def test_matryoshka_objective_and_grad_cache_agree():
+    import functools
+
+    from flax import nnx
+
+    from conftest import tiny_lora_model
+    from llm2vec_jax.data.batches import ContrastiveBatch, Features
+    from llm2vec_jax.train.grad_cache import grad_cache_objective
+    from llm2vec_jax.train.losses import matryoshka_loss
+    from llm2vec_jax.train.steps import contrastive_objective, embed
+    graphdef, lora, frozen = tiny_lora_model(vocab_size=64, hidden_size=32,
+                                             intermediate_size=48, head_dim=8)
+    model = nnx.merge(graphdef, lora, frozen)
+    rng = np.random.default_rng(0)
+    q, d = (Features(ids, np.ones_like(ids), np.ones_like(ids))
+            for ids in rng.integers(3, 64, (2, 4, 6)).astype(np.int32))
+    batch = ContrastiveBatch(q, d)
+    dims = (8, 16, 32)
+    got = float(contrastive_objective(model, batch, None, scale=20.0, matryoshka_dims=dims)[0])
+    eq, ed = (np.asarray(embed(model, v, None, "mean")) for v in (q, d))
+    expected = sum(float(contrastive_loss(eq[:, :m], ed[:, :m], None, 20.0)) for m in dims)
+    assert math.isclose(got, expected, rel_tol=1e-5)
+    assert math.isclose(float(matryoshka_loss(eq, ed, None, 20.0, dims=dims)), expected,
+                        rel_tol=1e-6)
+
+    def loss_and_grad(objective):
+        return jax.value_and_grad(lambda lo: objective(nnx.merge(graphdef, lo, frozen), batch,
+                                                       jax.random.key(3))[0])(lora)
+
+    plain = loss_and_grad(functools.partial(contrastive_objective, scale=20.0,
+                                            matryoshka_dims=dims))
+    cached = loss_and_grad(functools.partial(grad_cache_objective, scale=20.0, chunk=2,
+                                             matryoshka_dims=dims))
+    np.testing.assert_allclose(cached[0], plain[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(cached[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+
+
+def test_matryoshka_dims_config():
+    from llm2vec_jax.train.config import TrainConfigError, load_config
+
+    cfg = load_config(None, ["contrastive.matryoshka_dims=[64, 128]"])
+    assert cfg.contrastive.matryoshka_dims == (64, 128)
+    for bad in ("[128, 64]", "[0, 8]", "[8, 8]", "[]"):
+        with pytest.raises(TrainConfigError, match="must be distinct positive widths"):
+            load_config(None, [f"contrastive.matryoshka_dims={bad}"])
+
+
+def test_matryoshka_dims_past_the_embedding_width_is_a_config_error(tmp_path, tokenizer_dir):
+    import subprocess
+
+    from tiny_runs import cli, make_tiny_run
+    root, model, corpus = make_tiny_run(tmp_path, tokenizer_dir)  # hidden size 64
+    done = subprocess.run(cli(root, model, corpus, tmp_path / "out", "--set", "run.stage=simcse",
+                              "--set", "contrastive.matryoshka_dims=[32, 128]"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "config error: contrastive.matryoshka_dims=[32, 128] goes past the model's embedding "
+        "width 64")

@@ -15,57 +15,27 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from conftest import REPO, WIKITEXT
+from conftest import REPO
 from hf_oracle import tiny_model_with_tokenizer
+from tiny_runs import cli, make_tiny_run, run_straight, train_losses
 from llm2vec_jax.train.config import TrainConfigError, load_config
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tokenizer_dir):
-    root = tmp_path_factory.mktemp("train")
-    model = tiny_model_with_tokenizer(root / "model", tokenizer_dir)
-    corpus = root / "corpus.txt"
-    lines = WIKITEXT.read_text(encoding="utf-8").splitlines()
-    corpus.write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
-    return root, model, corpus
-
-
-def cli(root, model, corpus, out, *extra):
-    return [sys.executable, "-m", "llm2vec_jax.train",
-            "--set", f"model.path={model}", "--set", "data.kind=file",
-            "--set", f"data.path={corpus}", "--set", "data.max_seq_length=32",
-            "--set", "run.global_batch_size=4", "--set", "run.max_steps=10",
-            "--set", "run.log_every=1", "--set", "run.eval_every=5", "--set", "run.save_every=2",
-            "--set", "run.keep_checkpoints=10", "--set", "run.progress_bar=false",
-            "--set", "optimizer.learning_rate=1e-3", "--set", f"run.output_dir={out}", *extra]
+    return make_tiny_run(tmp_path_factory.mktemp("train"), tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
 def straight(tiny_run):
-    """One uninterrupted 10-step run (checkpoints every 2 steps): the reference every resume
-    test compares with; tests that write to a run work on a copy of it."""
-    root, model, corpus = tiny_run
-    out = root / "straight"
-    done = subprocess.run(cli(root, model, corpus, out), capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    """The reference run; tests that write to a run work on a copy of it."""
+    return run_straight(tiny_run)
 
 
 def copy_run(straight, name):
     copy = straight.parent / name
     shutil.copytree(straight, copy)
     return copy
-
-
-def train_losses(out) -> dict[int, float]:
-    losses = {}
-    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if record["split"] == "train":
-                losses.setdefault(record["step"], []).append(record["loss"])
-    return losses
 
 
 def test_unknown_key_suggests_the_right_one():

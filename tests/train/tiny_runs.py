@@ -1,0 +1,50 @@
+"""Tiny MNTP training runs through the real CLI (a random 2-layer model with SmolLM2's
+tokenizer, 300 WikiText lines), shared by the training-loop and telemetry tests."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import WIKITEXT
+from hf_oracle import tiny_model_with_tokenizer
+
+
+def make_tiny_run(root, tokenizer_dir):
+    """(root, model dir, corpus file) under ``root``."""
+    model = tiny_model_with_tokenizer(root / "model", tokenizer_dir)
+    corpus = root / "corpus.txt"
+    lines = WIKITEXT.read_text(encoding="utf-8").splitlines()
+    corpus.write_text("\n".join(lines[:300]) + "\n", encoding="utf-8")
+    return root, model, corpus
+
+
+def cli(root, model, corpus, out, *extra):
+    return [sys.executable, "-m", "llm2vec_jax.train",
+            "--set", f"model.path={model}", "--set", "data.kind=file",
+            "--set", f"data.path={corpus}", "--set", "data.max_seq_length=32",
+            "--set", "run.global_batch_size=4", "--set", "run.max_steps=10",
+            "--set", "run.log_every=1", "--set", "run.eval_every=5", "--set", "run.save_every=2",
+            "--set", "run.keep_checkpoints=10", "--set", "run.progress_bar=false",
+            "--set", "optimizer.learning_rate=1e-3", "--set", f"run.output_dir={out}", *extra]
+
+
+def run_straight(tiny_run, name="straight"):
+    """One uninterrupted 10-step run (checkpoints every 2 steps): the reference resume tests
+    compare with."""
+    root, model, corpus = tiny_run
+    out = root / name
+    done = subprocess.run(cli(root, model, corpus, out), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def train_losses(out) -> dict[int, list[float]]:
+    losses = {}
+    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record["split"] == "train":
+                losses.setdefault(record["step"], []).append(record["loss"])
+    return losses
