@@ -40,6 +40,7 @@ _KINDS = [
     ("llm2vec_jax.models.pooling", "PoolingModeError", "config"),
     ("llm2vec_jax.data.sources", "SourceError", "data"),
     ("llm2vec_jax.evaluation", "STSFormatError", "data"),
+    ("llm2vec_jax.word_tasks", "WordTaskError", "data"),
     ("llm2vec_jax.train.checkpointing", "ResumeError", "resume"),
     ("llm2vec_jax.train.checkpointing", "CheckpointWriteError", "checkpoint"),
     ("llm2vec_jax.sharding", "ShardingError", "mesh"),
