@@ -129,7 +129,8 @@ class LLM2Vec:
         self._dtypes = jax.tree.map(lambda x: x.dtype, state)
         self._state = (jax.tree.map(_cpu_half_as_bits, state)
                        if model.config.kernels.weight_indexing == "bits" else state)
-        self._compiled: dict[tuple[int, int, int], Any] = {}  # (rows, width, texts a row)
+        # (rows, width, texts a row, token states instead of pooled) -> compiled forward
+        self._compiled: dict[tuple[int, int, int, bool], Any] = {}
 
     # ------------------------------------------------------------------ construction
 
