@@ -150,3 +150,36 @@ def test_a_word_without_tokens_and_a_token_over_two_words():
     assert [g.tolist() for g in align_groups(groups, "next_word")] == [[], [0], []]
     with pytest.raises(ValueError, match="alignment"):
         align_groups(groups, "previous_token")
+
+
+_FOUR_DEVICES = """
+import json, sys
+import jax
+from llm2vec_jax.encoder import LLM2Vec
+enc = LLM2Vec.from_pretrained(sys.argv[1], bidirectional=True)
+got = enc.encode(json.loads(sys.argv[2]), batch_size=2, show_progress_bar=False,
+                 output_value="token_embeddings")
+print(json.dumps({"devices": len(enc.devices), "rows": sorted({k[0] for k in enc._compiled}),
+                  "states": [t.embeddings.tolist() for t in got]}))
+"""
+
+
+def test_token_embeddings_on_four_devices(tiny):
+    """Rows sharded over 4 host devices (batches padded to a multiple of 4) give the
+    one-device token states."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES, tiny[0], json.dumps(TEXTS)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4 and result["rows"] == [4]
+    want = LLM2Vec.from_pretrained(tiny[0], bidirectional=True).encode(
+        TEXTS, batch_size=2, show_progress_bar=False, output_value="token_embeddings")
+    for states, w in zip(result["states"], want):
+        np.testing.assert_allclose(np.asarray(states, np.float32), w.embeddings, atol=1e-4)
