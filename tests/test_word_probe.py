@@ -184,3 +184,30 @@ def test_word_cli_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert cli.main(["word", "--model", "unused", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_conll2003_columns_are_decoded(monkeypatch):
+    """CoNLL-2003's hub layout (ClassLabel tag columns), offline: a stand-in load_dataset."""
+    datasets = pytest.importorskip("datasets")
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    features = datasets.Features({
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        **{c: datasets.Sequence(datasets.ClassLabel(names=names))
+           for c in ("pos_tags", "chunk_tags", "ner_tags")}})
+    rows = {"tokens": [["Peter", "Blackburn", "in", "Paris"], [], ["Rome"], ["Sue"]],
+            "ner_tags": [[1, 2, 0, 3], [], [3], [1]]}
+    rows["pos_tags"] = rows["chunk_tags"] = [[0] * len(t) for t in rows["tokens"]]
+    split = datasets.Dataset.from_dict(rows, features=features)
+    calls = []
+
+    def fake_load(name, revision=None):
+        calls.append((name, revision))
+        return datasets.DatasetDict(train=split, validation=split, test=split)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    got = load_word_task("ner", "conll2003", dev_fraction=0.34)
+    assert calls == [("eriktks/conll2003", "refs/convert/parquet")]
+    want = [TaggedSentence(("Peter", "Blackburn", "in", "Paris"), ("B-PER", "I-PER", "O", "B-LOC")),
+            TaggedSentence(("Rome",), ("B-LOC",)), TaggedSentence(("Sue",), ("B-PER",))]
+    assert got["test"] == want  # the empty sentence dropped
+    assert len(got["dev"]) == 1 and sorted(got["train"] + got["dev"], key=want.index) == want
