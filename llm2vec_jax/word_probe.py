@@ -33,11 +33,11 @@ class ProbeConfig:
     """Head training: AdamW on minibatches of words; stop when the held-out loss has not
     improved for ``patience`` epochs, keep the best epoch's head."""
 
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 1024
     max_epochs: int = 100
-    patience: int = 5
+    patience: int = 10
     seed: int = 0
 
     def __post_init__(self):
