@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm2vec_jax.encoder import LLM2Vec  # noqa: E402
 from llm2vec_jax.text.words import TokenEmbeddings, join_words, word_embeddings  # noqa: E402
-from llm2vec_jax.word_probe import probe_word_task, stack_words  # noqa: E402
+from llm2vec_jax.word_probe import ProbeConfig, probe_word_task, stack_words  # noqa: E402
 from llm2vec_jax.word_tasks import load_word_task  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,15 +108,24 @@ def run_row(row: str, splits: dict, grid: Path, args) -> dict:
         words = [word_embeddings(t, s, alignment=alignment) for t, s in zip(tokens, spans)]
         feats = {n: stack_words(words[a:b], encoder.hidden_size)
                  for n, a, b in zip(names, bounds[:-1], bounds[1:])}
-        result = probe_word_task(feats["train"], feats["dev"], feats["test"], splits["train"],
-                                 splits["dev"], splits["test"], spans=False)
-        hits = [[p == g for p, g in zip(pred, s.tags)]
-                for pred, s in zip(result.pop("predicted"), splits["test"])]
-        result["accuracy_after_first_word"] = float(np.mean([h for s in hits for h in s[1:]]))
-        out[alignment] = result
-        print(f"{row:14s} {alignment:11s} accuracy {result['accuracy']:.4f}  after first word "
-              f"{result['accuracy_after_first_word']:.4f}  (epochs {result['epochs']})",
-              flush=True)
+        runs = []
+        for seed in range(args.probe_seeds):  # the head's init order and batches vary
+            result = probe_word_task(feats["train"], feats["dev"], feats["test"],
+                                     splits["train"], splits["dev"], splits["test"],
+                                     spans=False, config=ProbeConfig(seed=seed))
+            hits = [[p == g for p, g in zip(pred, s.tags)]
+                    for pred, s in zip(result.pop("predicted"), splits["test"])]
+            result["accuracy_after_first_word"] = float(np.mean([h for s in hits
+                                                                 for h in s[1:]]))
+            runs.append(result)
+        out[alignment] = {**runs[0], "probe_seeds": runs}
+        for key in ("accuracy", "accuracy_after_first_word"):
+            values = [r[key] for r in runs]
+            out[alignment][key] = float(np.mean(values))
+            out[alignment][key + "_range"] = [min(values), max(values)]
+        print(f"{row:14s} {alignment:11s} accuracy {out[alignment]['accuracy']:.4f}  after "
+              f"first word {out[alignment]['accuracy_after_first_word']:.4f}  "
+              f"({args.probe_seeds} probe seeds)", flush=True)
     return out
 
 
@@ -148,7 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the train / dev / test split")
+    p.add_argument("--probe-seeds", type=int, default=3, help="probes trained per row")
     p.add_argument("--speed", type=int, default=0, metavar="N",
                    help="also time warm passes over the first N sentences (token states vs "
                         "pooled sentence embeddings) on the causal row")
