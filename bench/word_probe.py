@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llm2vec_jax.checkpoints.merged import load_merged  # noqa: E402
 from llm2vec_jax.encoder import LLM2Vec  # noqa: E402
 from llm2vec_jax.text.words import TokenEmbeddings, join_words, word_embeddings  # noqa: E402
 from llm2vec_jax.word_probe import ProbeConfig, probe_word_task, stack_words  # noqa: E402
@@ -52,9 +53,16 @@ def load_row(row: str, grid: Path, dtype: str) -> tuple[LLM2Vec, dict]:
         adapter = grid / "mntp" / "adapter"
         return (LLM2Vec.from_pretrained("smollm2", adapter=adapter, bidirectional=True,
                                         dtype=dtype), {"adapter": str(adapter), **mntp})
+    source = {**mntp, "simcse_budget": budget(grid / "simcse")}
     encoder = grid / "encoder"
-    return (LLM2Vec.from_pretrained(encoder, dtype=dtype),
-            {"encoder": str(encoder), **mntp, "simcse_budget": budget(grid / "simcse")})
+    if encoder.is_dir():
+        return LLM2Vec.from_pretrained(encoder, dtype=dtype), {"encoder": str(encoder), **source}
+    # The grid exports the encoder after its last stage; until then, the same merge of the
+    # stage adapters (base + MNTP + SimCSE) that the export writes.
+    chain = [str(grid / "mntp" / "adapter"), str(grid / "simcse" / "adapter")]
+    directory, model = load_merged("smollm2", chain, dtype=dtype)
+    return (LLM2Vec.from_loaded(model, directory, bidirectional=True),
+            {"adapters": chain, **source})
 
 
 def budget(stage_dir: Path) -> dict:
@@ -132,6 +140,8 @@ def run_row(row: str, splits: dict, grid: Path, args) -> dict:
 def _newest(grid: Path, row: str) -> float:
     """When the row's trained weights were last written (0 for the untrained rows)."""
     directory = {"mntp": grid / "mntp" / "adapter", "final": grid / "encoder"}.get(row)
+    if row == "final" and not directory.is_dir():
+        directory = grid / "simcse" / "adapter"
     if directory is None:
         return 0.0
     return max((p.stat().st_mtime for p in directory.iterdir() if p.is_file()), default=0.0)
@@ -179,9 +189,10 @@ def main(argv=None) -> int:
                    test_words=sum(len(s.words) for s in splits["test"]))
     rows = results.setdefault("rows", {})
     for row in args.rows.split(","):
-        needed = {"mntp": grid / "mntp" / "adapter", "final": grid / "encoder"}.get(row)
-        if needed is not None and not needed.is_dir():
-            print(f"{row}: {needed} does not exist yet; skipped", flush=True)
+        needed = {"mntp": [grid / "mntp" / "DONE"],
+                  "final": [grid / "encoder", grid / "simcse" / "DONE"]}.get(row, [])
+        if needed and not any(p.exists() for p in needed):
+            print(f"{row}: none of {', '.join(map(str, needed))} exists yet; skipped", flush=True)
             continue
         args.speed = args.speed if row == "causal" else 0
         rows[row] = {**run_row(row, splits, grid, args),
