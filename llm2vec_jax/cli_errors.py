@@ -42,6 +42,7 @@ _KINDS = [
     ("llm2vec_jax.evaluation", "STSFormatError", "data"),
     ("llm2vec_jax.mteb_wrapper", "MTEBError", "mteb"),
     ("llm2vec_jax.serve.server", "ServeConfigError", "config"),
+    ("llm2vec_jax.word_tasks", "WordTaskError", "data"),
     ("llm2vec_jax.train.checkpointing", "ResumeError", "resume"),
     ("llm2vec_jax.train.checkpointing", "CheckpointWriteError", "checkpoint"),
     ("llm2vec_jax.sharding", "ShardingError", "mesh"),

@@ -55,6 +55,7 @@ from .models.pooling import pool_segments
 from .text import tokenize as tok
 from .text.packing import collate_packed, default_buckets, padded_row_count, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
+from .text.words import TokenEmbeddings, WordEmbeddings, join_words, word_embeddings
 from .checkpoints.hf import save_hf_checkpoint
 from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, read_jax_config,
                                          read_llm2vec_config, read_sentence_transformers,
@@ -133,7 +134,8 @@ class LLM2Vec:
         self._dtypes = jax.tree.map(lambda x: x.dtype, state)
         self._state = (jax.tree.map(_cpu_half_as_bits, state)
                        if model.config.kernels.weight_indexing == "bits" else state)
-        self._compiled: dict[tuple[int, int, int], Any] = {}  # (rows, width, texts a row)
+        # (rows, width, texts a row, token states instead of pooled) -> compiled forward
+        self._compiled: dict[tuple[int, int, int, bool], Any] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -240,22 +242,23 @@ class LLM2Vec:
 
     # ------------------------------------------------------------------ encoding
 
-    def tokenize_rows(self, texts) -> list[tok.TokenizedRow]:
+    def tokenize_rows(self, texts, *, with_offsets: bool = False) -> list[tok.TokenizedRow]:
         return tok.tokenize_rows(
             self.tokenizer, texts, max_length=self.max_length,
             doc_max_length=self.doc_max_length, skip_instruction=self.skip_instruction,
             pooling_mode=self.pooling_mode, model_type=self.model.config.model_type,
-            name_or_path=self.name_or_path)
+            name_or_path=self.name_or_path, with_offsets=with_offsets)
 
     def tokenize(self, texts, *, padding_side: str = "right") -> dict[str, np.ndarray]:
         """The padded features ``encode`` would build for ``texts`` as one batch."""
         return tok.collate(self.tokenize_rows(texts), pad_id=self.pad_id,
                             padding_side=padding_side)
 
-    def _forward_fn(self, rows: int, width: int, per_row: int):
+    def _forward_fn(self, rows: int, width: int, per_row: int, tokens: bool = False):
         """The compiled forward + pooling for [rows, width] features of at most ``per_row``
-        texts a row -> [rows, per_row, D]."""
-        key = (rows, width, per_row)
+        texts a row -> [rows, per_row, D] (``tokens``: the float32 [rows, width, D] hidden
+        states instead)."""
+        key = (rows, width, per_row, tokens)
         if key not in self._compiled:
             graphdef, causal, mode = self._graphdef, not self.bidirectional, self.pooling_mode
             dtypes = self._dtypes
@@ -264,6 +267,8 @@ class LLM2Vec:
                 state = jax.tree.map(_bitcast_to, state, dtypes)
                 model = nnx.merge(graphdef, state)
                 hidden = model(input_ids, segment_ids, causal=causal, positions=positions)
+                if tokens:
+                    return hidden.astype(jnp.float32)
                 return pool_segments(hidden, segment_ids, embed_mask, mode, per_row)
 
             fn = jax.jit(forward_pool, in_shardings=(self._replicated,) + (self._data,) * 4,
@@ -277,11 +282,32 @@ class LLM2Vec:
         ndev = len(self.devices)
         return -(-rows // ndev) * ndev
 
+    def _forward_batches(self, rows, batch_size: int, bar, *, tokens: bool = False):
+        """Yield (numpy result, features, texts a row) of each packed batch of ``rows``,
+        one batch in flight: the next is dispatched before the caller reads this one."""
+        plan = plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
+                           max_length=self.max_length, buckets=self.buckets,
+                           packing=self.packing)
+        bar.update(len(plan.empty))
+        pending = None
+        for batch in plan:
+            feats = collate_packed(rows, batch, pad_id=self.pad_id,
+                                   num_rows=self._batch_rows(len(batch.rows), batch_size))
+            fn = self._forward_fn(*feats["input_ids"].shape, batch.segments, tokens)
+            args = [jax.device_put(feats[k], self._data)
+                    for k in ("input_ids", "segment_ids", "positions", "embed_mask")]
+            result = fn(self._state, *args)
+            if pending is not None:
+                yield np.asarray(pending[0]), *pending[1:]
+            pending = (result, feats, batch.segments)
+        if pending is not None:
+            yield np.asarray(pending[0]), *pending[1:]
+
     def encode(self, texts, batch_size: int = 32, show_progress_bar: bool | None = None,
                normalize_embeddings: bool = False, truncate_dim: int | None = None,
                precision: str = "float32", prompt: str | None = None,
                prompt_name: str | None = None, convert_to: str = "numpy",
-               return_truncated: bool = False):
+               return_truncated: bool = False, output_value: str = "sentence_embedding"):
         """Embed ``texts`` -> [N, D] (numpy; a jax array with ``convert_to="jax"``).
 
         ``texts``: a list whose items are ``str`` or ``[instruction, text]`` (a single ``str``
@@ -305,6 +331,12 @@ class LLM2Vec:
         padding, so it is not reproduced. ``batch_size`` is the rows per forward pass; with
         packing a row holds several short texts, so a pass may embed more texts than that.
         ``show_progress_bar=None`` shows one when stderr is a terminal.
+
+        ``output_value="token_embeddings"`` (sentence-transformers' name) returns instead a
+        list with one ``text.words.TokenEmbeddings`` per text: the float32 final hidden
+        states of its pooled tokens (instruction tokens excluded when ``skip_instruction``)
+        with their ids and character offsets in the text (no truncate_dim, normalisation or
+        quantisation).
         """
         if texts is None:
             raise TypeError("texts must be a list of str or [instruction, text] pairs, got None")
@@ -313,6 +345,9 @@ class LLM2Vec:
                             f"got {type(texts).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if output_value not in ("sentence_embedding", "token_embeddings"):
+            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', "
+                             f"got {output_value!r}")
         if convert_to not in ("numpy", "jax"):
             raise ValueError(f"convert_to={convert_to!r}; choose 'numpy' or 'jax'")
         emb_ops.check_precision(precision)
@@ -320,8 +355,13 @@ class LLM2Vec:
         if show_progress_bar is None:
             show_progress_bar = sys.stderr.isatty()
         texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = self.tokenize_rows(_with_prompt(texts, self._resolve_prompt(prompt, prompt_name)))
+        tokens = output_value == "token_embeddings"
+        rows = self.tokenize_rows(_with_prompt(texts, self._resolve_prompt(prompt, prompt_name)),
+                                  with_offsets=tokens)
         truncated = np.array([r.truncated for r in rows], bool)
+        if tokens:
+            states = self._token_states(rows, batch_size, show_progress_bar)
+            return (states, truncated) if return_truncated else states
         emb = self._embed(rows, batch_size, show_progress_bar)
         emb = emb_ops.truncate(emb, truncate_dim)
         if normalize_embeddings:
@@ -373,39 +413,44 @@ class LLM2Vec:
                show_progress_bar: bool) -> np.ndarray:
         """Pooled float32 [N, D] embeddings of tokenized rows, in their order."""
         dim = self.hidden_size
-        if not rows:
-            return np.zeros((0, dim), np.float32)
-        plan = plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
-                                max_length=self.max_length, buckets=self.buckets,
-                                packing=self.packing)
         emb = np.zeros((len(rows), dim), np.float32)  # empty texts stay zero
-        pending = None  # (device result, features): one batch in flight overlaps host work
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(rows), unit="sent", desc="Encoding", file=sys.stderr,
-                   disable=not show_progress_bar, dynamic_ncols=True)
-
-        def collect(result, feats):
-            emb[feats["indices"]] = np.asarray(result).reshape(-1, dim)[feats["slots"]]
-            bar.update(len(feats["indices"]))
-
-        try:
-            bar.update(len(plan.empty))
-            for batch in plan:
-                feats = collate_packed(rows, batch, pad_id=self.pad_id,
-                                            num_rows=self._batch_rows(len(batch.rows), batch_size))
-                fn = self._forward_fn(*feats["input_ids"].shape, batch.segments)
-                args = [jax.device_put(feats[k], self._data)
-                        for k in ("input_ids", "segment_ids", "positions", "embed_mask")]
-                result = fn(self._state, *args)
-                if pending is not None:
-                    collect(*pending)
-                pending = (result, feats)
-            if pending is not None:
-                collect(*pending)
-        finally:
-            bar.close()
+        with _progress(len(rows), show_progress_bar) as bar:
+            for result, feats, _ in self._forward_batches(rows, batch_size, bar):
+                emb[feats["indices"]] = result.reshape(-1, dim)[feats["slots"]]
+                bar.update(len(feats["indices"]))
         return emb
+
+    def _token_states(self, rows: list[tok.TokenizedRow], batch_size: int,
+                      show_progress_bar: bool) -> list[TokenEmbeddings]:
+        """Each row's pooled tokens with their float32 final hidden states, in row order."""
+        # Texts of no token are in no batch; the others are filled in below.
+        out = [_token_embeddings(row, np.zeros((0, self.hidden_size), np.float32))
+               if not len(row) else None for row in rows]
+        with _progress(len(rows), show_progress_bar) as bar:
+            for result, feats, per_row in self._forward_batches(rows, batch_size, bar,
+                                                                tokens=True):
+                for index, slot in zip(feats["indices"], feats["slots"]):
+                    r, j = divmod(int(slot), per_row)
+                    pooled = (feats["segment_ids"][r] == j + 1) & (feats["embed_mask"][r] > 0)
+                    out[index] = _token_embeddings(rows[index], result[r, pooled])
+                bar.update(len(feats["indices"]))
+        return out
+
+    def encode_words(self, sentences, *, aggregation: str = "mean",
+                     alignment: str = "same_token", instruction: str = "",
+                     batch_size: int = 32,
+                     show_progress_bar: bool = True) -> list[WordEmbeddings]:
+        """One ``text.words.WordEmbeddings`` per pre-split sentence (a list of words, e.g.
+        ``[["EU", "rejects", ...]]``): each word's subword states aggregated ("first", "mean"
+        or "last") over the token group its ``alignment`` picks ("same_token", "next_token"
+        or "next_word"; see ``llm2vec_jax.text.words``). An ``instruction`` is attended but
+        is no word's token. Words cut off by ``max_length`` are not ``valid``."""
+        texts, spans = zip(*(join_words(s) for s in sentences)) if sentences else ((), ())
+        inputs = [[instruction, t] for t in texts] if instruction else list(texts)
+        tokens = self.encode(inputs, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                             output_value="token_embeddings")
+        return [word_embeddings(t, s, aggregation=aggregation, alignment=alignment)
+                for t, s in zip(tokens, spans)]
 
     @property
     def num_compilations(self) -> int:
@@ -435,6 +480,20 @@ def _with_prompt(texts: list, prompt: str | None) -> list:
                              "[instruction, text] pairs, not both")
         out.append([prompt, item])
     return out
+
+
+def _progress(total: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="sent", desc="Encoding", file=sys.stderr, disable=not show,
+                dynamic_ncols=True)
+
+
+def _token_embeddings(row: tok.TokenizedRow, states: np.ndarray) -> TokenEmbeddings:
+    """A text's pooled tokens (the last ``n_pooled`` of its row) with their states."""
+    n = row.n_pooled
+    return TokenEmbeddings(states, np.asarray(row.offsets[len(row) - n:], np.int64).reshape(-1, 2),
+                           np.asarray(row.input_ids[len(row) - n:], np.int64))
 
 
 def _cpu_half_as_bits(x: jax.Array) -> jax.Array:

@@ -8,6 +8,13 @@
 
 prints one JSON line ``{"task": "sts", "spearman": ..., "pearson": ..., "n": ...}`` on stdout.
 
+    python -m llm2vec_jax.evaluate word --model DIR [--adapter DIR] --task pos|chunk|ner
+        --data conll2003 | hf:ID | FILE.conllu [--test-data FILE.conllu] [--pos-column upos]
+        [--alignment same_token|next_token|next_word] [--aggregation first|mean|last]
+        [--cache-dir DIR | --no-cache] [--attention ...] [--dtype ...] [--limit N]
+
+prints one JSON line: accuracy, and span precision/recall/F1 for chunk and ner.
+
     python -m llm2vec_jax.evaluate mteb --model DIR [--adapter DIR] --tasks STSBenchmark,SciFact
         --output-dir DIR [--instructions FILE.json | none] [--batch-size 32] [...]
 
@@ -21,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-import os
-
 from .cli_errors import add_debug_flag, run_cli
 from .evaluation import evaluate_sts, load_sts
+from .text.words import AGGREGATIONS, ALIGNMENTS
+from .word_tasks import CONLLU_POS_COLUMNS, TASKS, load_word_task
 
 
 def _positive_int(s: str) -> int:
@@ -72,6 +80,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="name in the result files (default: llm2vec-jax/<directory name>)")
     _add_encoder_arguments(mteb)
     add_debug_flag(mteb)
+
+    word = sub.add_parser("word", help="word-level task (POS, chunking, NER): linear probe on "
+                                       "frozen word vectors")
+    _add_model_arguments(word)
+    word.add_argument("--task", required=True, choices=TASKS)
+    word.add_argument("--data", required=True,
+                      help="conll2003 (from the Hugging Face hub; needs datasets and network), "
+                           "hf:ID (another copy with tokens/pos_tags/chunk_tags/ner_tags) or a "
+                           "CoNLL-U file (pos only; split into train/test unless --test-data)")
+    word.add_argument("--test-data", default=None, help="CoNLL-U test file")
+    word.add_argument("--pos-column", default="upos", choices=tuple(CONLLU_POS_COLUMNS),
+                      help="CoNLL-U tags: upos (universal) or xpos (Penn Treebank)")
+    word.add_argument("--alignment", default="same_token", choices=ALIGNMENTS,
+                      help="which tokens stand for a word: its own, each shifted one left "
+                           "(next_token: the states that predict them, what MNTP trains), or "
+                           "the previous word's")
+    word.add_argument("--aggregation", default="mean", choices=AGGREGATIONS,
+                      help="how a word's subword states combine (mean: the reference's)")
+    word.add_argument("--test-fraction", type=float, default=0.2,
+                      help="share of a lone CoNLL-U file's sentences held out for testing")
+    word.add_argument("--dev-fraction", type=float, default=0.1,
+                      help="share of the training sentences held out for early stopping")
+    word.add_argument("--seed", type=int, default=0, help="splits and probe training")
+    word.add_argument("--cache-dir", default=os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "llm2vec_jax",
+        "word_features"), help="where extracted word vectors are kept (default: %(default)s)")
+    word.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_encoder_arguments(word)
+    word.add_argument("--limit", type=_positive_int, default=None,
+                      help="first N sentences of each split only")
+    add_debug_flag(word)
     return parser
 
 
@@ -119,6 +158,48 @@ def run_sts(args) -> dict:
     return result
 
 
+def run_word(args) -> dict:
+    from .encoder import LLM2Vec  # after the data check: a bad file fails before loading jax
+    from .word_probe import cached, extract_word_features, features_key, probe_word_task
+
+    splits = load_word_task(args.task, args.data, test_data=args.test_data,
+                            pos_column=args.pos_column, test_fraction=args.test_fraction,
+                            dev_fraction=args.dev_fraction, seed=args.seed)
+    if args.limit is not None:
+        splits = {k: v[:args.limit] for k, v in splits.items()}
+    encoder = None
+    settings = {k: getattr(args, k) for k in ("model", "adapter", "attention", "dtype",
+                                              "max_length", "alignment", "aggregation")}
+    # Local checkpoints by path and the time of their newest file: rewritten weights miss.
+    for key in ("model", "adapter"):
+        if settings[key] is not None and os.path.isdir(settings[key]):
+            directory = os.path.abspath(settings[key])
+            settings[key] = [directory, max((e.stat().st_mtime for e in os.scandir(directory)
+                                             if e.is_file()), default=0.0)]
+    features, seconds, words = {}, 0.0, 0
+    for name, sentences in splits.items():
+        def compute():
+            nonlocal encoder
+            encoder = encoder or LLM2Vec.from_pretrained(args.model, **_encoder_kwargs(args))
+            return extract_word_features(encoder, sentences, aggregation=args.aggregation,
+                                         alignment=args.alignment, batch_size=args.batch_size,
+                                         show_progress_bar=not args.quiet)
+
+        features[name], hit = cached(None if args.no_cache else args.cache_dir,
+                                     features_key(settings, sentences), compute)
+        if not hit:
+            seconds += float(features[name]["seconds"])
+            words += len(features[name]["valid"])
+    result = probe_word_task(features["train"], features["dev"], features["test"],
+                             splits["train"], splits["dev"], splits["test"],
+                             spans=args.task != "pos")
+    result.pop("predicted")
+    return {"task": args.task, "data": args.data, "alignment": args.alignment,
+            "aggregation": args.aggregation, **result,
+            "words": {k: int(len(f["valid"])) for k, f in features.items()},
+            "extraction_words_per_s": words / seconds if seconds else None}
+
+
 def run_mteb_tasks(args) -> list[dict]:
     from . import mteb_wrapper as mw
 
@@ -149,7 +230,7 @@ def _run(args) -> int:
         for line in run_mteb_tasks(args):
             print(json.dumps(line), flush=True)
         return 0
-    print(json.dumps(run_sts(args)), flush=True)
+    print(json.dumps(run_sts(args) if args.task == "sts" else run_word(args)), flush=True)
     return 0
 
 

@@ -188,8 +188,8 @@ def test_compilations_are_bounded(encoder):
     enc.encode(texts[:13], batch_size=8, show_progress_bar=False)
     # Widths x row counts: rows in {8} plus partial batches rounded to powers of two.
     assert enc.num_compilations <= len(enc.buckets) * 4
-    assert {rows for rows, _, _ in enc._compiled} <= {1, 2, 4, 8}
-    assert {width for _, width, _ in enc._compiled} <= set(enc.buckets)
+    assert {rows for rows, *_ in enc._compiled} <= {1, 2, 4, 8}
+    assert {width for _, width, *_ in enc._compiled} <= set(enc.buckets)
 
 
 def test_progress_bar(encoder, capsys):

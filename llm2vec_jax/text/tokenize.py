@@ -33,20 +33,25 @@ def load_tokenizer(directory: str | os.PathLike):
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedRow:
-    """One unpadded row: its token ids, how many trailing tokens are pooled, and whether its
-    text lost tokens to ``max_length`` or ``doc_max_length``."""
+    """One unpadded row: its token ids, how many trailing tokens are pooled, whether its text
+    lost tokens to ``max_length`` or ``doc_max_length``, and, with ``offsets``, each token's
+    (start, end) characters in the text after the instruction (the text as tokenized: after
+    any doc_max_length cut; special tokens (0, 0))."""
 
     input_ids: tuple[int, ...]
     n_pooled: int
     truncated: bool = False
+    offsets: tuple[tuple[int, int], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
 def tokenize_strings(tokenizer, strings: Sequence[str], *, max_length: int,
-                     skip_instruction: bool = True) -> list[TokenizedRow]:
-    """Reference ``LLM2Vec.tokenize`` without the padding: rows plus pooled-token counts."""
+                     skip_instruction: bool = True,
+                     with_offsets: bool = False) -> list[TokenizedRow]:
+    """Reference ``LLM2Vec.tokenize`` without the padding: rows plus pooled-token counts
+    (and, ``with_offsets``, character offsets; they need a fast tokenizer)."""
     if not strings:
         return []
     originals, pooled_parts = [], []
@@ -54,7 +59,8 @@ def tokenize_strings(tokenizer, strings: Sequence[str], *, max_length: int,
         parts = s.split(SEPARATOR)
         pooled_parts.append(parts[1] if len(parts) > 1 else "")
         originals.append("".join(parts))
-    enc = tokenizer(list(originals), truncation=True, max_length=max_length)
+    enc = tokenizer(list(originals), truncation=True, max_length=max_length,
+                    return_offsets_mapping=with_offsets)
     counts = count_text_tokens(tokenizer, pooled_parts, max_length)
     # Only a row of exactly max_length tokens can have lost some: tokenize those again whole.
     full = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= max_length]
@@ -63,21 +69,28 @@ def tokenize_strings(tokenizer, strings: Sequence[str], *, max_length: int,
     rows = []
     for i, (ids, n) in enumerate(zip(enc["input_ids"], counts)):
         ids = tuple(int(t) for t in ids)
+        offsets = None
+        if with_offsets:
+            # The text starts where the instruction part (before the separator) ends.
+            shift = len(strings[i].split(SEPARATOR)[0])
+            offsets = tuple((max(0, int(a) - shift), max(0, int(b) - shift)) if b > a else (0, 0)
+                            for a, b in enc["offset_mapping"][i])
         rows.append(TokenizedRow(ids, len(ids) if not skip_instruction else min(n, len(ids)),
-                                 i in cut))
+                                 i in cut, offsets))
     return rows
 
 
 def tokenize_rows(tokenizer, texts, *, max_length: int, doc_max_length: int,
                   skip_instruction: bool = True, pooling_mode: str = "mean",
                   model_type: str | None = None,
-                  name_or_path: str | None = None) -> list[TokenizedRow]:
+                  name_or_path: str | None = None,
+                  with_offsets: bool = False) -> list[TokenizedRow]:
     validate_pooling(pooling_mode, tokenizer)
     strings, shortened = build_strings_and_cuts(
         tokenizer, texts, max_length=max_length, doc_max_length=doc_max_length,
         pooling_mode=pooling_mode, model_type=model_type, name_or_path=name_or_path)
     rows = tokenize_strings(tokenizer, strings, max_length=max_length,
-                            skip_instruction=skip_instruction)
+                            skip_instruction=skip_instruction, with_offsets=with_offsets)
     return [dataclasses.replace(r, truncated=True) if cut and not r.truncated else r
             for r, cut in zip(rows, shortened)]
 
