@@ -89,7 +89,7 @@ def test_shards_hold_the_encoders_embeddings(tmp_path, encoder, dtype, file_type
                              instruction="Represent it")
 
 
-def cli(*args, env=None, **kw):
+def cli(*args):
     return [sys.executable, "-m", "llm2vec_jax.encode_corpus", *args]
 
 
