@@ -6,7 +6,8 @@ Layout of the output directory::
     shard-000000.npy        embeddings [n, D] (float32 / float16 / int8), or .safetensors
     shard-000000.scales.npy int8 only: float32 [n] per-passage scales (x ≈ q * scale)
     shard-000000.ids.jsonl  the passage ids, in order, one JSON string a line
-    shard-000000.json       written last: the shard is finished (count, sha256 of each file)
+    shard-000000.json       written last: the shard is finished (count, sha256 of each file
+                            and of its input passages, checked on resume)
     manifest.json           written at the end by process 0: job + count + every shard
 
 Shard ``k`` holds passages ``[k * shard_size, (k + 1) * shard_size)`` of the input, and
@@ -167,8 +168,13 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def passages_digest(ids: list[str], texts: list[str]) -> str:
+    """sha256 of a shard's input passages: a resume checks that the input is unchanged."""
+    return hashlib.sha256(json.dumps([ids, texts], ensure_ascii=False).encode()).hexdigest()
+
+
 def write_shard(out_dir: str, index: int, ids: list[str], embeddings: np.ndarray,
-                fmt: ShardFormat) -> dict:
+                fmt: ShardFormat, input_digest: str) -> dict:
     """Write shard ``index`` (files first, its ``.json`` record last) and return the record."""
     name = shard_name(index)
     arrays = quantize(embeddings, fmt.dtype)
@@ -189,7 +195,7 @@ def write_shard(out_dir: str, index: int, ids: list[str], embeddings: np.ndarray
     _write_atomic(os.path.join(out_dir, ids_name),
                   "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in ids).encode())
     files["ids"] = ids_name
-    record = {"index": index, "count": len(ids),
+    record = {"index": index, "count": len(ids), "input_sha256": input_digest,
               "files": {k: {"name": v, "sha256": _sha256(os.path.join(out_dir, v))}
                         for k, v in files.items()}}
     _write_atomic(os.path.join(out_dir, f"{name}.json"), _json_bytes(record))
@@ -294,12 +300,19 @@ def encode_corpus(encoder, input_path: str, out_dir: str, fmt: ShardFormat, *,
             shards = index + 1
             if index % process_count != process_index:
                 continue
-            if shard_record(out_dir, index) is not None:  # finished: never written again
+            digest = passages_digest(ids, texts)
+            record = shard_record(out_dir, index)
+            if record is not None:  # finished: never written again
+                if record["input_sha256"] != digest:
+                    raise CorpusError(
+                        f"the passages of {shard_name(index)} in {input_path!r} changed since "
+                        f"it was written to {out_dir!r}; encode the new input into a new "
+                        f"--output")
                 bar.update(len(ids))
                 continue
             inputs = [[instruction, t] for t in texts] if instruction else texts
             emb = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=False)
-            write_shard(out_dir, index, ids, emb, fmt)
+            write_shard(out_dir, index, ids, emb, fmt, digest)
             log.info("process %d wrote %s", process_index, shard_name(index))
             bar.update(len(ids))
     finally:

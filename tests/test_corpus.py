@@ -87,6 +87,11 @@ def test_shards_hold_the_encoders_embeddings(tmp_path, encoder, dtype, file_type
     with pytest.raises(CorpusError, match="holds shards of another job .shard_size: 10 there, 9"):
         corpus.encode_corpus(encoder, src, out, ShardFormat(dtype, file_type, 9), progress=False,
                              instruction="Represent it")
+    if dtype == "float32":  # a finished shard whose input changed is refused, not skipped
+        write(tmp_path / "c.txt", "\n".join(SENTENCES[:12] + ["edited"] + SENTENCES[13:]))
+        with pytest.raises(CorpusError, match="passages of shard-000001 in .* changed"):
+            corpus.encode_corpus(encoder, src, out, ShardFormat(dtype, file_type, 10),
+                                 instruction="Represent it", progress=False)
 
 
 def cli(*args):
