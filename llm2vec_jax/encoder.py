@@ -26,12 +26,13 @@ most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
 devices and the parameters are replicated. With ``mesh=`` (``from_pretrained`` or the
-constructor) the parameters are sharded instead, over the training mesh by the training rules
-table, and the batch over its data × fsdp axes (``encoder_mesh``). With the ``bits`` weight-indexing kernel (the
-CPU backend's, ``models/kernels.py``), 16-bit float parameters on CPU devices are held as
-uint16 views of the same buffers and bitcast back inside the jitted forward: XLA:CPU slices
-each layer's weights out of the stacked bits without first converting (or copying) the whole
-stack.
+constructor) the parameters are sharded instead, over the training mesh by the training
+rules table, and the batch over its data × fsdp axes (``encoder_mesh``).
+
+With the ``bits`` weight-indexing kernel (the CPU backend's, ``models/kernels.py``), 16-bit
+float parameters on CPU devices are held as uint16 views of the same buffers and bitcast back
+inside the jitted forward: XLA:CPU slices each layer's weights out of the stacked bits without
+first converting (or copying) the whole stack.
 
 Padding here is on the right (the reference pads left); per-text results are the same because
 padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
