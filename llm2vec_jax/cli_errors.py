@@ -1,5 +1,5 @@
 """The error contract of every ``python -m llm2vec_jax.*`` entry point (train, evaluate,
-convert, plan): an error that is the input's (a bad file, config, mesh, checkpoint) prints as
+convert, plan, encode_corpus): an error that is the input's (a bad file, config, mesh, checkpoint) prints as
 one line ``KIND error: MESSAGE`` on stderr and exits with 2; anything else is a bug and keeps
 its traceback (exit 1), and ``--debug`` keeps the traceback of input errors too.
 
@@ -43,6 +43,7 @@ _KINDS = [
     ("llm2vec_jax.mteb_wrapper", "MTEBError", "mteb"),
     ("llm2vec_jax.serve.server", "ServeConfigError", "config"),
     ("llm2vec_jax.word_tasks", "WordTaskError", "data"),
+    ("llm2vec_jax.corpus", "CorpusError", "data"),
     ("llm2vec_jax.train.checkpointing", "ResumeError", "resume"),
     ("llm2vec_jax.train.checkpointing", "CheckpointWriteError", "checkpoint"),
     ("llm2vec_jax.sharding", "ShardingError", "mesh"),

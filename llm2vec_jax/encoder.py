@@ -25,11 +25,14 @@ most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime
 ``len(buckets) + 1`` for one ``encode`` call.
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
-devices and the parameters are replicated. With the ``bits`` weight-indexing kernel (the
-CPU backend's, ``models/kernels.py``), 16-bit float parameters on CPU devices are held as
-uint16 views of the same buffers and bitcast back inside the jitted forward: XLA:CPU slices
-each layer's weights out of the stacked bits without first converting (or copying) the whole
-stack.
+devices and the parameters are replicated. With ``mesh=`` (``from_pretrained`` or the
+constructor) the parameters are sharded instead, over the training mesh by the training
+rules table, and the batch over its data × fsdp axes (``encoder_mesh``).
+
+With the ``bits`` weight-indexing kernel (the CPU backend's, ``models/kernels.py``), 16-bit
+float parameters on CPU devices are held as uint16 views of the same buffers and bitcast back
+inside the jitted forward: XLA:CPU slices each layer's weights out of the stacked bits without
+first converting (or copying) the whole stack.
 
 Padding here is on the right (the reference pads left); per-text results are the same because
 padding is masked in both attention modes, real tokens keep their relative positions (RoPE),
@@ -38,6 +41,7 @@ and pooling in ``models.pooling.pool_segments`` is padding-side agnostic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -56,14 +60,18 @@ from .text import tokenize as tok
 from .text.packing import collate_packed, default_buckets, padded_row_count, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .text.words import TokenEmbeddings, WordEmbeddings, join_words, word_embeddings
-from .checkpoints.hf import save_hf_checkpoint
+from .checkpoints.default_model import resolve_model
+from .checkpoints.hf import resolve_checkpoint_dir, save_hf_checkpoint
 from .checkpoints.encoder_config import (CONFIG_KEYS, DEFAULTS, LLM2VEC_CONFIG, read_jax_config,
                                          read_llm2vec_config, read_sentence_transformers,
                                          write_jax_config, write_llm2vec_config)
 from .checkpoints.merged import load_merged
+from .models.config import ModelConfig
 from .checkpoints.tokenizer_files import make_portable
 from .models.kernels import is_16bit_float
 from .host_memory import compile_now
+from .encoder_mesh import check_fits, resolve_mesh, state_shardings
+from .sharding import BATCH_AXES, MeshConfig, weight_sharding_fn
 from .lora import has_lora, merge_lora, unmerge_lora
 
 def _load_tokenizer(directory: str):
@@ -103,7 +111,8 @@ class LLM2Vec:
                  bidirectional: bool = True, name_or_path: str = "",
                  buckets: Sequence[int] | None = None, devices: Sequence | None = None,
                  packing: bool = True, prompts: Mapping[str, str] | None = None,
-                 similarity_fn_name: str = "cosine"):
+                 similarity_fn_name: str = "cosine",
+                 mesh: Mesh | MeshConfig | str | None = None):
         validate_pooling(pooling_mode, tokenizer)
         self.prompts = _check_prompts(prompts)
         self.similarity_fn_name = emb_ops.check_similarity_fn(similarity_fn_name)
@@ -125,12 +134,22 @@ class LLM2Vec:
             raise ValueError(f"largest bucket {max(self.buckets)} < max_length {max_length}")
         self.pad_id = tok.pad_token_id(tokenizer)
         self.devices = list(devices) if devices is not None else jax.local_devices()
-        self.mesh = Mesh(np.array(self.devices), ("data",))
-        self._replicated = NamedSharding(self.mesh, P())
-        self._data = NamedSharding(self.mesh, P("data"))
         self.model = model
         self._graphdef, state = nnx.split(model)
-        state = jax.device_put(state, self._replicated)
+        if mesh is None:  # parameters replicated, batch over all devices
+            self.mesh = Mesh(np.array(self.devices), ("data",))
+            self._data = NamedSharding(self.mesh, P("data"))
+            self._batch_ways = len(self.devices)
+            self._sharded = False
+            state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        else:  # parameters by the rules table, batch over data × fsdp
+            self.mesh = resolve_mesh(mesh, self.devices)
+            self.devices = list(self.mesh.devices.flat)
+            self._data = NamedSharding(self.mesh, P(BATCH_AXES))
+            self._batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+            self._sharded = True
+            state = jax.device_put(state, state_shardings(state, self.mesh))
+        self._state_shardings = jax.tree.map(lambda x: x.sharding, state)
         self._dtypes = jax.tree.map(lambda x: x.dtype, state)
         self._state = (jax.tree.map(_cpu_half_as_bits, state)
                        if model.config.kernels.weight_indexing == "bits" else state)
@@ -147,6 +166,8 @@ class LLM2Vec:
                         devices: Sequence | None = None, packing: bool = True,
                         prompts: Mapping[str, str] | None = None,
                         similarity_fn_name: str | None = None,
+                        mesh: Mesh | MeshConfig | str | None = None,
+                        memory_per_device: int | None = None,
                         **config_overrides) -> "LLM2Vec":
         """Load an HF checkpoint (local dir, hub id or "smollm2"), optionally a PEFT adapter
         merged into it (what the reference does for the adapter stored with the base model
@@ -166,12 +187,27 @@ class LLM2Vec:
         ``packing=False`` gives each text a row of its own (see the module docstring).
         ``prompts`` ({"query": ..., "document": ...}) and ``similarity_fn_name`` default to
         what ``llm2vec_jax_config.json`` holds (none, and "cosine").
+
+        ``mesh`` (a ``MeshConfig``, text such as ``"fsdp=8"`` or ``"tensor=2,data=4"``, or a
+        ``sharding.make_mesh`` mesh; over ``devices``, default this process's) shards the
+        parameters as training does: each weight is read straight into its shards, and the
+        batch is split over the mesh's data × fsdp axes. Before reading anything the
+        parameter bytes per device are checked against ``memory_per_device`` (default: what
+        the devices report) and a ``ShardingError`` names both when they do not fit.
         """
         path = os.fspath(path_or_hub_id)
         devices = list(devices) if devices is not None else jax.local_devices()
-        replicated = NamedSharding(Mesh(np.array(devices), ("data",)), P())
+        if mesh is None:
+            replicated = NamedSharding(Mesh(np.array(devices), ("data",)), P())
+            sharding_fn = lambda spec: replicated  # noqa: E731
+        else:
+            mesh = resolve_mesh(mesh, devices)
+            directory = resolve_checkpoint_dir(resolve_model(path))
+            check_fits(ModelConfig.from_hf(directory, param_dtype=dtype, **config_overrides),
+                       mesh, memory_per_device)
+            sharding_fn = weight_sharding_fn(mesh)
         directory, model = load_merged(path, [] if adapter is None else [adapter], dtype=dtype,
-                                       sharding_fn=lambda spec: replicated, **config_overrides)
+                                       sharding_fn=sharding_fn, **config_overrides)
         saved_in = adapter if adapter is not None else directory
         # An embedder saved by sentence-transformers carries its own pooling and attention;
         # our own settings files, then explicit arguments, take precedence.
@@ -189,7 +225,7 @@ class LLM2Vec:
         settings.update({k: v for k, v in explicit.items() if v is not None})
         return cls.from_loaded(
             model, directory, path=path, bidirectional=bidirectional, packing=packing,
-            devices=devices, prompts=extras.get("prompts") if prompts is None else prompts,
+            devices=devices, mesh=mesh, prompts=extras.get("prompts") if prompts is None else prompts,
             similarity_fn_name=similarity_fn_name or extras.get("similarity_fn_name", "cosine"),
             **settings)
 
@@ -260,27 +296,18 @@ class LLM2Vec:
         states instead)."""
         key = (rows, width, per_row, tokens)
         if key not in self._compiled:
-            graphdef, causal, mode = self._graphdef, not self.bidirectional, self.pooling_mode
-            dtypes = self._dtypes
-
-            def forward_pool(state, input_ids, segment_ids, positions, embed_mask):
-                state = jax.tree.map(_bitcast_to, state, dtypes)
-                model = nnx.merge(graphdef, state)
-                hidden = model(input_ids, segment_ids, causal=causal, positions=positions)
-                if tokens:
-                    return hidden.astype(jnp.float32)
-                return pool_segments(hidden, segment_ids, embed_mask, mode, per_row)
-
-            fn = jax.jit(forward_pool, in_shardings=(self._replicated,) + (self._data,) * 4,
-                         out_shardings=self._data)
+            fn = jit_encode_step(self._graphdef, self._dtypes, not self.bidirectional,
+                                 self.pooling_mode, per_row, self._state_shardings, self._data,
+                                 tokens=tokens)
             spec = jax.ShapeDtypeStruct((rows, width), jnp.int32, sharding=self._data)
-            self._compiled[key] = compile_now(fn, self._state, spec, spec, spec, spec)
+            # A sharded encoder pins activations by logical axes, as training does.
+            with jax.set_mesh(self.mesh) if self._sharded else contextlib.nullcontext():
+                self._compiled[key] = compile_now(fn, self._state, spec, spec, spec, spec)
         return self._compiled[key]
 
     def _batch_rows(self, n: int, batch_size: int) -> int:
         rows = padded_row_count(n, batch_size)
-        ndev = len(self.devices)
-        return -(-rows // ndev) * ndev
+        return -(-rows // self._batch_ways) * self._batch_ways
 
     def _forward_batches(self, rows, batch_size: int, bar, *, tokens: bool = False):
         """Yield (numpy result, features, texts a row) of each packed batch of ``rows``,
@@ -467,6 +494,27 @@ def _check_prompts(prompts) -> dict[str, str]:
     if bad:
         raise ValueError(f"prompts must map names to instruction strings, got {bad!r}")
     return prompts
+
+
+def jit_encode_step(graphdef, dtypes, causal: bool, pooling_mode: str, per_row: int,
+                    state_shardings, data_sharding, *, tokens: bool = False):
+    """The jitted forward (compute dtype) + per-segment pooling (float32) of a packed batch:
+    (state, input_ids, segment_ids, positions, embed_mask), each [rows, width] ->
+    [rows, per_row, D] (``tokens``: the float32 [rows, width, D] hidden states instead).
+    ``dtypes``: the parameters' dtypes (16-bit ones may arrive as uint16 bits, see
+    ``_cpu_half_as_bits``). Shared with ``plan``, which compiles it on abstract shapes to
+    measure the memory of encoding."""
+
+    def forward_pool(state, input_ids, segment_ids, positions, embed_mask):
+        state = jax.tree.map(_bitcast_to, state, dtypes)
+        model = nnx.merge(graphdef, state)
+        hidden = model(input_ids, segment_ids, causal=causal, positions=positions)
+        if tokens:
+            return hidden.astype(jnp.float32)
+        return pool_segments(hidden, segment_ids, embed_mask, pooling_mode, per_row)
+
+    return jax.jit(forward_pool, in_shardings=(state_shardings,) + (data_sharding,) * 4,
+                   out_shardings=data_sharding)
 
 
 def _with_prompt(texts: list, prompt: str | None) -> list:

@@ -20,6 +20,13 @@ prints one JSON line: accuracy, and span precision/recall/F1 for chunk and ner.
 
 runs mteb's own tasks through ``mteb_wrapper.LLM2VecMTEB`` and writes mteb's result files
 under DIR/results/; one JSON line per task ``{"task": ..., "main_score": ...}`` on stdout.
+
+    python -m llm2vec_jax.evaluate retrieve --corpus-embeddings DIR --queries FILE|DIR
+        --output RUN.trec [--top-k 10] [--query-instruction TEXT] [--model DIR] [--chunk-size N]
+
+writes a TREC run file and prints one line ``{"task": "retrieve", "queries": ..., "corpus":
+..., "top_k": ...}``.
+
 Progress and errors go to stderr: a bad argument or input file is one line ``KIND error: ...``
 and exit status 2 (``--debug`` shows its traceback), see llm2vec_jax/cli_errors.py.
 """
@@ -31,6 +38,8 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
 
 from .cli_errors import add_debug_flag, run_cli
 from .evaluation import evaluate_sts, load_sts
@@ -111,6 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     word.add_argument("--limit", type=_positive_int, default=None,
                       help="first N sentences of each split only")
     add_debug_flag(word)
+
+    ret = sub.add_parser("retrieve", help="exact top-k by dot product over a corpus directory "
+                                          "(python -m llm2vec_jax.encode_corpus), as a TREC run")
+    ret.add_argument("--corpus-embeddings", required=True, help="encode_corpus output directory")
+    ret.add_argument("--queries", required=True,
+                     help="queries as JSONL (id, text), TSV (id<TAB>text) or text (one a line), "
+                          "encoded with the corpus's model and settings; or a directory of "
+                          "query embeddings written by encode_corpus")
+    ret.add_argument("--output", required=True, help="TREC run file to write")
+    ret.add_argument("--top-k", type=_positive_int, default=10)
+    ret.add_argument("--query-instruction", default="", help="instruction before every query")
+    ret.add_argument("--model", default=None,
+                     help="encode the queries with this model (default: the corpus's)")
+    ret.add_argument("--adapter", default=None, help="with --model: its PEFT adapter")
+    ret.add_argument("--batch-size", type=_positive_int, default=32)
+    ret.add_argument("--chunk-size", type=_positive_int, default=8192,
+                     help="corpus passages scored per device step")
+    ret.add_argument("--run-name", default="llm2vec_jax")
+    ret.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_flag(ret)
     return parser
 
 
@@ -219,6 +248,38 @@ def run_mteb_tasks(args) -> list[dict]:
              "results": os.path.join(args.output_dir, "results")} for r in result.task_results]
 
 
+def run_retrieve(args) -> dict:
+    from .corpus import CorpusError, iter_shards, read_manifest, read_passages
+
+    corpus = read_manifest(args.corpus_embeddings)
+    if os.path.isdir(args.queries):
+        ids, emb = zip(*iter_shards(args.queries))
+        query_ids, queries = sum(ids, []), np.concatenate(emb)
+    else:
+        pairs = list(read_passages(args.queries))
+        if not (args.model or corpus.get("model")):
+            raise CorpusError(f"{args.corpus_embeddings!r} names no model to encode the "
+                              f"queries with: pass --model")
+        from .encoder import LLM2Vec  # after the data checks: a bad file fails before jax
+        settings = ({} if args.model else
+                    {k: corpus[k] for k in ("pooling_mode", "max_length", "bidirectional")})
+        encoder = LLM2Vec.from_pretrained(
+            args.model or corpus["model"], adapter=args.adapter if args.model else corpus["adapter"],
+            dtype=corpus.get("model_dtype", "float32"), **settings)
+        texts = [[args.query_instruction, t] if args.query_instruction else t for _, t in pairs]
+        query_ids = [q for q, _ in pairs]
+        queries = encoder.encode(texts, batch_size=args.batch_size,
+                                 show_progress_bar=not args.quiet)
+    from .retrieval import top_k, write_trec_run
+
+    scores, doc_ids = top_k(queries, iter_shards(args.corpus_embeddings), args.top_k,
+                            chunk_size=args.chunk_size)
+    with open(args.output, "w", encoding="utf-8") as f:
+        write_trec_run(f, query_ids, scores, doc_ids, args.run_name)
+    return {"task": "retrieve", "queries": len(query_ids), "corpus": corpus["count"],
+            "top_k": args.top_k, "output": args.output}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -230,7 +291,8 @@ def _run(args) -> int:
         for line in run_mteb_tasks(args):
             print(json.dumps(line), flush=True)
         return 0
-    print(json.dumps(run_sts(args) if args.task == "sts" else run_word(args)), flush=True)
+    run = {"sts": run_sts, "word": run_word, "retrieve": run_retrieve}[args.task]
+    print(json.dumps(run(args)), flush=True)
     return 0
 
 

@@ -15,7 +15,9 @@ of the model's size is ever allocated: compilation only needs shapes and shardin
 Reported per device (``report``): XLA's ``memory_analysis()`` of the compiled step
 (arguments, outputs, aliased/donated, temporaries, generated code), our own per-group argument
 bytes from the shardings, model FLOPs (``train.flops``) and XLA's ``cost_analysis()`` FLOPs,
-and the step time an assumed MFU would give on the chosen chip.
+and the step time an assumed MFU would give on the chosen chip; beside it, the memory of
+encoding with the same weights on the same mesh (``LLM2Vec(mesh=...)``: the encoder's own
+jitted forward + pooling for batch rows × seq tokens, compiled the same way; ``encode``).
 
 Caveat: the executable is compiled by XLA:CPU, not by the TPU/GPU compiler. Argument and
 output sizes follow from shapes and shardings and carry over exactly; temporaries depend on

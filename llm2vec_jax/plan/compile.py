@@ -17,6 +17,7 @@ from ..train import stages
 from ..train.flops import train_flops_per_step
 from ..train.steps import jit_train_step, make_train_step
 from .abstract import abstract_batch, abstract_state, global_bytes, shard_bytes
+from .encode import encode_memory
 from .report import chip_fits
 
 
@@ -131,7 +132,10 @@ def plan(config, mesh_sizes: dict[str, int], *, model: str | None = None, remat:
     flops = train_flops_per_step(model_config, n_lora, batch_sds)
     xla_flops = _cost_flops(compiled)
 
-    fits = chip_fits(memory["total"], flops, n, chips, assumed_mfu)
+    # Encoding with the same weights on the same mesh (LLM2Vec(mesh=...)): batch rows x seq.
+    encode = encode_memory(model_config.replace(remat="none", attention_dropout=0.0), mesh,
+                           batch, seq)
+    fits = chip_fits(memory["total"], flops, n, chips, assumed_mfu, encode["total"])
     return {
         "config": {"stage": stage, "model": arch_source, "param_dtype": model_config.param_dtype,
                    "compute_dtype": model_config.dtype, "remat": remat,
@@ -144,6 +148,7 @@ def plan(config, mesh_sizes: dict[str, int], *, model: str | None = None, remat:
         "params": {"frozen": sum(math.prod(x.shape) for x in jax.tree.leaves(state.frozen)),
                    "lora": n_lora},
         "memory_per_device": memory,
+        "encode_memory_per_device": encode,
         "arguments_per_device": {k: shard_bytes(v) for k, v in groups.items()},
         "arguments_global": {k: global_bytes(v) for k, v in groups.items()},
         "flops_per_step": flops,

@@ -31,10 +31,14 @@ CHIPS: dict[str, Chip] = {
 }
 
 
+def _verdict(used: float) -> str:
+    return "fits" if used <= FIT_FRACTION else ("tight" if used <= 1.0 else "no")
+
+
 def chip_fits(total_bytes: int, flops: float, devices: int, chips: list[str] | None,
-              assumed_mfu: float) -> dict:
-    """Per chip: its HBM, the share of it a device's ``total_bytes`` takes, a verdict, and the
-    step time at ``assumed_mfu``."""
+              assumed_mfu: float, encode_bytes: int) -> dict:
+    """Per chip: its HBM, the share of it a device's ``total_bytes`` (training) and
+    ``encode_bytes`` (encoding) take, their verdicts, and the step time at ``assumed_mfu``."""
     fits = {}
     for name in chips or list(CHIPS):
         chip = CHIPS[name]
@@ -43,8 +47,10 @@ def chip_fits(total_bytes: int, flops: float, devices: int, chips: list[str] | N
         fits[name] = {
             "hbm_bytes": int(hbm),
             "used_fraction": used,
-            "verdict": "fits" if used <= FIT_FRACTION else ("tight" if used <= 1.0 else "no"),
+            "verdict": _verdict(used),
             "step_time_s": flops / (chip.peak_flops * devices * assumed_mfu),
+            "encode_used_fraction": encode_bytes / hbm,
+            "encode_verdict": _verdict(encode_bytes / hbm),
         }
     return fits
 
@@ -76,6 +82,12 @@ def format_report(r: dict) -> str:
     lines.append("arguments per device (from the shardings):")
     for k, v in r["arguments_per_device"].items():
         lines.append(f"  {k:<15}{_gib(v)}   (global {r['arguments_global'][k] / GiB:.2f} GiB)")
+    e = r["encode_memory_per_device"]
+    lines.append(f"encode memory per device (LLM2Vec(mesh=...), {e['rows']} rows x {e['width']} "
+                 "tokens, forward + pooling):")
+    for k in ("argument", "temp", "total"):
+        lines.append(f"  {k:<15}{_gib(e[k])}")
+    lines.append(f"  {'params':<15}{_gib(e['params'])}   (global {e['params_global'] / GiB:.2f} GiB)")
     xla = r["xla_flops_per_device"]
     lines += [
         "",
@@ -83,11 +95,12 @@ def format_report(r: dict) -> str:
         + (f"; XLA cost_analysis {xla:.3e} per device" if xla is not None else ""),
         "",
         f"{'chip':<9}{'HBM':>10}{'used':>8}  {'verdict':<7}"
-        f"{'step @ MFU ' + format(r['assumed_mfu'], '.0%'):>16}",
+        f"{'step @ MFU ' + format(r['assumed_mfu'], '.0%'):>16}{'encode used':>14}",
     ]
     for name, f in r["chips"].items():
         lines.append(f"{name:<9}{f['hbm_bytes'] / GiB:>6.0f} GiB{f['used_fraction']:>8.0%}  "
-                     f"{f['verdict']:<7}{f['step_time_s']:>14.3f} s")
+                     f"{f['verdict']:<7}{f['step_time_s']:>14.3f} s"
+                     f"{f['encode_used_fraction']:>8.0%} {f['encode_verdict']}")
     lines += ["", "note: " + r["note"],
               f"      'fits' = total <= {FIT_FRACTION:.0%} of HBM; 'tight' = up to 100%."]
     return "\n".join(lines)

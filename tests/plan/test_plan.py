@@ -147,3 +147,22 @@ def test_parse_mesh():
         plan.parse_mesh("fsdp=0")
     with pytest.raises(plan.PlanError):
         plan.parse_mesh("model=2")
+
+
+def test_encode_memory_next_to_training(reports, tiny_config):
+    one, eight = reports[1]["encode_memory_per_device"], reports[8]["encode_memory_per_device"]
+    total = 4 * sum(math.prod(s.shape) for group in weight_specs(
+        ModelConfig.from_hf(TINY)).values() for s in group.values())
+    assert one["params_global"] == eight["params_global"] == total
+    norms = 4 * 512 * (2 * 2 + 1)  # 2 per layer + the final one, replicated (axis "norm")
+    assert one["params"] == total and eight["params"] == (total - norms) // 8 + norms
+    assert (one["rows"], one["width"]) == (8, 64)
+    # XLA's arguments hold the weights the forward uses (the LM head is not): well under
+    # one device's full copy on fsdp=8.
+    assert eight["argument"] < one["argument"] / 4
+    for chip in reports[8]["chips"].values():
+        assert chip["encode_used_fraction"] == pytest.approx(eight["total"] / chip["hbm_bytes"])
+    out = run_plan("--model", tiny_config, "--mesh", "fsdp=8", "--device", "tpu-v5e",
+                   *COMMON).stdout
+    assert "encode memory per device (LLM2Vec(mesh=...), 8 rows x 64 tokens" in out
+    assert "encode used" in out
