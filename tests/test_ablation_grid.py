@@ -39,8 +39,15 @@ def test_grid_has_every_row_and_a_value_per_seed(grid):
         assert np.isclose(row["mean"], np.mean(row["spearman_x100"]))
     assert [r["trained"] for r in table.values()] == [False, True, False, True, True]
     assert "| Bi + MNTP + SimCSE |" in stdout
-    # The two seeds trained differently (the seed reaches the stages).
-    assert len(set(table["Uni + SimCSE"]["spearman_x100"])) == 2
+    # The two seeds trained differently (the seed reaches the stages). Compared on the
+    # adapters: two steps may move no rank of 16 STS pairs, so equal scores prove nothing.
+    from safetensors.numpy import load_file
+    runs = grid[1] / "runs"
+    for stage in ("mntp", "simcse", "uni_simcse"):
+        first, second = (load_file(runs / f"seed-{s}" / stage / "adapter"
+                                   / "adapter_model.safetensors") for s in (0, 1))
+        assert first.keys() == second.keys()
+        assert any(not np.array_equal(first[k], second[k]) for k in first), stage
 
 
 def test_grid_rows_use_the_attention_they_name(grid):
