@@ -60,7 +60,7 @@ def _positive_int(s: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llm2vec_jax.evaluate",
                                      description="Evaluate an LLM2Vec encoder.")
-    sub = parser.add_subparsers(dest="task", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
     sts = sub.add_parser("sts", help="STS-B style TSV: Spearman/Pearson of cosine vs gold")
     _add_model_arguments(sts)
     sts.add_argument("--data", required=True,
@@ -287,11 +287,11 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    if args.task == "mteb":
+    if args.command == "mteb":
         for line in run_mteb_tasks(args):
             print(json.dumps(line), flush=True)
         return 0
-    run = {"sts": run_sts, "word": run_word, "retrieve": run_retrieve}[args.task]
+    run = {"sts": run_sts, "word": run_word, "retrieve": run_retrieve}[args.command]
     print(json.dumps(run(args)), flush=True)
     return 0
 
