@@ -1,7 +1,8 @@
 """Run as a script with 8 fake CPU devices, printing JSON (driven by test_encoder_mesh.py):
 
     sharded_encode_check.py embeddings CHECKPOINT   a tiny model encoded replicated and on
-                                                    sharded meshes, and where its weights went
+                                                    sharded meshes (pooled and token
+                                                    embeddings), and where its weights went
     sharded_encode_check.py memory                  the compiled encode step of a
                                                     Llama-3-8B-shaped bf16 model (abstract
                                                     shapes only) on fsdp=8 and replicated
@@ -40,8 +41,11 @@ def embeddings(checkpoint: str) -> None:
     for mesh in (None, "fsdp=8", "tensor=2,data=4", "data=2,fsdp=2,tensor=2"):
         encoder = LLM2Vec.from_pretrained(checkpoint, mesh=mesh, pooling_mode="mean")
         emb = encoder.encode(TEXTS, batch_size=4, show_progress_bar=False)
+        tokens = encoder.encode(TEXTS, batch_size=4, show_progress_bar=False,
+                                output_value="token_embeddings")
         q = encoder.model.layers.q[...]
         out[str(mesh)] = {"embeddings": emb.tolist(),
+                          "token_embeddings": [t.embeddings.tolist() for t in tokens],
                           "q_spec": [str(a) for a in q.sharding.spec],
                           "q_shard_shape": list(q.sharding.shard_shape(q.shape)),
                           "q_shape": list(q.shape),

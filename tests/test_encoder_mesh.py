@@ -40,6 +40,13 @@ def test_sharded_embeddings_equal_replicated(meshes, mesh):
     got = np.array(meshes[mesh]["embeddings"])
     assert ref.shape == (18, 64) and np.abs(ref).max() > 0.1
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    # Token embeddings (the word-level API) come from the same sharded forward.
+    ref_tokens, got_tokens = meshes["None"]["token_embeddings"], meshes[mesh]["token_embeddings"]
+    assert [len(t) for t in got_tokens] == [len(t) for t in ref_tokens]
+    assert sum(len(t) for t in ref_tokens) > 50
+    for r, g in zip(ref_tokens, got_tokens):
+        np.testing.assert_allclose(np.array(g).reshape(-1), np.array(r).reshape(-1),
+                                   rtol=0, atol=1e-5)
 
 
 def test_weights_live_in_their_shards(meshes):
