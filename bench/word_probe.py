@@ -37,8 +37,9 @@ from llm2vec_jax.text.words import TokenEmbeddings, join_words, word_embeddings 
 from llm2vec_jax.word_probe import ProbeConfig, probe_word_task, stack_words  # noqa: E402
 from llm2vec_jax.word_tasks import load_word_task  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+SHARED = REPO.parent / "shared" / "data"
 ROWS = ("causal", "bidirectional", "mntp", "final")
 ALIGNMENTS = ("same_token", "next_token")
 
@@ -162,7 +163,7 @@ def speed(encoder: LLM2Vec, texts: list[str], n_words: int, batch_size: int) -> 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(SHARED / "ud_ewt" / "en_ewt-ud-dev.conllu"))
-    p.add_argument("--grid", default="/work/main/outputs/ablation-grid/seed-0",
+    p.add_argument("--grid", default=str(REPO / "outputs" / "ablation-grid" / "seed-0"),
                    help="the ablation grid's seed directory (stages mntp, simcse; encoder)")
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--batch-size", type=int, default=32)
