@@ -6,12 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import pytest
 
-from tiny_runs import cli, make_tiny_run, run_straight, train_losses
+from tiny_runs import cli, make_tiny_run, run_straight, signal_at_step, train_losses
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +76,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_exactly(tiny_run):
     args = cli(root, model, corpus, out, "--set", "run.save_every=100",
                "--set", "run.eval_every=1")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if (out / "metrics.jsonl").exists() and max(train_losses(out), default=0) >= 2:
-            break
-        if proc.poll() is not None:
-            pytest.fail("the run finished before it could be signalled")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    signal_at_step(proc, out, 2, signal.SIGTERM)
     stderr = proc.communicate(timeout=600)[1]
     assert proc.returncode == 143, stderr[-3000:]
     stopped = max(train_losses(out))

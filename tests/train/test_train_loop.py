@@ -17,7 +17,7 @@ import safetensors.numpy
 
 from conftest import REPO
 from hf_oracle import tiny_model_with_tokenizer
-from tiny_runs import cli, make_tiny_run, run_straight, train_losses
+from tiny_runs import cli, make_tiny_run, run_straight, signal_at_step, train_losses
 from llm2vec_jax.train.config import TrainConfigError, load_config
 
 
@@ -94,14 +94,7 @@ def test_mntp_run_exports_adapter_and_resumes_exactly(tiny_run, straight):
     killed = root / "killed"
     proc = subprocess.Popen(cli(root, model, corpus, killed), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if (killed / "metrics.jsonl").exists() and max(train_losses(killed), default=0) >= 5:
-            break
-        if proc.poll() is not None:
-            pytest.fail("the run finished before it could be killed")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    signal_at_step(proc, killed, 5, signal.SIGKILL)
     proc.wait()
     before = max(train_losses(killed))
     assert before < 10

@@ -5,6 +5,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from conftest import WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
@@ -48,3 +51,16 @@ def train_losses(out) -> dict[int, list[float]]:
             if record["split"] == "train":
                 losses.setdefault(record["step"], []).append(record["loss"])
     return losses
+
+
+def signal_at_step(proc: subprocess.Popen, out, step: int, sig) -> None:
+    """Send ``sig`` to a training run (``proc``, writing to ``out``) once it has logged the
+    train loss of ``step``; fails the test if the run ends first."""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and max(train_losses(out), default=0) >= step:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the run finished before step {step}, where it was to be signalled")
+        time.sleep(0.02)
+    proc.send_signal(sig)
