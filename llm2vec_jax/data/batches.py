@@ -131,10 +131,18 @@ class ContrastiveBatch:
     # [B, B + Bn] bool, computed by the collator: document j is a copy of row i's positive
     # (``losses.same_text_as_positive``, which packed views cannot be compared by on device).
     duplicates: Array | None = None
+    # Every view is the same packed rows with its own ``slots`` (supervised packing): the
+    # rows are encoded once, and each view pools its texts from them.
+    shared_rows: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def views(self) -> list[Features]:
         return [self.q, self.d] + ([self.n] if self.n is not None else [])
+
+    @property
+    def encoded_views(self) -> list[Features]:
+        """The views a forward pass runs over (one when they share their rows)."""
+        return self.views[:1] if self.shared_rows else self.views
 
     @staticmethod
     def abstract(batch: int, seq: int, negatives: bool, sharding_fn: Callable | None = None):
@@ -143,10 +151,10 @@ class ContrastiveBatch:
         return ContrastiveBatch(view(), view(), view() if negatives else None)
 
     def token_ids(self) -> list[Array]:
-        return [v.input_ids for v in self.views]
+        return [v.input_ids for v in self.encoded_views]
 
     def attention_masks(self) -> list[Array]:
-        return [v.attention_mask for v in self.views]
+        return [v.attention_mask for v in self.encoded_views]
 
     @property
     def head_rows(self) -> int:
@@ -164,5 +172,8 @@ class ContrastiveBatch:
 def real_tokens(batch) -> int:
     """Non-padding tokens over every view of a (numpy) batch."""
     if isinstance(batch, ContrastiveBatch):
+        if batch.shared_rows:
+            return batch.q.replace(slots=np.concatenate([v.slots for v in batch.views])
+                                   ).real_tokens()
         return sum(view.real_tokens() for view in batch.views)
     return int(sum((np.asarray(mask) > 0).sum() for mask in batch.attention_masks()))

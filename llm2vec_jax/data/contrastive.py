@@ -166,6 +166,13 @@ def packed_simcse_features(tokenizer, sentences: Sequence[str], *, max_length: i
     text. ``duplicates`` marks the copies of each sentence, which the loss can then leave
     out of its negatives."""
     rows = tokenize_strings(tokenizer, [SEPARATOR + s for s in sentences], max_length=max_length)
+    view = packed_view(tokenizer, rows, max_length=max_length, rows_multiple=rows_multiple)
+    return ContrastiveBatch(q=view, d=view, duplicates=same_token_rows(rows))
+
+
+def packed_view(tokenizer, rows: Sequence[TokenizedRow], *, max_length: int,
+                rows_multiple: int = 1) -> Features:
+    """``rows`` packed several to a row of ``max_length`` tokens; ``slots[i]`` locates text i."""
     lengths = [len(r) for r in rows]
     per_row = segments_per_row(max_length)
     placed = Unplaced(lengths, range(len(rows))).fill_rows(max_length, per_row, len(rows))
@@ -174,16 +181,19 @@ def packed_simcse_features(tokenizer, sentences: Sequence[str], *, max_length: i
                             pad_id=pad_token_id(tokenizer), num_rows=num_rows)
     slots = np.empty(len(rows), np.int32)
     slots[packed["indices"]] = packed["slots"]
-    view = Features(packed["input_ids"], packed["segment_ids"], packed["embed_mask"],
+    return Features(packed["input_ids"], packed["segment_ids"], packed["embed_mask"],
                     positions=packed["positions"], slots=slots)
-    return ContrastiveBatch(q=view, d=view, duplicates=same_token_rows(rows))
 
 
-def same_token_rows(rows: Sequence[TokenizedRow]) -> np.ndarray:
-    """[B, B] bool: rows i != j with the same token ids (SimCSE's false negatives, on the
-    host; ``losses.same_text_as_positive`` computes the same on device from padded rows)."""
+def same_token_rows(rows: Sequence[TokenizedRow],
+                    docs: Sequence[TokenizedRow] | None = None) -> np.ndarray:
+    """[B, len(docs)] bool: document j (default: the rows themselves) has the same token ids
+    as row i, j != i (the false negatives of the positives ``rows``, on the host;
+    ``losses.same_text_as_positive`` computes the same on device from padded rows)."""
     ids = [r.input_ids for r in rows]
-    same = np.array([[a == b for b in ids] for a in ids], dtype=bool).reshape(len(ids), len(ids))
+    doc_ids = ids if docs is None else [r.input_ids for r in docs]
+    same = np.array([[a == b for b in doc_ids] for a in ids],
+                    dtype=bool).reshape(len(ids), len(doc_ids))
     np.fill_diagonal(same, False)
     return same
 
@@ -375,8 +385,12 @@ class SupervisedBatchIterator(EpochIterator):
                  pooling: str = "mean", model_type: str | None = None,
                  name_or_path: str | None = None, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
-                 padding: str = "bucket"):
+                 padding: str = "bucket", packed_rows_multiple: int | None = None):
+        """``packed_rows_multiple``: pack every text of a batch, all views together, several
+        to a row (``packed_supervised_features``) in a row count divisible by it; None: one
+        text a row, the views padded to one width."""
         super().__init__(seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+        self.packed_rows_multiple = packed_rows_multiple
         validate_pooling(pooling)
         check_padding(padding)
         self.padding = padding
@@ -464,9 +478,29 @@ class SupervisedBatchIterator(EpochIterator):
                                                 name_or_path=self.name_or_path)
                        for t in triples]
             views.append(tokenize_strings(self.tokenizer, strings, max_length=self.max_length))
+        if self.packed_rows_multiple is not None:
+            return packed_supervised_features(self.tokenizer, views, max_length=self.max_length,
+                                              rows_multiple=self.packed_rows_multiple)
         # One width for every view, so the step encodes them in one pass.
         longest = max(len(r) for rows in views for r in rows)
         width = batch_width(longest, self.max_length, self.padding) or longest
         return ContrastiveBatch(*(Features(**collate(rows, pad_id=pad_token_id(self.tokenizer),
                                                      padding_side="left", pad_to=width))
                                   for rows in views))
+
+
+def packed_supervised_features(tokenizer, views: Sequence[Sequence[TokenizedRow]], *,
+                               max_length: int, rows_multiple: int = 1) -> ContrastiveBatch:
+    """The query, positive[, negative] views' tokenized texts packed *together* into one set
+    of rows (``packed_view``), encoded once (``ContrastiveBatch.shared_rows``); each view is
+    those rows with its own ``slots``. Queries carry an instruction and are longer than
+    documents, so packing the views apart would leave the document views' rows half empty.
+    ``duplicates`` marks documents whose text is another row's positive (false negatives)."""
+    everything = [row for rows in views for row in rows]
+    shared = packed_view(tokenizer, everything, max_length=max_length,
+                         rows_multiple=rows_multiple)
+    starts = np.cumsum([0] + [len(rows) for rows in views])
+    per_view = [shared.replace(slots=shared.slots[a:b]) for a, b in zip(starts, starts[1:])]
+    documents = [row for rows in views[1:] for row in rows]
+    return ContrastiveBatch(*per_view, duplicates=same_token_rows(views[1], documents),
+                            shared_rows=True)

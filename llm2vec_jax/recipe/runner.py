@@ -36,7 +36,8 @@ def sts_eval(model, directory: str, data, settings: EvalSettings, modes) -> dict
                            max_length=settings.max_length)
         key = f"{'bidirectional' if bidirectional else 'causal'}_{pooling}"
         results[key] = evaluate_sts(encoder, data, limit=settings.limit,
-                                    batch_size=settings.batch_size, show_progress_bar=False)
+                                    batch_size=settings.batch_size,
+                                    instruction=settings.instruction, show_progress_bar=False)
     return results
 
 
@@ -74,6 +75,8 @@ def run_recipe(recipe: Recipe) -> dict:
         sts_ref = os.path.abspath(sts_ref)
     signature = {"sts_dev": sts_ref, "limit": recipe.eval.limit,
                  "max_length": recipe.eval.max_length}
+    if recipe.eval.instruction:
+        signature["instruction"] = recipe.eval.instruction
     if is_hub_ref(sts_ref):
         signature["split"] = recipe.eval.split
     results = Results(os.path.join(recipe.output_dir, "results.json"), main)

@@ -48,7 +48,7 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 RECIPE_KEYS = ("output_dir", "model", "eval", "encoder", "stages")
 STAGE_KEYS = ("name", "stage", "config", "after", "set") + SECTIONS
 EVAL_KEYS = ("sts_dev", "split", "config", "columns", "if_missing", "limit", "batch_size",
-             "max_length", "causal_base")
+             "max_length", "causal_base", "instruction")
 ENCODER_KEYS = ("stage", "max_length", "dtype")
 _AFTER_PREVIOUS = object()
 
@@ -98,6 +98,9 @@ class EvalSettings:
     batch_size: int = 32
     max_length: int = 512
     causal_base: bool = True        # also score the base model with causal attention
+    # Prepended to both sentences of every pair, as the paper evaluates STS (its instruction
+    # is "Retrieve semantically similar text."); null: plain sentences.
+    instruction: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,10 +72,10 @@ class ContrastiveSection:
     # Pool every column of the left-padded batch, padding included, as the reference SimCSE
     # collator does by accident (mean pooling only); see llm2vec_jax/data/contrastive.py.
     compat_pool_all_positions: bool = False
-    # SimCSE: pack the sentences several to a row of max_length tokens (each attends, is
-    # positioned and pooled within itself; the loss is unchanged), so little compute goes to
-    # padding. Used on one process without compat_pool_all_positions or grad_cache_chunk;
-    # otherwise one sentence a row.
+    # Pack the texts several to a row of max_length tokens (each attends, is positioned and
+    # pooled within itself; the loss is unchanged), so little compute goes to padding; a
+    # supervised batch packs its query, positive and negative texts together. Used on one
+    # process without compat_pool_all_positions or grad_cache_chunk; otherwise one text a row.
     packing: bool = True
     # GradCache: rows per chunk of the global batch (None: one pass). Memory then scales with
     # the chunk, the loss still sees every in-batch negative.

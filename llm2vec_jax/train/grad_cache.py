@@ -82,6 +82,9 @@ def grad_cache_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
                          mask_duplicates: bool = True,
                          matryoshka_dims: tuple[int, ...] | None = None):
     """``contrastive_objective`` with the same value and gradients, ``chunk`` rows at a time."""
+    if any(view.packed for view in batch.views):
+        raise ValueError("GradCache chunks one text a row; packed batches are not chunked "
+                         "(the data pipeline packs only without contrastive.grad_cache_chunk)")
     graphdef, lora, frozen = nnx.split(model, LORA_FILTER, FROZEN_FILTER)
     embeddings = []
     for view, key in zip(batch.views, view_keys(rng, len(batch.views))):

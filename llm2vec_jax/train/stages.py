@@ -137,12 +137,20 @@ def mntp_iterators(config: TrainConfig, tokenizer):
     return sharded_iterators(config, make_shard)
 
 
+def packs(config: TrainConfig) -> bool:
+    """Whether contrastive batches are packed several texts to a row (``contrastive.packing``:
+    one data shard on one process, no GradCache, no reference pooling quirk)."""
+    section = config.contrastive
+    several = (config.data.num_shards or jax.process_count()) > 1
+    return (section.packing and not several and not section.compat_pool_all_positions
+            and not section.grad_cache_chunk)
+
+
 def simcse_iterators(config: TrainConfig, tokenizer):
     run, section = config.run, config.contrastive
     padding = None  # the iterator's default: bucket widths (compat: the longest row)
     several = (config.data.num_shards or jax.process_count()) > 1
-    pack = (section.packing and not several and not section.compat_pool_all_positions
-            and not section.grad_cache_chunk)
+    pack = packs(config)
     if several:
         # Shards (and processes) must agree on the global batch's width, which none of them
         # sees alone.
@@ -208,7 +216,8 @@ def supervised_iterators(config: TrainConfig, tokenizer, model_type: str):
                   pooling=section.pooling, model_type=model_type,
                   name_or_path=config.model.path, process_index=jax.process_index(),
                   process_count=jax.process_count(),
-                  padding="max_length" if jax.process_count() > 1 else "bucket")
+                  padding="max_length" if jax.process_count() > 1 else "bucket",
+                  packed_rows_multiple=jax.device_count() if packs(config) else None)
     train_iter = SupervisedBatchIterator(train, tokenizer, run.global_batch_size,
                                          seed=run.seed, **common)
     try:

@@ -155,7 +155,17 @@ def contrastive_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
     the false negatives of ``mask_duplicates``; summed over the ``matryoshka_dims`` prefixes
     when given (``losses.matryoshka_loss``)."""
     views = batch.views
-    q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling, causal=causal)
+    if batch.shared_rows:
+        # One forward pass over the packed rows; the views differ only in which texts they
+        # pool (each text still gets its own dropout masks: its positions are its own).
+        shared = batch.q
+        hidden = encode_rows(model, shared.input_ids, shared.attention_mask,
+                             row_keys(rng, shared.input_ids.shape[0]), causal=causal,
+                             positions=shared.positions)
+        q, d, *n = [pool_view(hidden, view, pooling) for view in views]
+    else:
+        q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling,
+                               causal=causal)
     loss = matryoshka_loss(q, d, n[0] if n else None, scale=scale,
                            exclude=false_negatives(batch, mask_duplicates), dims=matryoshka_dims)
     return loss, {"loss": loss}

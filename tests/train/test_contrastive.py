@@ -16,7 +16,7 @@ import yaml
 from flax import nnx
 
 from conftest import NLI, REFERENCE, REPO, WIKI1M, tiny_lora_model
-from llm2vec_jax.data.batches import ContrastiveBatch, Features
+from llm2vec_jax.data.batches import ContrastiveBatch, Features, real_tokens
 from llm2vec_jax.data.contrastive import (SEPARATOR, SimCSEBatchIterator,
                                           SupervisedBatchIterator, load_instructions,
                                           read_triples, simcse_features, split_held_out)
@@ -25,6 +25,7 @@ from llm2vec_jax import load_hf_checkpoint
 from llm2vec_jax.models import ModelConfig, init_model
 from llm2vec_jax.train.config import load_config
 from llm2vec_jax.train.grad_cache import grad_cache_objective
+from llm2vec_jax.train.losses import same_text_as_positive
 from llm2vec_jax.train.steps import contrastive_objective
 
 CONFIGS = REPO / "configs"
@@ -345,6 +346,48 @@ def test_supervised_batches_are_task_homogeneous_with_reference_strings(tokenize
     np.testing.assert_array_equal(next(fresh).q.input_ids, next(again).q.input_ids)
     with pytest.raises(ValueError, match="no instruction"):
         SupervisedBatchIterator(train, tokenizer, 8, instructions={"squad": "x"}, max_length=64)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_supervised_batch_equals_padded(tokenizer, tmp_path, causal):
+    """A supervised batch packed (query, positive and negative texts together, encoded once)
+    gives the padded batch's loss and LoRA gradients (no dropout: equal inputs, equal
+    outputs), masks the same false negatives (a positive repeated as another row's
+    positive and hard negative), counts each real token once, and is far denser."""
+    records = [r for r in read_triples(_nli_jsonl(tmp_path / "pairs.jsonl"))
+               if r["dataset"] == "allnli"][:8]
+    records[5]["positive"] = records[6]["negative"] = records[2]["positive"]
+    make = functools.partial(SupervisedBatchIterator, records, tokenizer, 8,
+                             instructions=load_instructions(E5_INSTRUCTIONS), max_length=64,
+                             shuffle=False)
+    padded, packed = next(make()), next(make(packed_rows_multiple=4))
+    assert packed.shared_rows and packed.q.input_ids.shape[0] % 4 == 0
+    expected = np.asarray(same_text_as_positive(
+        padded.d.input_ids, padded.d.attention_mask, [padded.d.input_ids, padded.n.input_ids],
+        [padded.d.attention_mask, padded.n.attention_mask]))
+    assert expected.sum() == 4  # rows 2 and 5 see each other's positive, and row 6's negative
+    np.testing.assert_array_equal(packed.duplicates, expected)
+    assert real_tokens(packed) == real_tokens(padded)
+    assert len(packed.token_ids()) == 1
+    assert packed.q.input_ids.size < 0.6 * sum(ids.size for ids in padded.token_ids())
+
+    graphdef, lora, frozen = tiny_lora_model(vocab_size=len(tokenizer), hidden_size=64,
+                                             intermediate_size=96, head_dim=16)
+    results = []
+    for batch in (padded, packed):
+        def loss(lora):
+            return contrastive_objective(nnx.merge(graphdef, lora, frozen), batch, None,
+                                         scale=50.0, causal=causal)[0]
+        results.append(jax.value_and_grad(loss)(lora))
+    (loss_padded, grads_padded), (loss_packed, grads_packed) = results
+    np.testing.assert_allclose(loss_packed, loss_padded, rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_padded),
+                            jax.tree.leaves(grads_packed)):
+        rel = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+        assert rel <= 1e-5, (jax.tree_util.keystr(path), rel)
+    with pytest.raises(ValueError, match="GradCache chunks one text a row"):
+        grad_cache_objective(nnx.merge(graphdef, lora, frozen), packed, None, scale=50.0,
+                             chunk=4)
 
 
 # ---------------------------------------------------------------------------- GradCache
