@@ -20,6 +20,17 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                              "checkpoints), not only their one-line message")
 
 
+def positive_int(s: str) -> int:
+    """argparse ``type=`` for counts and sizes: a bad value is the usage error argparse prints."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def run_cli(body: Callable[[], int], debug: bool) -> int:
     """``body()``, with an input error turned into its one line on stderr and exit status 2."""
     try:

@@ -22,8 +22,7 @@ import logging
 import os
 import sys
 
-from .cli_errors import add_debug_flag, run_cli
-from .evaluate import _positive_int
+from .cli_errors import add_debug_flag, positive_int, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,18 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output directory (created; resumed if it "
                                                    "holds shards of the same job)")
     p.add_argument("--instruction", default="", help="instruction put before every passage")
-    p.add_argument("--shard-size", type=_positive_int, default=10000, help="passages per shard")
+    p.add_argument("--shard-size", type=positive_int, default=10000, help="passages per shard")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"),
                    help="stored embedding dtype (int8: per-passage symmetric scale)")
     p.add_argument("--format", default="npy", choices=("npy", "safetensors"))
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="rows per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="rows per forward pass")
     p.add_argument("--mesh", default=None,
                    help="shard the model over this process's devices, e.g. fsdp=8 or "
                         "tensor=2,data=4 (default: replicated, batch over all devices)")
     p.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="parameter and compute dtype")
     p.add_argument("--pooling-mode", default=None, help="default: llm2vec_config.json, else mean")
-    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--max-length", type=positive_int, default=None)
     p.add_argument("--attention", choices=("bidirectional", "causal"), default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_debug_flag(p)

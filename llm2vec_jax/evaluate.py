@@ -41,20 +41,10 @@ import time
 
 import numpy as np
 
-from .cli_errors import add_debug_flag, run_cli
+from .cli_errors import add_debug_flag, positive_int, run_cli
 from .evaluation import evaluate_sts, load_sts
 from .text.words import AGGREGATIONS, ALIGNMENTS
 from .word_tasks import CONLLU_POS_COLUMNS, TASKS, load_word_task
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. hf:mteb/stsbenchmark-sts)")
     sts.add_argument("--split", default="validation", help="split of an hf: dataset")
     _add_encoder_arguments(sts)
-    sts.add_argument("--limit", type=_positive_int, default=None, help="first N pairs only")
+    sts.add_argument("--limit", type=positive_int, default=None, help="first N pairs only")
     sts.add_argument("--instruction", default="",
                      help="instruction applied to both sentences (default: none)")
     add_debug_flag(sts)
@@ -117,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "word_features"), help="where extracted word vectors are kept (default: %(default)s)")
     word.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     _add_encoder_arguments(word)
-    word.add_argument("--limit", type=_positive_int, default=None,
+    word.add_argument("--limit", type=positive_int, default=None,
                       help="first N sentences of each split only")
     add_debug_flag(word)
 
@@ -129,13 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "encoded with the corpus's model and settings; or a directory of "
                           "query embeddings written by encode_corpus")
     ret.add_argument("--output", required=True, help="TREC run file to write")
-    ret.add_argument("--top-k", type=_positive_int, default=10)
+    ret.add_argument("--top-k", type=positive_int, default=10)
     ret.add_argument("--query-instruction", default="", help="instruction before every query")
     ret.add_argument("--model", default=None,
                      help="encode the queries with this model (default: the corpus's)")
     ret.add_argument("--adapter", default=None, help="with --model: its PEFT adapter")
-    ret.add_argument("--batch-size", type=_positive_int, default=32)
-    ret.add_argument("--chunk-size", type=_positive_int, default=8192,
+    ret.add_argument("--batch-size", type=positive_int, default=32)
+    ret.add_argument("--chunk-size", type=positive_int, default=8192,
                      help="corpus passages scored per device step")
     ret.add_argument("--run-name", default="llm2vec_jax")
     ret.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -152,8 +142,8 @@ def _add_encoder_arguments(parser) -> None:
     parser.add_argument("--pooling-mode", default=None,
                         help="mean, weighted_mean, eos_token, last_token, bos_token "
                              "(default: llm2vec_config.json, else mean)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--max-length", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="default: llm2vec_config.json, else 512")
     parser.add_argument("--attention", choices=("bidirectional", "causal"), default=None,
                         help="default: the mode the encoder was trained with "
