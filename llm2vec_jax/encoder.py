@@ -99,6 +99,11 @@ def _name_or_path(path: str, directory: str) -> str:
     return path
 
 
+# llm2vec 0.2.3's from_pretrained keyword -> ours.
+REFERENCE_ARGUMENT_NAMES = {"enable_bidirectional": "bidirectional",
+                            "peft_model_name_or_path": "adapter"}
+
+
 class LLM2Vec:
     """Sentence encoder over a Llama-family decoder, with the reference's ``encode`` semantics.
 
@@ -188,6 +193,9 @@ class LLM2Vec:
         ``prompts`` ({"query": ..., "document": ...}) and ``similarity_fn_name`` default to
         what ``llm2vec_jax_config.json`` holds (none, and "cosine").
 
+        The reference's names ``enable_bidirectional=`` and ``peft_model_name_or_path=``
+        are accepted for ``bidirectional=`` and ``adapter=``, so its calls port unchanged.
+
         ``mesh`` (a ``MeshConfig``, text such as ``"fsdp=8"`` or ``"tensor=2,data=4"``, or a
         ``sharding.make_mesh`` mesh; over ``devices``, default this process's) shards the
         parameters as training does: each weight is read straight into its shards, and the
@@ -195,6 +203,14 @@ class LLM2Vec:
         parameter bytes per device are checked against ``memory_per_device`` (default: what
         the devices report) and a ``ShardingError`` names both when they do not fit.
         """
+        named = {"bidirectional": bidirectional, "adapter": adapter}
+        for theirs, ours in REFERENCE_ARGUMENT_NAMES.items():
+            if theirs in config_overrides:
+                if named[ours] is not None:
+                    raise TypeError(f"from_pretrained got both {ours}= and the reference's name "
+                                    f"for it, {theirs}=: give one")
+                named[ours] = config_overrides.pop(theirs)
+        bidirectional, adapter = named["bidirectional"], named["adapter"]
         path = os.fspath(path_or_hub_id)
         devices = list(devices) if devices is not None else jax.local_devices()
         if mesh is None:

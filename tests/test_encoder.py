@@ -395,6 +395,8 @@ def test_adapter_is_loaded_merged_and_its_config_read(encoder, smollm2_dir, tmp_
 
     with pytest.raises(FileNotFoundError, match="adapter"):
         LLM2Vec.from_pretrained(smollm2_dir, adapter=tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="adapter"):  # the reference's name for it
+        LLM2Vec.from_pretrained(smollm2_dir, peft_model_name_or_path=tmp_path / "missing")
 
 
 def _sentence_transformers_dir(directory, tokenizer_dir, pooling_flag: str, **config):
@@ -438,6 +440,10 @@ def test_sentence_transformers_embedder_encodes_as_its_card_says(tmp_path, token
                                    pooling_mode="mean").pooling_mode == "mean"
     (directory / "llm2vec_config.json").write_text(json.dumps({"pooling_mode": "weighted_mean"}))
     assert LLM2Vec.from_pretrained(str(directory)).pooling_mode == "weighted_mean"
+    # The reference's keyword names port unchanged; both names at once is an error.
+    assert LLM2Vec.from_pretrained(str(directory), enable_bidirectional=True).bidirectional
+    with pytest.raises(TypeError, match="both bidirectional= and the reference's name"):
+        LLM2Vec.from_pretrained(str(directory), bidirectional=True, enable_bidirectional=True)
 
 
 def test_sentence_transformers_attention_and_unsupported_pooling(tmp_path, tokenizer_dir):
