@@ -1,7 +1,7 @@
 """The paper's ablation grid (LLM2Vec, Table/Figure "Uni / Bi / + MNTP / + SimCSE") on one model
 at one fixed budget, STS-B dev after each row, several seeds for the trained rows.
 
-    python bench/ablation_grid.py                       # SmolLM2, the budget below, 3 seeds
+    python bench/ablation_grid.py --with-bi-simcse      # SmolLM2, the README's budget, 3 seeds
     python bench/ablation_grid.py --seeds 1 --mntp-steps 20 --simcse-steps 10   # a quick look
 
 Rows (mean pooling everywhere):
@@ -67,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                    default=_local_or(SHARED / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt",
                                      "sample:wiki1m"))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--mntp-steps", type=int, default=100)
+    p.add_argument("--mntp-steps", type=int, default=60)
     p.add_argument("--mntp-batch", type=int, default=8)
     p.add_argument("--mntp-length", type=int, default=128)
-    p.add_argument("--simcse-steps", type=int, default=50)
+    p.add_argument("--simcse-steps", type=int, default=40)
     p.add_argument("--simcse-batch", type=int, default=32)
     p.add_argument("--simcse-length", type=int, default=64)
     p.add_argument("--simcse-texts", type=int, default=None,
