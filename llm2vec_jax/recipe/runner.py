@@ -98,6 +98,7 @@ def run_recipe(recipe: Recipe) -> dict:
         directory, model = load_merged(recipe.base_model, adapters, dtype=dtype)
         row["sts"] = sts_eval(model, directory, sts_data, recipe.eval, modes)
         row["sts_eval"] = signature
+        row["eval_wall_s"] = round(time.perf_counter() - start, 1)
         results.save()
         print(f"STS {name}: " + ", ".join(f"{k} spearman {v['spearman'] * 100:.2f}"
                                           for k, v in row["sts"].items())
@@ -114,8 +115,10 @@ def run_recipe(recipe: Recipe) -> dict:
             _warn_if_changed(stage)
         else:
             print(f"== {stage.name} ({stage.config.run.stage}) -> {stage.dir}", flush=True)
+            start = time.perf_counter()
             metrics = train(stage.config)
             if main:
+                row["train_wall_s"] = round(time.perf_counter() - start, 1)
                 # A stage whose checkpoints had already reached max_steps trains no step and
                 # reports nothing: keep the metrics of the run that did.
                 if metrics or "train" not in row:

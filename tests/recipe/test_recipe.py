@@ -83,11 +83,36 @@ def test_recipe_trains_evaluates_and_writes_results(recipe_run):
     for name in ("mntp", "simcse"):
         assert set(rows[name]["sts"]) == {"bidirectional_mean"}
         assert np.isfinite(rows[name]["train"]["loss"])
+        assert rows[name]["train_wall_s"] > 0 and rows[name]["eval_wall_s"] > 0
     for row in rows.values():
         for scores in row["sts"].values():
             assert scores["n"] == 16 and -1 <= scores["spearman"] <= 1
     assert results["encoder"]["adapters"] == ["mntp", "simcse"]
     assert "STS-B dev x100" in done.stdout and "simcse" in done.stdout.split("STS-B dev x100")[-1]
+
+
+def test_recipe_sts_eval_applies_its_instruction(recipe_run):
+    """eval.instruction reaches both sentences of every pair: the recipe's score equals
+    evaluate_sts of the same encoder with that instruction, and differs without it."""
+    from llm2vec_jax import LLM2Vec
+    from llm2vec_jax.checkpoints.merged import load_merged
+    from llm2vec_jax.evaluation import evaluate_sts, load_sts
+    from llm2vec_jax.recipe.runner import sts_eval
+    from llm2vec_jax.recipe.schema import EvalSettings
+
+    _, model, _, _ = recipe_run
+    data = load_sts("sample:stsb-dev")
+    instruction = "Retrieve semantically similar text."
+    directory, loaded = load_merged(model, [])
+    settings = EvalSettings(limit=16, batch_size=8, max_length=64, instruction=instruction)
+    ours = sts_eval(loaded, directory, data, settings, [(True, "mean")])["bidirectional_mean"]
+    encoder = LLM2Vec.from_pretrained(model, bidirectional=True, pooling_mode="mean",
+                                      max_length=64)
+    direct = evaluate_sts(encoder, data, limit=16, batch_size=8, instruction=instruction,
+                          show_progress_bar=False)
+    plain = evaluate_sts(encoder, data, limit=16, batch_size=8, show_progress_bar=False)
+    assert ours["spearman"] == pytest.approx(direct["spearman"], abs=1e-6)
+    assert ours["pearson"] != pytest.approx(plain["pearson"], abs=1e-4)
 
 
 def test_encoder_equals_base_plus_adapters(recipe_run):
