@@ -39,18 +39,19 @@ import json, sys
 import torch
 from llm2vec import LLM2Vec
 encoder_dir, texts, bidirectional = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "1"
-l2v = LLM2Vec.from_pretrained(encoder_dir, torch_dtype=torch.float32,
+l2v = LLM2Vec.from_pretrained(encoder_dir, torch_dtype=getattr(torch, sys.argv[4]),
                               enable_bidirectional=bidirectional)
 assert l2v.pooling_mode == "mean" and l2v.max_length == 512, (l2v.pooling_mode, l2v.max_length)
-emb = l2v.encode(texts, batch_size=2, show_progress_bar=False)
-print(json.dumps(emb.float().numpy().tolist()))
+emb = l2v.encode(texts, batch_size=2, show_progress_bar=False, convert_to_numpy=False)
+print(json.dumps(emb.double().numpy().tolist()))
 """
 
 
-def reference_embeddings(encoder_dir: Path, texts, *,
-                         bidirectional: bool = True) -> np.ndarray:
+def reference_embeddings(encoder_dir: Path, texts, *, bidirectional: bool = True,
+                         dtype: str = "float32") -> np.ndarray:
     """The reference's ``encode(texts)`` of ``encoder_dir`` as we wrote it, no conversion
-    (mean pooling, max_length 512)."""
+    (mean pooling, max_length 512), run in ``dtype`` ("float64": the exact answer that
+    float32 implementations approximate); float64 numbers out."""
     out = run_reference(_ENCODE, str(encoder_dir), json.dumps(texts),
-                        "1" if bidirectional else "0")
-    return np.array(json.loads(out.strip().splitlines()[-1]), np.float32)
+                        "1" if bidirectional else "0", dtype)
+    return np.array(json.loads(out.strip().splitlines()[-1]), np.float64)
