@@ -137,21 +137,23 @@ def mntp_iterators(config: TrainConfig, tokenizer):
     return sharded_iterators(config, make_shard)
 
 
+def several_shards(config: TrainConfig) -> bool:
+    return (config.data.num_shards or jax.process_count()) > 1
+
+
 def packs(config: TrainConfig) -> bool:
     """Whether contrastive batches are packed several texts to a row (``contrastive.packing``:
     one data shard on one process, no GradCache, no reference pooling quirk)."""
     section = config.contrastive
-    several = (config.data.num_shards or jax.process_count()) > 1
-    return (section.packing and not several and not section.compat_pool_all_positions
-            and not section.grad_cache_chunk)
+    return (section.packing and not several_shards(config)
+            and not section.compat_pool_all_positions and not section.grad_cache_chunk)
 
 
 def simcse_iterators(config: TrainConfig, tokenizer):
     run, section = config.run, config.contrastive
     padding = None  # the iterator's default: bucket widths (compat: the longest row)
-    several = (config.data.num_shards or jax.process_count()) > 1
     pack = packs(config)
-    if several:
+    if several_shards(config):
         # Shards (and processes) must agree on the global batch's width, which none of them
         # sees alone.
         if section.compat_pool_all_positions:

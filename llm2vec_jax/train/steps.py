@@ -102,12 +102,16 @@ def row_keys(rng, rows: int):
     return None if rng is None else jax.random.split(rng, rows)
 
 
+def encode_view(model, view: Features, rng, *, causal: bool = False) -> jax.Array:
+    """Hidden states [R, S, D] of one view's rows in training mode (a dropout key per row)."""
+    return encode_rows(model, view.input_ids, view.attention_mask,
+                       row_keys(rng, view.input_ids.shape[0]), causal=causal,
+                       positions=view.positions)
+
+
 def embed(model, view: Features, rng, pooling: str, *, causal: bool = False) -> jax.Array:
     """Pooled [B, D] float32 embeddings of one view in training mode."""
-    hidden = encode_rows(model, view.input_ids, view.attention_mask,
-                         row_keys(rng, view.input_ids.shape[0]), causal=causal,
-                         positions=view.positions)
-    return pool_view(hidden, view, pooling)
+    return pool_view(encode_view(model, view, rng, causal=causal), view, pooling)
 
 
 def embed_views(model, views: list[Features], rngs: list, pooling: str, *,
@@ -158,10 +162,7 @@ def contrastive_objective(model, batch: ContrastiveBatch, rng, *, scale: float,
     if batch.shared_rows:
         # One forward pass over the packed rows; the views differ only in which texts they
         # pool (each text still gets its own dropout masks: its positions are its own).
-        shared = batch.q
-        hidden = encode_rows(model, shared.input_ids, shared.attention_mask,
-                             row_keys(rng, shared.input_ids.shape[0]), causal=causal,
-                             positions=shared.positions)
+        hidden = encode_view(model, batch.q, rng, causal=causal)
         q, d, *n = [pool_view(hidden, view, pooling) for view in views]
     else:
         q, d, *n = embed_views(model, views, view_keys(rng, len(views)), pooling,
