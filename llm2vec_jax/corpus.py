@@ -311,7 +311,10 @@ def encode_corpus(encoder, input_path: str, out_dir: str, fmt: ShardFormat, *,
                 bar.update(len(ids))
                 continue
             inputs = [[instruction, t] for t in texts] if instruction else texts
-            emb = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=False)
+            # fixed_shapes: the shards' final batches would otherwise add compiled shapes, and
+            # host memory with them, as the corpus grows.
+            emb = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=False,
+                                 fixed_shapes=True)
             write_shard(out_dir, index, ids, emb, fmt, digest)
             log.info("process %d wrote %s", process_index, shard_name(index))
             bar.update(len(ids))

@@ -22,7 +22,9 @@ that holds its texts in those rows); both rounded up to a multiple of the device
 ``jax.jit`` function (forward in the compute dtype, pooling in float32) is compiled per
 distinct (rows, width) shape and cached on the encoder, so the number of compilations is at
 most ``len(buckets) * (1 + ceil(log2(batch_size)))`` over the encoder's lifetime and at most
-``len(buckets) + 1`` for one ``encode`` call.
+``len(buckets) + 1`` for one ``encode`` call. ``encode(..., fixed_shapes=True)`` (the corpus
+job's) keeps every batch at ``batch_size`` rows and 64 tokens or wider: one compilation per
+bucket from 64 up, however many calls.
 
 With several local devices, the batch axis is sharded over a 1-D ``data`` mesh of all local
 devices and the parameters are replicated. With ``mesh=`` (``from_pretrained`` or the
@@ -325,17 +327,19 @@ class LLM2Vec:
         rows = padded_row_count(n, batch_size)
         return -(-rows // self._batch_ways) * self._batch_ways
 
-    def _forward_batches(self, rows, batch_size: int, bar, *, tokens: bool = False):
+    def _forward_batches(self, rows, batch_size: int, bar, *, tokens: bool = False,
+                         fixed_shapes: bool = False):
         """Yield (numpy result, features, texts a row) of each packed batch of ``rows``,
         one batch in flight: the next is dispatched before the caller reads this one."""
         plan = plan_packed([len(r) for r in rows], rows_per_batch=batch_size,
                            max_length=self.max_length, buckets=self.buckets,
-                           packing=self.packing)
+                           packing=self.packing, fixed_rows=fixed_shapes)
         bar.update(len(plan.empty))
         pending = None
         for batch in plan:
+            used_rows = batch_size if fixed_shapes else len(batch.rows)
             feats = collate_packed(rows, batch, pad_id=self.pad_id,
-                                   num_rows=self._batch_rows(len(batch.rows), batch_size))
+                                   num_rows=self._batch_rows(used_rows, batch_size))
             fn = self._forward_fn(*feats["input_ids"].shape, batch.segments, tokens)
             args = [jax.device_put(feats[k], self._data)
                     for k in ("input_ids", "segment_ids", "positions", "embed_mask")]
@@ -350,7 +354,8 @@ class LLM2Vec:
                normalize_embeddings: bool = False, truncate_dim: int | None = None,
                precision: str = "float32", prompt: str | None = None,
                prompt_name: str | None = None, convert_to: str = "numpy",
-               return_truncated: bool = False, output_value: str = "sentence_embedding"):
+               return_truncated: bool = False, output_value: str = "sentence_embedding",
+               fixed_shapes: bool = False):
         """Embed ``texts`` -> [N, D] (numpy; a jax array with ``convert_to="jax"``).
 
         ``texts``: a list whose items are ``str`` or ``[instruction, text]`` (a single ``str``
@@ -374,6 +379,12 @@ class LLM2Vec:
         padding, so it is not reproduced. ``batch_size`` is the rows per forward pass; with
         packing a row holds several short texts, so a pass may embed more texts than that.
         ``show_progress_bar=None`` shows one when stderr is a terminal.
+        ``fixed_shapes=True``: every batch, the last included, has ``batch_size`` rows and
+        (packing) is at least 64 tokens wide, so however many calls are made the forward
+        compiles at most once per bucket from 64 up: what a job that calls ``encode`` for
+        chunk after chunk of a large corpus wants (``corpus.encode_corpus``), as each compiled
+        shape holds memory for the encoder's lifetime. It costs the padding of one final batch
+        per call.
 
         ``output_value="token_embeddings"`` (sentence-transformers' name) returns instead a
         list with one ``text.words.TokenEmbeddings`` per text: the float32 final hidden
@@ -405,7 +416,7 @@ class LLM2Vec:
         if tokens:
             states = self._token_states(rows, batch_size, show_progress_bar)
             return (states, truncated) if return_truncated else states
-        emb = self._embed(rows, batch_size, show_progress_bar)
+        emb = self._embed(rows, batch_size, show_progress_bar, fixed_shapes)
         emb = emb_ops.truncate(emb, truncate_dim)
         if normalize_embeddings:
             emb = emb_ops.normalize(emb)
@@ -453,12 +464,13 @@ class LLM2Vec:
         return self.prompts[prompt_name]
 
     def _embed(self, rows: list[tok.TokenizedRow], batch_size: int,
-               show_progress_bar: bool) -> np.ndarray:
+               show_progress_bar: bool, fixed_shapes: bool = False) -> np.ndarray:
         """Pooled float32 [N, D] embeddings of tokenized rows, in their order."""
         dim = self.hidden_size
         emb = np.zeros((len(rows), dim), np.float32)  # empty texts stay zero
         with _progress(len(rows), show_progress_bar) as bar:
-            for result, feats, _ in self._forward_batches(rows, batch_size, bar):
+            for result, feats, _ in self._forward_batches(rows, batch_size, bar,
+                                                          fixed_shapes=fixed_shapes):
                 emb[feats["indices"]] = result.reshape(-1, dim)[feats["slots"]]
                 bar.update(len(feats["indices"]))
         return emb

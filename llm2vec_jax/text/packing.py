@@ -123,7 +123,7 @@ class Unplaced:
 
 def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
                 buckets: Sequence[int] | None = None, packing: bool = True,
-                min_width: int = 64) -> PackPlan:
+                min_width: int = 64, fixed_rows: bool = False) -> PackPlan:
     """Pack texts of the given token lengths into batches of ``rows_per_batch`` rows.
 
     Each batch is as wide as the bucket of its longest text (at least ``min_width`` when
@@ -133,7 +133,9 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
     compiles a bounded number of times. The final batch, whose rows are padded to a power of
     two anyway (``padded_row_count``), is repacked into that many rows of the narrowest
     bucket that holds its texts. ``packing=False``: one text per row, longest first (plain
-    length-sorted batching).
+    length-sorted batching). ``fixed_rows``: the final batch keeps ``rows_per_batch`` rows and
+    is repacked no narrower than the others may be, so the shapes of a long stream of plans
+    (a corpus encoded shard by shard) come from the widths alone.
 
     Why ``min_width``: attention costs grow with the row width, but up to 64 tokens they are
     a small part of a forward, while rows of 64 pack typical sentences (10-40 tokens) two to
@@ -158,8 +160,9 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
         rows = unplaced.fill_rows(width, texts_per_row(width), rows_per_batch)
         if not unplaced and len(rows) < rows_per_batch:
             texts = [i for row in rows for i in row]
-            room = padded_row_count(len(rows), rows_per_batch)
-            for narrower in (b for b in buckets if b < width):
+            room = rows_per_batch if fixed_rows else padded_row_count(len(rows), rows_per_batch)
+            floor = min(min_width, buckets[-1]) if packing and fixed_rows else 0
+            for narrower in (b for b in buckets if floor <= b < width):
                 tail = Unplaced(lengths, texts)
                 repacked = tail.fill_rows(narrower, texts_per_row(narrower), room)
                 if not tail:

@@ -462,6 +462,24 @@ def test_plan_packed_fills_rows_longest_first():
     assert [len(row) for b in plan for row in b.rows] == [4, 4, 1]
 
 
+def test_plan_packed_fixed_rows_keeps_widths_of_full_batches():
+    # Normally the last batch [10, 10, 10] (one row) is repacked into a 32-wide row; with
+    # fixed_rows it will be computed with all 4 rows, so it keeps the packed minimum of 64.
+    lengths = [10, 10, 10]
+    kw = dict(rows_per_batch=4, max_length=64, buckets=(16, 32, 64))
+    assert [(b.width, b.rows) for b in packing.plan_packed(lengths, **kw)] == [(32, ((0, 1, 2),))]
+    assert [(b.width, b.rows) for b in packing.plan_packed(lengths, fixed_rows=True, **kw)] == [
+        (64, ((0, 1, 2),))]
+    rng = np.random.default_rng(2)
+    buckets = packing.default_buckets(128, min_step=8)
+    for n in (1, 7, 50, 203):
+        lengths = rng.integers(0, 129, size=n)
+        plan = packing.plan_packed(lengths, rows_per_batch=16, max_length=128, buckets=buckets,
+                                   fixed_rows=True)
+        _check_plan(plan, lengths, 16, buckets)
+        assert all(b.width >= 64 for b in plan)
+
+
 def test_plan_packed_errors():
     with pytest.raises(ValueError, match="fits no bucket"):
         packing.plan_packed([5, 70], rows_per_batch=4, max_length=64)
