@@ -20,10 +20,11 @@ from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from reference_oracle import needs_reference, reference_embeddings, run_reference
 from llm2vec_jax.recipe import load_recipe
-from llm2vec_jax.train.config import TrainConfigError
+from llm2vec_jax.train.config import TrainConfigError, load_config
 
 RECIPES = REPO / "configs" / "recipes"
 ONE_HOUR = RECIPES / "smollm2-1h.yaml"
+ONE_HOUR_CAUSAL = RECIPES / "smollm2-1h-causal.yaml"
 TINY_RUN = dict(global_batch_size=4, log_every=1, eval_every=3, eval_batches=1, save_every=3,
                 progress_bar=False, async_checkpointing=False)
 
@@ -236,9 +237,10 @@ def test_reference_applies_our_adapters_on_its_own_merged_base(recipe_run):
 
 def test_one_hour_recipe_runs_end_to_end(recipe_run, tmp_path):
     """The shipped one-CPU-hour recipe at a tiny budget on the tiny model and bundled samples:
-    causal SimCSE, then supervised NLI (packed triplets) on the SimCSE adapter, STS scored
-    with the recipe's instruction after each stage, a causal encoder exported; and the
-    bidirectional variant is the one switch the README gives."""
+    bidirectional SimCSE, then supervised NLI (packed triplets) on the SimCSE adapter, STS
+    scored with the recipe's instruction after each stage, a bidirectional encoder exported;
+    and the causal recipe is the same chain, causal in every stage, with its own SimCSE rate
+    and no instruction."""
     _, model, _, _ = recipe_run
     tiny = ["stages.simcse.data.path=sample:wiki1m", "stages.simcse.data.data_files=null",
             "stages.supervised.data.path=sample:nli", "stages.supervised.data.config=null",
@@ -258,15 +260,22 @@ def test_one_hour_recipe_runs_end_to_end(recipe_run, tmp_path):
     assert results["eval"]["instruction"] == "Retrieve semantically similar text."
     rows = results["rows"]
     assert list(rows) == ["base", "simcse", "supervised"]
-    assert set(rows["supervised"]["sts"]) == {"causal_mean"}
+    assert set(rows["supervised"]["sts"]) == {"bidirectional_mean"}
     assert results["encoder"]["adapters"] == ["simcse", "supervised"]
     supervised = json.loads((out / "supervised" / "train_config.json").read_text())
     assert supervised["model"]["adapter"] == str(out / "simcse" / "adapter")
-    assert supervised["model"]["attention"] == "causal"
+    assert supervised["model"]["attention"] == "bidirectional"
     assert json.loads((out / "encoder" / "llm2vec_jax_config.json").read_text())[
-        "attention"] == "causal"
-    bidirectional = load_recipe(ONE_HOUR, ["model.attention=bidirectional"])
-    assert {s.config.model.attention for s in bidirectional.stages} == {"bidirectional"}
+        "attention"] == "bidirectional"
+    causal = load_recipe(ONE_HOUR_CAUSAL)
+    shipped = load_recipe(ONE_HOUR)
+    assert {s.config.model.attention for s in causal.stages} == {"causal"}
+    assert [(s.name, s.chain) for s in causal.stages] == [(s.name, s.chain) for s in shipped.stages]
+    assert causal.eval.instruction in ("", None)
+    # Its SimCSE stage's tuned rate overrides the config file's (the bidirectional one).
+    assert causal.stage("simcse").config.optimizer.learning_rate == 2e-3
+    assert shipped.stage("simcse").config.optimizer.learning_rate == load_config(
+        REPO / "configs" / "simcse" / "smollm2.yaml").optimizer.learning_rate == 3e-4
 
 
 def test_rerun_skips_completed_stages(recipe_run):
@@ -287,7 +296,7 @@ def test_rerun_skips_completed_stages(recipe_run):
 
 def test_shipped_recipes_parse_and_chain_adapters():
     for path in sorted(RECIPES.glob("*.yaml")):
-        if path.name == ONE_HOUR.name:
+        if path.name in (ONE_HOUR.name, ONE_HOUR_CAUSAL.name):
             continue  # not the paper's chain: test_one_hour_recipe_runs_end_to_end
         recipe = load_recipe(path)
         names = [s.name for s in recipe.stages]
