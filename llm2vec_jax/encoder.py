@@ -59,7 +59,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from . import embeddings as emb_ops
 from .models.pooling import pool_segments
 from .text import tokenize as tok
-from .text.packing import collate_packed, default_buckets, padded_row_count, plan_packed
+from .text.packing import collate_packed, default_buckets, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .text.words import TokenEmbeddings, WordEmbeddings, join_words, word_embeddings
 from .checkpoints.default_model import resolve_model
@@ -323,8 +323,7 @@ class LLM2Vec:
                 self._compiled[key] = compile_now(fn, self._state, spec, spec, spec, spec)
         return self._compiled[key]
 
-    def _batch_rows(self, n: int, batch_size: int) -> int:
-        rows = padded_row_count(n, batch_size)
+    def _device_rows(self, rows: int) -> int:
         return -(-rows // self._batch_ways) * self._batch_ways
 
     def _forward_batches(self, rows, batch_size: int, bar, *, tokens: bool = False,
@@ -337,9 +336,8 @@ class LLM2Vec:
         bar.update(len(plan.empty))
         pending = None
         for batch in plan:
-            used_rows = batch_size if fixed_shapes else len(batch.rows)
             feats = collate_packed(rows, batch, pad_id=self.pad_id,
-                                   num_rows=self._batch_rows(used_rows, batch_size))
+                                   num_rows=self._device_rows(batch.computed_rows))
             fn = self._forward_fn(*feats["input_ids"].shape, batch.segments, tokens)
             args = [jax.device_put(feats[k], self._data)
                     for k in ("input_ids", "segment_ids", "positions", "embed_mask")]

@@ -177,8 +177,8 @@ def packed_view(tokenizer, rows: Sequence[TokenizedRow], *, max_length: int,
     per_row = segments_per_row(max_length)
     placed = Unplaced(lengths, range(len(rows))).fill_rows(max_length, per_row, len(rows))
     num_rows = -(-len(placed) // rows_multiple) * rows_multiple
-    packed = collate_packed(rows, PackedBatch(max_length, per_row, tuple(placed)),
-                            pad_id=pad_token_id(tokenizer), num_rows=num_rows)
+    packed = collate_packed(rows, PackedBatch(max_length, per_row, tuple(placed), num_rows),
+                            pad_id=pad_token_id(tokenizer))
     slots = np.empty(len(rows), np.int32)
     slots[packed["indices"]] = packed["slots"]
     return Features(packed["input_ids"], packed["segment_ids"], packed["embed_mask"],

@@ -53,11 +53,13 @@ def segments_per_row(width: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class PackedBatch:
     """One forward pass: rows of ``width`` tokens, each holding the texts ``rows[r]`` (input
-    indices) one after another, at most ``segments`` of them."""
+    indices) one after another, at most ``segments`` of them; computed as ``computed_rows``
+    rows (the plan's compiled row count: filler rows after ``rows``)."""
 
     width: int
     segments: int
     rows: tuple[tuple[int, ...], ...]
+    computed_rows: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +155,9 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
     def texts_per_row(width: int) -> int:
         return segments_per_row(width) if packing else 1
 
+    def computed_rows(rows: int) -> int:
+        return rows_per_batch if fixed_rows else padded_row_count(rows, rows_per_batch)
+
     batches = []
     while unplaced:
         width = bucket_for(min(max(unplaced.longest(), min_width if packing else 0),
@@ -160,7 +165,7 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
         rows = unplaced.fill_rows(width, texts_per_row(width), rows_per_batch)
         if not unplaced and len(rows) < rows_per_batch:
             texts = [i for row in rows for i in row]
-            room = rows_per_batch if fixed_rows else padded_row_count(len(rows), rows_per_batch)
+            room = computed_rows(len(rows))
             floor = min(min_width, buckets[-1]) if packing and fixed_rows else 0
             for narrower in (b for b in buckets if floor <= b < width):
                 tail = Unplaced(lengths, texts)
@@ -168,7 +173,8 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
                 if not tail:
                     rows, width = repacked, narrower
                     break
-        batches.append(PackedBatch(width, texts_per_row(width), tuple(rows)))
+        batches.append(PackedBatch(width, texts_per_row(width), tuple(rows),
+                                   computed_rows(len(rows))))
     return PackPlan(tuple(batches), empty)
 
 
@@ -183,7 +189,7 @@ def collate_packed(rows: Sequence[TokenizedRow], batch: PackedBatch, *, pad_id: 
     first row and own no slot (rather than padding alone: a row with no visible key is left to
     each attention kernel's own conventions, cuDNN's included).
     """
-    num_rows = len(batch.rows) if num_rows is None else num_rows
+    num_rows = batch.computed_rows if num_rows is None else num_rows
     if num_rows < len(batch.rows):
         raise ValueError(f"num_rows={num_rows} < the batch's {len(batch.rows)} rows")
     width, per_row = batch.width, batch.segments
