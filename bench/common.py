@@ -148,7 +148,7 @@ def results_path(name: str) -> Path:
     return RESULTS_DIR / f"{name}-{stamp}.json"
 
 
-def _portable(text: str) -> str:
+def portable(text: str) -> str:
     """Machine paths in a results file, as a reader elsewhere would write them."""
     text = text.replace(str(REPO_ROOT.parent / "shared"), "../shared")
     text = text.replace(str(REPO_ROOT), ".")
@@ -157,7 +157,7 @@ def _portable(text: str) -> str:
 
 def write_results(name: str, payload: dict) -> Path:
     path = results_path(name)
-    path.write_text(_portable(json.dumps(payload, indent=2)))
+    path.write_text(portable(json.dumps(payload, indent=2)))
     return path
 
 

@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 from llm2vec_jax.checkpoints.merged import load_merged  # noqa: E402
 from llm2vec_jax.encoder import LLM2Vec  # noqa: E402
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
                      "load_average": os.getloadavg()}
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+            f.write(common.portable(json.dumps(results, indent=2)))
     print(json.dumps({r: {a: rows[r][a]["accuracy"] for a in ALIGNMENTS} for r in rows}))
     return 0
 
