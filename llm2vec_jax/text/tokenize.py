@@ -80,19 +80,32 @@ def tokenize_strings(tokenizer, strings: Sequence[str], *, max_length: int,
     return rows
 
 
+# Texts tokenized per call of the fast tokenizer: its batch output (Rust encodings and
+# Python lists) is several times the rows kept, so tokenizing a whole corpus shard at once
+# made that transient, and the heap fragmentation it leaves, grow with the shard (measured:
+# bench/encode_corpus.py, README "Corpus encoding").
+TOKENIZE_CHUNK = 1024
+
+
 def tokenize_rows(tokenizer, texts, *, max_length: int, doc_max_length: int,
                   skip_instruction: bool = True, pooling_mode: str = "mean",
                   model_type: str | None = None,
                   name_or_path: str | None = None,
-                  with_offsets: bool = False) -> list[TokenizedRow]:
+                  with_offsets: bool = False,
+                  chunk: int = TOKENIZE_CHUNK) -> list[TokenizedRow]:
     validate_pooling(pooling_mode, tokenizer)
-    strings, shortened = build_strings_and_cuts(
-        tokenizer, texts, max_length=max_length, doc_max_length=doc_max_length,
-        pooling_mode=pooling_mode, model_type=model_type, name_or_path=name_or_path)
-    rows = tokenize_strings(tokenizer, strings, max_length=max_length,
-                            skip_instruction=skip_instruction, with_offsets=with_offsets)
-    return [dataclasses.replace(r, truncated=True) if cut and not r.truncated else r
-            for r, cut in zip(rows, shortened)]
+    texts = list(texts)
+    rows: list[TokenizedRow] = []
+    for start in range(0, len(texts), chunk):
+        strings, shortened = build_strings_and_cuts(
+            tokenizer, texts[start:start + chunk], max_length=max_length,
+            doc_max_length=doc_max_length, pooling_mode=pooling_mode, model_type=model_type,
+            name_or_path=name_or_path)
+        part = tokenize_strings(tokenizer, strings, max_length=max_length,
+                                skip_instruction=skip_instruction, with_offsets=with_offsets)
+        rows.extend(dataclasses.replace(r, truncated=True) if cut and not r.truncated else r
+                    for r, cut in zip(part, shortened))
+    return rows
 
 
 def pad_token_id(tokenizer) -> int:

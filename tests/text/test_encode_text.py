@@ -488,6 +488,20 @@ def test_plan_packed_errors():
     assert len(packing.plan_packed([], rows_per_batch=4, max_length=8)) == 0
 
 
+def test_tokenizing_in_chunks_gives_the_rows_of_one_call(tok, meta):
+    """tokenize_rows tokenizes TOKENIZE_CHUNK texts per tokenizer call (bounded transient
+    memory); any chunking gives the rows of one call, instructions, cuts and all."""
+    long_doc = "word " * 600  # shortened by doc_max_length=400: truncated
+    texts = (meta["texts"] + [[meta["instruction"], t] for t in meta["texts"]]
+             + [long_doc, [meta["instruction"], long_doc], ""])
+    kw = dict(max_length=64, doc_max_length=400)
+    whole = tk.tokenize_rows(tok, texts, chunk=len(texts), **kw)
+    assert sum(r.truncated for r in whole) >= 2 and len(whole[-1]) == 0
+    for chunk in (1, 2, 7):
+        assert tk.tokenize_rows(tok, texts, chunk=chunk, **kw) == whole
+    assert tk.tokenize_rows(tok, iter(texts), chunk=2, **kw) == whole
+
+
 def test_padded_row_count():
     assert [packing.padded_row_count(n, 32) for n in (32, 1, 3, 16, 17, 31)] == [32, 1, 4, 16, 32, 32]
     assert packing.padded_row_count(5, 6) == 6
