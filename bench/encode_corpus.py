@@ -21,6 +21,7 @@ import json
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +42,13 @@ def worker(mode: str, model_dir: str, texts_file: str, out_dir: str, a) -> dict:
     encoder = LLM2Vec.from_pretrained(model_dir, pooling_mode="mean", max_length=a.max_length)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
+    by_shard = None
     if mode == "corpus":
         from llm2vec_jax.corpus import ShardFormat, encode_corpus
-        manifest = encode_corpus(encoder, texts_file, out_dir, ShardFormat(shard_size=a.shard_size),
-                                 input_fmt="text", batch_size=a.batch_size, progress=False)
+        with _PeakPerShard(out_dir) as by_shard:
+            manifest = encode_corpus(encoder, texts_file, out_dir,
+                                     ShardFormat(shard_size=a.shard_size), input_fmt="text",
+                                     batch_size=a.batch_size, progress=False)
         n = manifest["count"]
     else:
         with open(texts_file, encoding="utf-8") as f:
@@ -53,7 +57,36 @@ def worker(mode: str, model_dir: str, texts_file: str, out_dir: str, a) -> dict:
     seconds = time.perf_counter() - t0
     return {"mode": mode, "n": n, "load_s": round(load_s, 2), "encode_s": round(seconds, 2),
             "passages_per_s": n / seconds, "peak_rss_mb": round(_peak_rss_mb(), 1),
-            "compilations": encoder.num_compilations}
+            "compilations": encoder.num_compilations,
+            **({"peak_rss_mb_by_shard": by_shard.peaks} if by_shard is not None else {})}
+
+
+class _PeakPerShard:
+    """The process's peak RSS as each shard's record appears in ``out_dir`` (polled): growth
+    after the first shard is what the corpus job adds as it goes on, apart from the
+    compile-time peak of its first shard, which differs between processes by tens of MiB."""
+
+    def __init__(self, out_dir: str, every_s: float = 0.5):
+        self.out_dir, self.every_s, self.peaks = Path(out_dir), every_s, []
+        self._stop = threading.Event()
+
+    def _record(self):
+        done = len(list(self.out_dir.glob("shard-*[0-9].json")))
+        self.peaks += [round(_peak_rss_mb(), 1)] * (done - len(self.peaks))
+
+    def _poll(self):
+        while not self._stop.wait(self.every_s):
+            self._record()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._record()
 
 
 def write_texts(path: Path, n: int, source: str) -> bool:
@@ -127,10 +160,15 @@ def main(argv=None) -> None:
     shard_mb = a.shard_size * 576 * 4 / 2 ** 20  # SmolLM2: D = 576, float32
     growth = (rows[-1]["corpus"]["peak_rss_mb"] - rows[0]["corpus"]["peak_rss_mb"]
               if len(rows) > 1 and "ours" in sides else None)
+    # Within the largest run: its peak at the end minus its peak when the first shard was
+    # written (free of the first shard's compile-time peak, which varies between processes).
+    by_shard = rows[-1].get("corpus", {}).get("peak_rss_mb_by_shard") if rows else None
+    growth_within = by_shard[-1] - by_shard[0] if by_shard else None
     state_after = common.machine_state()
     payload = {"bench": "encode_corpus", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "model": "SmolLM2-135M-Instruct", "data": a.data, "args": vars(a),
                "shard_mb": shard_mb, "corpus_rss_growth_mb": growth,
+               "corpus_rss_growth_after_first_shard_mb": growth_within,
                "machine_before": state, "machine_after": state_after,
                "timings_valid": bool(state["idle"] and state_after["idle"]), "rows": rows}
     path = common.write_results(a.name, payload)
@@ -138,7 +176,8 @@ def main(argv=None) -> None:
         print(json.dumps({k: (v if not isinstance(v, dict) else
                               {x: v.get(x) for x in ("passages_per_s", "peak_rss_mb", "error")})
                           for k, v in r.items()}))
-    print(f"corpus peak RSS growth {growth} MB over sizes {sizes} (one shard: {shard_mb:.1f} MB)")
+    print(f"corpus peak RSS growth {growth} MB over sizes {sizes}, {growth_within} MB after the "
+          f"largest run's first shard (one shard: {shard_mb:.1f} MB)")
     if not payload["timings_valid"]:
         print("**machine was busy during this run: numbers are smoke-test only**")
     print(f"results: {path}")

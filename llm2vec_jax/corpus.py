@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -131,7 +130,7 @@ def shard_name(index: int) -> str:
 def quantize(x: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     """The arrays a shard stores for float32 embeddings ``x`` [n, D]."""
     if dtype != "int8":
-        return {"embeddings": x.astype(dtype)}
+        return {"embeddings": x.astype(dtype, copy=False)}
     scale = np.abs(x).max(axis=1) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
@@ -145,16 +144,15 @@ def dequantize(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return emb.astype(np.float32)
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _write_atomic(path: str, data: bytes) -> None:
+def _write_atomic(path: str, data: bytes | np.ndarray) -> None:
+    """Write ``data`` (an array as .npy, straight to the file: no in-memory copy of a shard)
+    under a temporary name, then rename it into place."""
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
-        f.write(data)
+        if isinstance(data, np.ndarray):
+            np.save(f, data, allow_pickle=False)
+        else:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -182,7 +180,7 @@ def write_shard(out_dir: str, index: int, ids: list[str], embeddings: np.ndarray
     if fmt.file_type == "npy":
         for key, a in arrays.items():
             fname = f"{name}.npy" if key == "embeddings" else f"{name}.{key}.npy"
-            _write_atomic(os.path.join(out_dir, fname), _npy_bytes(a))
+            _write_atomic(os.path.join(out_dir, fname), a)
             files[key] = fname
     else:
         fname = f"{name}.safetensors"
@@ -312,10 +310,11 @@ def encode_corpus(encoder, input_path: str, out_dir: str, fmt: ShardFormat, *,
                 continue
             inputs = [[instruction, t] for t in texts] if instruction else texts
             # fixed_shapes: the shards' final batches would otherwise add compiled shapes, and
-            # host memory with them, as the corpus grows.
-            emb = encoder.encode(inputs, batch_size=batch_size, show_progress_bar=False,
-                                 fixed_shapes=True)
-            write_shard(out_dir, index, ids, emb, fmt, digest)
+            # host memory with them, as the corpus grows. No name holds the embeddings: the
+            # next shard's encode does not run beside the last shard's array.
+            write_shard(out_dir, index, ids,
+                        encoder.encode(inputs, batch_size=batch_size, show_progress_bar=False,
+                                       fixed_shapes=True), fmt, digest)
             log.info("process %d wrote %s", process_index, shard_name(index))
             bar.update(len(ids))
     finally:
