@@ -67,12 +67,13 @@ class _PeakPerShard:
     compile-time peak of its first shard, which differs between processes by tens of MiB."""
 
     def __init__(self, out_dir: str, every_s: float = 0.5):
-        self.out_dir, self.every_s, self.peaks = Path(out_dir), every_s, []
+        self.out_dir, self.every_s, self.peaks = out_dir, every_s, []
         self._stop = threading.Event()
 
     def _record(self):
-        done = len(list(self.out_dir.glob("shard-*[0-9].json")))
-        self.peaks += [round(_peak_rss_mb(), 1)] * (done - len(self.peaks))
+        from llm2vec_jax.corpus import shard_record
+        while shard_record(self.out_dir, len(self.peaks)) is not None:
+            self.peaks.append(round(_peak_rss_mb(), 1))
 
     def _poll(self):
         while not self._stop.wait(self.every_s):

@@ -15,8 +15,8 @@
 set -euo pipefail
 ROOT=$(git rev-parse --show-toplevel)
 cd "$ROOT"
-REVS=("${@:-HEAD 890f379}")
-read -r -a REVS <<< "${REVS[*]}"
+[ $# -gt 0 ] || set -- HEAD 890f379
+REVS=("$@")
 WIKI1M=${WIKI1M:-$ROOT/../shared/data/wiki1m_prefix/wiki1m_for_simcse.first11914.txt}
 DEV=${DEV:-$ROOT/../shared/data/stsb/dev.tsv}
 STEPS=${STEPS:-}
