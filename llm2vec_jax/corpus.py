@@ -292,7 +292,7 @@ def encode_corpus(encoder, input_path: str, out_dir: str, fmt: ShardFormat, *,
     bar = tqdm(total=mine, unit="passage", file=sys.stderr, dynamic_ncols=True,
                disable=not progress or process_index != 0,
                desc=f"Encoding (process 0 of {process_count})" if process_count > 1 else "Encoding")
-    shards = 0
+    shards, compiled = 0, False
     try:
         for index, ids, texts in _chunks(read_passages(input_path, input_fmt), fmt.shard_size):
             shards = index + 1
@@ -308,6 +308,9 @@ def encode_corpus(encoder, input_path: str, out_dir: str, fmt: ShardFormat, *,
                         f"--output")
                 bar.update(len(ids))
                 continue
+            if not compiled:
+                encoder.compile_fixed_shapes(batch_size)
+                compiled = True
             inputs = [[instruction, t] for t in texts] if instruction else texts
             # fixed_shapes: the shards' final batches would otherwise add compiled shapes, and
             # host memory with them, as the corpus grows. No name holds the embeddings: the

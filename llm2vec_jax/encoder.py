@@ -59,7 +59,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from . import embeddings as emb_ops
 from .models.pooling import pool_segments
 from .text import tokenize as tok
-from .text.packing import collate_packed, default_buckets, plan_packed
+from .text.packing import collate_packed, default_buckets, fixed_row_shapes, plan_packed
 from .text.reference import DOC_MAX_LENGTH, validate_pooling
 from .text.words import TokenEmbeddings, WordEmbeddings, join_words, word_embeddings
 from .checkpoints.default_model import resolve_model
@@ -322,6 +322,16 @@ class LLM2Vec:
             with jax.set_mesh(self.mesh) if self._sharded else contextlib.nullcontext():
                 self._compiled[key] = compile_now(fn, self._state, spec, spec, spec, spec)
         return self._compiled[key]
+
+    def compile_fixed_shapes(self, batch_size: int = 32) -> None:
+        """Compile now every shape ``encode(..., batch_size=batch_size, fixed_shapes=True)``
+        can run. A corpus job calls it before its first shard: compiled at the start, the
+        executables do not settle amid a shard's texts and arrays (measured on SmolLM2, 2,000
+        passages: about 45 MiB lower peak RSS, docs in README "Encoding a corpus")."""
+        for rows, width, per_row in fixed_row_shapes(
+                rows_per_batch=batch_size, max_length=self.max_length, buckets=self.buckets,
+                packing=self.packing):
+            self._forward_fn(self._device_rows(rows), width, per_row)
 
     def _device_rows(self, rows: int) -> int:
         return -(-rows // self._batch_ways) * self._batch_ways

@@ -94,6 +94,19 @@ def test_shards_hold_the_encoders_embeddings(tmp_path, encoder, dtype, file_type
                                  instruction="Represent it", progress=False)
 
 
+def test_shapes_compile_once_before_the_first_shard_left(tmp_path, encoder, monkeypatch):
+    calls, encode = [], encoder.encode
+    monkeypatch.setattr(encoder, "compile_fixed_shapes", lambda batch_size: calls.append(batch_size))
+    monkeypatch.setattr(encoder, "encode", lambda *a, **k: calls.append("encode") or encode(*a, **k))
+    src, out = write(tmp_path / "c.txt", "\n".join(SENTENCES) + "\n"), str(tmp_path / "out")
+    job = dict(fmt=ShardFormat("float32", "npy", 20), batch_size=4, progress=False)
+    corpus.encode_corpus(encoder, src, out, **job)
+    assert calls == [4, "encode", "encode", "encode"]
+    calls.clear()
+    corpus.encode_corpus(encoder, src, out, **job)  # every shard finished: nothing to compile
+    assert calls == []
+
+
 def cli(*args):
     return [sys.executable, "-m", "llm2vec_jax.encode_corpus", *args]
 

@@ -194,16 +194,20 @@ def test_compilations_are_bounded(encoder):
 
 def test_fixed_shapes_compile_once_per_width_and_embed_the_same(encoder):
     # A corpus job encodes chunk after chunk; with fixed_shapes their last batches add no
-    # row counts and no widths under 64, so compiled shapes (and their memory) stop growing.
+    # row counts and no widths under 64, so the shapes compile_fixed_shapes compiles before
+    # the first chunk are all it ever runs.
     enc = _with(encoder, max_length=96)
     rng = np.random.default_rng(3)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     chunks = [[" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 60, size=k)]
               for k in (3, 17, 40, 9, 1)]
+    enc.compile_fixed_shapes(batch_size=8)
+    compiled = set(enc._compiled)
+    assert {(rows, width) for rows, width, *_ in compiled} == {
+        (8, b) for b in enc.buckets if b >= 64}
     fixed = [enc.encode(c, batch_size=8, show_progress_bar=False, fixed_shapes=True)
              for c in chunks]
-    assert {rows for rows, *_ in enc._compiled} == {8}
-    assert {width for _, width, *_ in enc._compiled} <= {b for b in enc.buckets if b >= 64}
+    assert set(enc._compiled) == compiled  # compiled up front: no shape added later
     for chunk, got in zip(chunks, fixed):
         _check_rows(got, enc.encode(chunk, batch_size=8, show_progress_bar=False))
 

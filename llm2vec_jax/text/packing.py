@@ -123,6 +123,26 @@ class Unplaced:
         return rows
 
 
+def _texts_per_row(width: int, packing: bool) -> int:
+    return segments_per_row(width) if packing else 1
+
+
+def _narrowest_width(buckets: Sequence[int], packing: bool, min_width: int) -> int:
+    """No batch is packed narrower than this (0: any bucket)."""
+    return min(min_width, buckets[-1]) if packing else 0
+
+
+def fixed_row_shapes(*, rows_per_batch: int, max_length: int,
+                     buckets: Sequence[int] | None = None, packing: bool = True,
+                     min_width: int = 64) -> tuple[tuple[int, int, int], ...]:
+    """Every (rows, width, texts a row) a batch of ``plan_packed(..., fixed_rows=True)`` with
+    these settings can have, whatever the lengths: a job that encodes chunk after chunk can
+    compile them all before its first chunk's tokens and arrays are in host memory."""
+    buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(max_length)
+    floor = _narrowest_width(buckets, packing, min_width)
+    return tuple((rows_per_batch, b, _texts_per_row(b, packing)) for b in buckets if b >= floor)
+
+
 def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
                 buckets: Sequence[int] | None = None, packing: bool = True,
                 min_width: int = 64, fixed_rows: bool = False) -> PackPlan:
@@ -151,29 +171,25 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
     unplaced = Unplaced(lengths, (i for i, n in enumerate(lengths) if n > 0))
     if unplaced:
         bucket_for(unplaced.longest(), buckets)  # fail early, naming the length
-
-    def texts_per_row(width: int) -> int:
-        return segments_per_row(width) if packing else 1
+    floor = _narrowest_width(buckets, packing, min_width)
 
     def computed_rows(rows: int) -> int:
         return rows_per_batch if fixed_rows else padded_row_count(rows, rows_per_batch)
 
     batches = []
     while unplaced:
-        width = bucket_for(min(max(unplaced.longest(), min_width if packing else 0),
-                               buckets[-1]), buckets)
-        rows = unplaced.fill_rows(width, texts_per_row(width), rows_per_batch)
+        width = bucket_for(max(unplaced.longest(), floor), buckets)
+        rows = unplaced.fill_rows(width, _texts_per_row(width, packing), rows_per_batch)
         if not unplaced and len(rows) < rows_per_batch:
             texts = [i for row in rows for i in row]
             room = computed_rows(len(rows))
-            floor = min(min_width, buckets[-1]) if packing and fixed_rows else 0
-            for narrower in (b for b in buckets if floor <= b < width):
+            for narrower in (b for b in buckets if (floor if fixed_rows else 0) <= b < width):
                 tail = Unplaced(lengths, texts)
-                repacked = tail.fill_rows(narrower, texts_per_row(narrower), room)
+                repacked = tail.fill_rows(narrower, _texts_per_row(narrower, packing), room)
                 if not tail:
                     rows, width = repacked, narrower
                     break
-        batches.append(PackedBatch(width, texts_per_row(width), tuple(rows),
+        batches.append(PackedBatch(width, _texts_per_row(width, packing), tuple(rows),
                                    computed_rows(len(rows))))
     return PackPlan(tuple(batches), empty)
 

@@ -480,6 +480,27 @@ def test_plan_packed_fixed_rows_keeps_widths_of_full_batches():
         assert all(b.width >= 64 for b in plan)
 
 
+@pytest.mark.parametrize("packing_on", [True, False])
+def test_fixed_row_shapes_are_the_shapes_fixed_row_plans_reach(packing_on):
+    # The shapes a corpus job compiles up front: every batch of any plan has one of them,
+    # and random plans together reach them all (none compiled in vain).
+    rng = np.random.default_rng(5)
+    buckets = packing.default_buckets(128, min_step=8)
+    kw = dict(rows_per_batch=8, max_length=128, buckets=buckets, packing=packing_on)
+    shapes = packing.fixed_row_shapes(**kw)
+    assert [w for _, w, _ in shapes] == (
+        [64, 80, 104, 128] if packing_on else list(buckets))
+    seen = set()
+    for n in (1, 5, 30, 200, 1000):
+        for high in (8, 40, 129):
+            lengths = rng.integers(0, high, size=n)
+            seen |= {(b.computed_rows, b.width, b.segments)
+                     for b in packing.plan_packed(lengths, fixed_rows=True, **kw)}
+    assert seen == set(shapes)
+    # A maximum under the packed minimum width: its one bucket.
+    assert packing.fixed_row_shapes(rows_per_batch=4, max_length=40) == ((4, 40, 10),)
+
+
 def test_plan_packed_errors():
     with pytest.raises(ValueError, match="fits no bucket"):
         packing.plan_packed([5, 70], rows_per_batch=4, max_length=64)
