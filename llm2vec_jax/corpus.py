@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from .checkpoints.safetensors_io import SafetensorsFile, write_safetensors
+from .host_memory import map_large_allocations_apart
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,10 @@ def encode_corpus(encoder, input_path: str, out_dir: str, fmt: ShardFormat, *,
     """Encode this process's shards of ``input_path`` into ``out_dir`` (skipping finished
     ones); process 0 then writes and returns the manifest (others return None). ``job``:
     extra settings recorded in job.json and the manifest (model, adapter, ...); ``barrier``:
-    called with a name when every process must have finished its shards."""
+    called with a name when every process must have finished its shards. Sets glibc's mmap
+    threshold for the whole process (``host_memory.map_large_allocations_apart``)."""
     os.makedirs(out_dir, exist_ok=True)
+    map_large_allocations_apart()  # else the peak RSS grows with the corpus, shard by shard
     job = {**(job or {}), "input": os.path.abspath(input_path),
            "input_format": input_format(input_path, input_fmt), "instruction": instruction,
            "pooling_mode": encoder.pooling_mode, "max_length": encoder.max_length,
