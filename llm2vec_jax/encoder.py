@@ -325,9 +325,9 @@ class LLM2Vec:
 
     def compile_fixed_shapes(self, batch_size: int = 32) -> None:
         """Compile now every shape ``encode(..., batch_size=batch_size, fixed_shapes=True)``
-        can run. A corpus job calls it before its first shard: compiled at the start, the
-        executables do not settle amid a shard's texts and arrays (measured on SmolLM2, 2,000
-        passages: about 45 MiB lower peak RSS, docs in README "Encoding a corpus")."""
+        can run. A corpus job calls it before its first shard, so no compilation (XLA's
+        scratch memory, the executable) lands in the middle of a shard, amid its texts and
+        arrays, where what it leaves behind would add to the peak RSS."""
         for rows, width, per_row in fixed_row_shapes(
                 rows_per_batch=batch_size, max_length=self.max_length, buckets=self.buckets,
                 packing=self.packing):

@@ -15,7 +15,7 @@ import ctypes
 import functools
 import sys
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def _libc_function(name: str):
@@ -46,7 +46,7 @@ def map_large_allocations_apart(threshold: int = 1 << 20) -> bool:
     after batch (measured: README, "Corpus encoding on this CPU"). A fixed threshold turns
     that adjustment off. True when the C library took it (glibc); elsewhere a no-op."""
     mallopt = _libc_function("mallopt")
-    return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, threshold))
+    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def compile_now(jitted, *args):
