@@ -18,6 +18,7 @@ import sys
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
+@functools.cache
 def _libc_function(name: str):
     if not sys.platform.startswith("linux"):
         return None
@@ -27,14 +28,9 @@ def _libc_function(name: str):
         return None
 
 
-@functools.cache
-def _malloc_trim():
-    return _libc_function("malloc_trim")
-
-
 def release_freed_host_memory() -> bool:
     """Return freed heap memory to the OS; True when the C library could do it."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     return bool(trim is not None and trim(0))
 
 

@@ -123,6 +123,10 @@ class Unplaced:
         return rows
 
 
+def _sorted_buckets(buckets: Sequence[int] | None, max_length: int) -> tuple[int, ...]:
+    return tuple(sorted(buckets)) if buckets is not None else default_buckets(max_length)
+
+
 def _texts_per_row(width: int, packing: bool) -> int:
     return segments_per_row(width) if packing else 1
 
@@ -138,7 +142,7 @@ def fixed_row_shapes(*, rows_per_batch: int, max_length: int,
     """Every (rows, width, texts a row) a batch of ``plan_packed(..., fixed_rows=True)`` with
     these settings can have, whatever the lengths: a job that encodes chunk after chunk can
     compile them all before its first chunk's tokens and arrays are in host memory."""
-    buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(max_length)
+    buckets = _sorted_buckets(buckets, max_length)
     floor = _narrowest_width(buckets, packing, min_width)
     return tuple((rows_per_batch, b, _texts_per_row(b, packing)) for b in buckets if b >= floor)
 
@@ -166,7 +170,7 @@ def plan_packed(lengths: Iterable[int], *, rows_per_batch: int, max_length: int,
     if rows_per_batch < 1:
         raise ValueError(f"batch_size must be >= 1, got {rows_per_batch}")
     lengths = [int(n) for n in lengths]
-    buckets = tuple(sorted(buckets)) if buckets is not None else default_buckets(max_length)
+    buckets = _sorted_buckets(buckets, max_length)
     empty = tuple(i for i, n in enumerate(lengths) if n == 0)
     unplaced = Unplaced(lengths, (i for i, n in enumerate(lengths) if n > 0))
     if unplaced:
