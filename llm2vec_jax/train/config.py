@@ -29,6 +29,9 @@ class ModelSection:
     attention: str = "bidirectional"
     # PEFT adapter(s) merged into the base model first, in order (e.g. the MNTP one).
     adapter: str | tuple[str, ...] | None = None
+    # A PEFT adapter the trained LoRA starts from, kept unmerged, instead of a fresh one: an
+    # earlier stage's adapter trained further (its r, alpha and targets must equal lora's).
+    init_adapter: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,215 @@
+"""Why does MNTP not help SimCSE on SmolLM2 here, when the paper finds it helps every model?
+One recipe per seed trains SimCSE from the plain bidirectional model (the control) and on top
+of each MNTP variant below, one factor changed at a time, and scores STS-B dev after every
+stage: the numbers behind the README's MNTP study.
+
+    python bench/mntp_study.py                       # every variant, seed 0 (~1.5 h, 2 cores)
+    python bench/mntp_study.py --variants wikitext,lr2e-4 --seeds 3
+    python bench/mntp_study.py --mntp-steps 2 --simcse-steps 2 --sts-limit 50   # a smoke run
+
+Variants (each an MNTP stage, merged into the base before its SimCSE stage, the paper's way):
+
+    wikitext    the shipped MNTP config (configs/mntp/smollm2-wikitext.yaml) at this budget
+    wiki1m      MNTP on the SimCSE corpus (Wiki1M sentences) instead of WikiText
+    lr2e-4      4x the learning rate (5e-5 -> 2e-4)
+    steps3x     3x the MNTP steps
+    mask-eos    the EOS token as the mask instead of "_" (the reference's choice for Llama)
+    rank64      LoRA rank 64 (alpha 128) instead of 16 (alpha 32)
+    unmerged    wikitext's MNTP adapter not merged: SimCSE trains it further
+                (``model.init_adapter``) instead of a fresh LoRA on the merged model
+
+Budgets default to the ablation grid's MNTP (60 steps x 8 x 128 tokens) and the one-hour
+recipe's SimCSE (100 steps x 32 x 64 tokens, lr 3e-4); STS-B dev is scored bidirectional,
+mean pooling, max_length 128, no instruction. Data: this checkout's ``../shared/data``
+copies (else the bundled samples, or ``--*-data``). Results: ``bench/results/<name>-<date>.json``
+and a markdown table on stdout. Tune on STS-B dev only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from ablation_grid import SHARED, _local_or, _stage, reuse_base_eval  # noqa: E402
+
+CONTROL = "bi_simcse"
+
+
+UNMERGED = "unmerged"   # no MNTP stage of its own: wikitext's, continued by SimCSE
+
+
+def variants(simcse_data: str, mntp_steps: int) -> dict[str, dict]:
+    """Variant -> the MNTP stage sections it changes."""
+    return {
+        "wikitext": {},
+        "wiki1m": {"data": {"path": simcse_data}},
+        "lr2e-4": {"optimizer": {"learning_rate": 2e-4}},
+        "steps3x": {"run": {"max_steps": 3 * mntp_steps}},
+        "mask-eos": {"data": {"mask_token_type": "eos"}},
+        "rank64": {"lora": {"r": 64, "alpha": 128}},
+        UNMERGED: {},
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2", help="base model (default: SmolLM2-135M)")
+    p.add_argument("--sts", default=_local_or(SHARED / "stsb" / "dev.tsv", "sample:stsb-dev"))
+    p.add_argument("--sts-limit", type=int, default=None, help="first N STS pairs only")
+    p.add_argument("--mntp-data",
+                   default=_local_or(SHARED / "wikitext103" / "wiki.test.raw.txt",
+                                     "sample:wikitext"))
+    p.add_argument("--simcse-data",
+                   default=_local_or(SHARED / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt",
+                                     "sample:wiki1m"))
+    p.add_argument("--variants", default="all",
+                   help="comma-separated variant names (default: all of them)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--mntp-steps", type=int, default=60)
+    p.add_argument("--simcse-steps", type=int, default=100)
+    p.add_argument("--out-dir", default="outputs/mntp-study")
+    p.add_argument("--name", default="mntp_study", help="results file prefix")
+    return p
+
+
+def chosen_variants(a) -> dict[str, dict]:
+    known = variants(a.simcse_data, a.mntp_steps)
+    if a.variants == "all":
+        return known
+    names = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in known]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(known)}")
+    return {v: known[v] for v in names}
+
+
+def recipe_for_seed(a, seed: int, out_dir: Path) -> dict:
+    mntp_data = {"path": a.mntp_data, "max_seq_length": 128}
+    simcse_data = {"path": a.simcse_data}
+    simcse_len = {"contrastive": {"max_length": 64}}
+
+    def simcse(name, after):
+        return _stage("simcse/smollm2.yaml", name, seed, a.simcse_steps, 32, simcse_data,
+                      after, "bidirectional", simcse_len)
+
+    def mntp(variant, changes):
+        stage = _stage("mntp/smollm2-wikitext.yaml", f"mntp_{variant}", seed, a.mntp_steps, 8,
+                       mntp_data, None, "bidirectional")
+        for section, values in changes.items():
+            stage.setdefault(section, {}).update(values)
+        return stage
+
+    chosen = chosen_variants(a)
+    stages = [simcse(CONTROL, None)]
+    for variant, changes in chosen.items():
+        if variant != UNMERGED:
+            stages += [mntp(variant, changes), simcse(f"simcse_{variant}", f"mntp_{variant}")]
+    if UNMERGED in chosen:
+        if "wikitext" not in chosen:
+            stages.append(mntp("wikitext", {}))
+        continued = simcse(f"simcse_{UNMERGED}", None)
+        continued["model"]["init_adapter"] = str((out_dir / "mntp_wikitext" / "adapter").resolve())
+        stages.append(continued)
+    return {"output_dir": str(out_dir), "model": {"path": a.model, "dtype": "float32"},
+            "eval": {"sts_dev": a.sts, "limit": a.sts_limit, "batch_size": 32,
+                     "max_length": 128, "causal_base": False},
+            "encoder": {"stage": CONTROL, "max_length": 128},
+            "stages": stages}
+
+
+def _spearman(result: dict, stage: str) -> float | None:
+    sts = result["rows"].get(stage, {}).get("sts", {})
+    return 100 * sts["bidirectional_mean"]["spearman"] if "bidirectional_mean" in sts else None
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(per_seed: dict[int, dict], names: list[str]) -> list[dict]:
+    """Per variant: STS after MNTP and after MNTP + SimCSE (per seed, mean, std), the MNTP
+    stage's final eval accuracy, and the SimCSE row's difference to the control's."""
+    control = [_spearman(r, CONTROL) for r in per_seed.values()]
+    table = [{"variant": "none (SimCSE from the bidirectional base)", "after_mntp": [],
+              "after_simcse": control, "mntp_eval_accuracy": []}]
+    for name in names:
+        mntp = "mntp_wikitext" if name == UNMERGED else f"mntp_{name}"
+        table.append({
+            "variant": name,
+            "after_mntp": [_spearman(r, mntp) for r in per_seed.values()],
+            "after_simcse": [_spearman(r, f"simcse_{name}") for r in per_seed.values()],
+            "mntp_eval_accuracy": [
+                r["rows"].get(mntp, {}).get("train", {}).get("eval_accuracy")
+                for r in per_seed.values()]})
+    control_mean, _ = _mean_std(control)
+    for row in table:
+        for key in ("after_mntp", "after_simcse"):
+            row[key] = [v for v in row[key] if v is not None]
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(row[key])
+        row["mntp_eval_accuracy"] = [v for v in row["mntp_eval_accuracy"] if v is not None]
+        row["simcse_vs_control"] = (None if row["after_simcse_mean"] is None or control_mean is None
+                                    else row["after_simcse_mean"] - control_mean)
+    return table
+
+
+def markdown(table: list[dict], base: float | None, seeds: int) -> str:
+    def cell(mean, std):
+        if mean is None:
+            return "-"
+        return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+    lines = [f"Bidirectional base, no training: {base:.2f}" if base is not None else "",
+             f"| MNTP variant | STS after MNTP | MNTP eval accuracy | STS after + SimCSE "
+             f"(mean ± std over {seeds} seeds) | vs SimCSE alone |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in table:
+        acc = (f"{statistics.fmean(r['mntp_eval_accuracy']):.3f}"
+               if r["mntp_eval_accuracy"] else "-")
+        delta = "-" if r["simcse_vs_control"] is None or not r["after_mntp"] else (
+            f"{r['simcse_vs_control']:+.2f}")
+        lines.append(f"| {r['variant']} | {cell(r['after_mntp_mean'], r['after_mntp_std'])} | "
+                     f"{acc} | {cell(r['after_simcse_mean'], r['after_simcse_std'])} | {delta} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    names = list(chosen_variants(a))
+    from llm2vec_jax.recipe import load_recipe, run_recipe
+
+    out_root = Path(a.out_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    per_seed, started = {}, time.time()
+    for seed in range(a.seeds):
+        run_dir = out_root / f"seed-{seed}"
+        recipe_file = out_root / f"recipe-seed-{seed}.yaml"
+        recipe_file.write_text(yaml.safe_dump(recipe_for_seed(a, seed, run_dir), sort_keys=False))
+        if seed:
+            reuse_base_eval(out_root / "seed-0", run_dir)
+        t0 = time.time()
+        per_seed[seed] = run_recipe(load_recipe(recipe_file))
+        print(f"[mntp_study] seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+    base = _spearman(per_seed[0], "base")
+    table = summarise(per_seed, names)
+    path = common.write_results(a.name, {
+        "bench": "mntp_study", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(a),
+        "wall_s": round(time.time() - started, 1), "base_bidirectional": base, "table": table,
+        "recipes": {seed: recipe_for_seed(a, seed, out_root / f"seed-{seed}")
+                    for seed in per_seed},
+        "results": per_seed, "machine": common.machine_state()})
+    print(markdown(table, base, a.seeds))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
