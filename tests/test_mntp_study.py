@@ -6,7 +6,6 @@ the recipe and ablation-grid tests run; ``model.init_adapter`` has its own test.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
