@@ -163,8 +163,10 @@ def markdown(table: list[dict], seeds: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    a = _parser().parse_args(argv)
+def run_seeds(a, recipe_for_seed, label: str) -> tuple[Path, dict[int, dict], float]:
+    """Run ``recipe_for_seed(a, seed, run_dir)`` for seeds 0..a.seeds-1 under ``a.out_dir``
+    (each recipe file written beside its run, later seeds reusing seed 0's base evaluation);
+    returns (out_dir, {seed: results}, wall seconds)."""
     from llm2vec_jax.recipe import load_recipe, run_recipe
 
     out_root = Path(a.out_dir)
@@ -178,10 +180,16 @@ def main(argv=None) -> int:
             reuse_base_eval(out_root / "seed-0", run_dir)
         t0 = time.time()
         per_seed[seed] = run_recipe(load_recipe(recipe_file))
-        print(f"[ablation] seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+        print(f"[{label}] seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+    return out_root, per_seed, round(time.time() - started, 1)
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    out_root, per_seed, wall_s = run_seeds(a, recipe_for_seed, "ablation")
     table = summarise(per_seed)
     payload = {"bench": "ablation_grid", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "args": vars(a), "wall_s": round(time.time() - started, 1), "table": table,
+               "args": vars(a), "wall_s": wall_s, "table": table,
                "recipes": {seed: recipe_for_seed(a, seed, out_root / f"seed-{seed}")
                            for seed in per_seed},
                "results": per_seed}

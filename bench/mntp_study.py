@@ -33,11 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from ablation_grid import SHARED, _local_or, _stage, reuse_base_eval  # noqa: E402
+from ablation_grid import SHARED, _local_or, _stage, run_seeds  # noqa: E402
 
 CONTROL = "bi_simcse"
 
@@ -184,25 +182,12 @@ def markdown(table: list[dict], base: float | None, seeds: int) -> str:
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     names = list(chosen_variants(a))
-    from llm2vec_jax.recipe import load_recipe, run_recipe
-
-    out_root = Path(a.out_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
-    per_seed, started = {}, time.time()
-    for seed in range(a.seeds):
-        run_dir = out_root / f"seed-{seed}"
-        recipe_file = out_root / f"recipe-seed-{seed}.yaml"
-        recipe_file.write_text(yaml.safe_dump(recipe_for_seed(a, seed, run_dir), sort_keys=False))
-        if seed:
-            reuse_base_eval(out_root / "seed-0", run_dir)
-        t0 = time.time()
-        per_seed[seed] = run_recipe(load_recipe(recipe_file))
-        print(f"[mntp_study] seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+    out_root, per_seed, wall_s = run_seeds(a, recipe_for_seed, "mntp_study")
     base = _spearman(per_seed[0], "base")
     table = summarise(per_seed, names)
     path = common.write_results(a.name, {
         "bench": "mntp_study", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(a),
-        "wall_s": round(time.time() - started, 1), "base_bidirectional": base, "table": table,
+        "wall_s": wall_s, "base_bidirectional": base, "table": table,
         "recipes": {seed: recipe_for_seed(a, seed, out_root / f"seed-{seed}")
                     for seed in per_seed},
         "results": per_seed, "machine": common.machine_state()})
