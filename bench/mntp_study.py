@@ -6,6 +6,13 @@ stage: the numbers behind the README's MNTP study.
     python bench/mntp_study.py                       # every variant, seed 0 (~1.5 h, 2 cores)
     python bench/mntp_study.py --variants wikitext,lr2e-4 --seeds 3
     python bench/mntp_study.py --mntp-steps 2 --simcse-steps 2 --sts-limit 50   # a smoke run
+    python bench/mntp_study.py --mntp-only           # each variant's MNTP stage alone
+
+``--mntp-only`` scores each MNTP variant without the SimCSE stage on top: a 100-step SimCSE
+run's score moves by up to ~15 points with rounding alone (``bench/simcse_divergence.py``),
+so one seed of it cannot rank variants, while the MNTP stage's own score varies by well
+under a point across seeds (the ablation grid's Bi + MNTP row). In the same ``--out-dir``,
+stages that are already done are skipped, so it completes an interrupted full study.
 
 Variants (each an MNTP stage, merged into the base before its SimCSE stage, the paper's way):
 
@@ -72,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--mntp-steps", type=int, default=60)
     p.add_argument("--simcse-steps", type=int, default=100)
+    p.add_argument("--mntp-only", action="store_true",
+                   help="train and score the MNTP stages only (no SimCSE on top)")
     p.add_argument("--out-dir", default="outputs/mntp-study")
     p.add_argument("--name", default="mntp_study", help="results file prefix")
     return p
@@ -105,20 +114,27 @@ def recipe_for_seed(a, seed: int, out_dir: Path) -> dict:
         return stage
 
     chosen = chosen_variants(a)
-    stages = [simcse(CONTROL, None)]
-    for variant, changes in chosen.items():
-        if variant != UNMERGED:
-            stages += [mntp(variant, changes), simcse(f"simcse_{variant}", f"mntp_{variant}")]
-    if UNMERGED in chosen:
-        if "wikitext" not in chosen:
-            stages.append(mntp("wikitext", {}))
-        continued = simcse(f"simcse_{UNMERGED}", None)
-        continued["model"]["init_adapter"] = str((out_dir / "mntp_wikitext" / "adapter").resolve())
-        stages.append(continued)
+    if a.mntp_only:
+        stages = [mntp(v, changes) for v, changes in chosen.items() if v != UNMERGED]
+        if not stages:
+            raise SystemExit(f"--mntp-only: variant {UNMERGED!r} has no MNTP stage of its own")
+    else:
+        stages = [simcse(CONTROL, None)]
+        for variant, changes in chosen.items():
+            if variant != UNMERGED:
+                stages += [mntp(variant, changes), simcse(f"simcse_{variant}", f"mntp_{variant}")]
+        if UNMERGED in chosen:
+            if "wikitext" not in chosen:
+                stages.append(mntp("wikitext", {}))
+            continued = simcse(f"simcse_{UNMERGED}", None)
+            continued["model"]["init_adapter"] = str(
+                (out_dir / "mntp_wikitext" / "adapter").resolve())
+            stages.append(continued)
     return {"output_dir": str(out_dir), "model": {"path": a.model, "dtype": "float32"},
             "eval": {"sts_dev": a.sts, "limit": a.sts_limit, "batch_size": 32,
                      "max_length": 128, "causal_base": False},
-            "encoder": {"stage": CONTROL, "max_length": 128},
+            # The last stage's chain when only MNTP stages run.
+            "encoder": {"stage": None if a.mntp_only else CONTROL, "max_length": 128},
             "stages": stages}
 
 

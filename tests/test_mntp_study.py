@@ -68,6 +68,21 @@ def test_the_recipe_loads_and_unmerged_alone_brings_its_mntp_stage(tmp_path):
     assert loaded.stage("bi_simcse").config.run.max_steps == a.simcse_steps == 100
 
 
+def test_mntp_only_keeps_each_variants_mntp_stage_and_nothing_else(tmp_path):
+    _, full = recipe(tmp_path)
+    _, raw = recipe(tmp_path, "--mntp-only")
+    mntp_stages = [s for s in full["stages"] if s["name"].startswith("mntp_")]
+    assert raw["stages"] == mntp_stages
+    assert [s["name"] for s in raw["stages"]] == [
+        "mntp_wikitext", "mntp_wiki1m", "mntp_lr2e-4", "mntp_steps3x", "mntp_mask-eos",
+        "mntp_rank64"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_recipe(path).encoder_stage == "mntp_rank64"
+    with pytest.raises(SystemExit, match="unmerged"):
+        recipe(tmp_path, "--mntp-only", "--variants", "unmerged")
+
+
 def test_unknown_variant_is_refused_with_the_choices():
     a = mntp_study._parser().parse_args(["--variants", "wikitext,rank8"])
     with pytest.raises(SystemExit, match=r"unknown variant\(s\) \['rank8'\].*rank64"):
