@@ -3,7 +3,7 @@ One recipe per seed trains SimCSE from the plain bidirectional model (the contro
 of each MNTP variant below, one factor changed at a time, and scores STS-B dev after every
 stage: the numbers behind the README's MNTP study.
 
-    python bench/mntp_study.py                       # every variant, seed 0 (~1.5 h, 2 cores)
+    python bench/mntp_study.py                       # every variant, seed 0 (~3 h, 2 cores)
     python bench/mntp_study.py --variants wikitext,lr2e-4 --seeds 3
     python bench/mntp_study.py --mntp-steps 2 --simcse-steps 2 --sts-limit 50   # a smoke run
     python bench/mntp_study.py --mntp-only           # each variant's MNTP stage alone

@@ -7,6 +7,7 @@ the API, load in transformers, and a rerun must skip everything already done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -307,6 +308,12 @@ def test_shipped_recipes_parse_and_chain_adapters():
         assert recipe.stage("simcse").config.model.adapter == f"{recipe.output_dir}/mntp/adapter"
         if "supervised" in names:  # the paper trains it on MNTP, not on SimCSE
             assert recipe.stage("supervised").chain == ("mntp",)
+    # The README's MNTP study: the shipped MNTP file at lr 2e-4 for 60 steps, all else as is.
+    mntp = load_recipe(RECIPES / "smollm2.yaml").stage("mntp").config
+    shipped = load_config(REPO / "configs" / "mntp" / "smollm2-wikitext.yaml")
+    assert (mntp.optimizer.learning_rate, mntp.run.max_steps) == (2e-4, 60)
+    assert dataclasses.replace(mntp.optimizer, learning_rate=5e-5) == shipped.optimizer
+    assert (mntp.data, mntp.lora) == (shipped.data, shipped.lora)
     default = load_recipe(None)  # llm2vec_jax/recipe/default.yaml
     assert default.base_model == "smollm2"
     # Offline: the bundled samples, for training and for the STS evaluation.
