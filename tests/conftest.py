@@ -7,6 +7,7 @@ Nothing here reads outside the repository: the suite runs on a fresh clone with 
 import gzip
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ import pytest
 # before anything imports huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+# One persistent XLA compile cache for the session, shared by this process, the CLI
+# subprocesses tests start (they inherit the environment) and pytest-xdist workers (one run
+# id): the same tiny train step is otherwise compiled afresh by every run a resume test
+# starts. Programs as small as a tiny model's are cached too.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"llm2vec-jax-tests-xla-{_RUN_ID}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from llm2vec_jax.data.samples import sample_path  # noqa: E402
 
