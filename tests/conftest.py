@@ -27,6 +27,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+
+def pytest_sessionfinish(session):
+    """The controller (not an xdist worker) removes the session's compile cache."""
+    if not hasattr(session.config, "workerinput"):
+        cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+        if os.path.basename(cache).startswith("llm2vec-jax-tests-xla-"):
+            shutil.rmtree(cache, ignore_errors=True)
+
 from llm2vec_jax.data.samples import sample_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
