@@ -42,27 +42,20 @@ STAGE_SHAPES = {"mntp": (8, 128), "simcse": (16, 64)}
 # ---------------------------------------------------------------------------- our side (worker)
 
 
-def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmup: int, steps: int,
-              dtype: str = "float32", lr: float = 5e-5, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
-              simcse_dropout: float = 0.3, loss_scale: float = 20.0, seed: int = 42) -> dict:
-    """HOOK: one jitted llm2vec-jax train step per call, timed like the reference side.
-
-    ``batch`` holds numpy arrays: ``input_ids``/``attention_mask`` [B, L] and, for MNTP,
-    HF-style ``labels`` (-100 = not predicted; the target at position i is predicted from the
-    hidden state at i-1, as the reference's shifted CausalLM loss does). Must return a dict
-    with at least ``median_s``, ``times_s``, ``losses`` and ``trainable_params``; the caller
-    adds tokens/s and peak RSS.
-
-    Raises NotImplementedError("pending llm2vec_jax.train.steps") where that module is
-    absent; the driver then reports our side as pending and still measures the reference.
-    """
-    if importlib.util.find_spec("llm2vec_jax.train.steps") is None:
-        raise NotImplementedError("pending llm2vec_jax.train.steps")
+def build_ours_step(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool,
+                    dtype: str = "float32", lr: float = 5e-5, lora_r: int = 16,
+                    lora_alpha: int = 32, lora_dropout: float = 0.05,
+                    simcse_dropout: float = 0.3, loss_scale: float = 20.0, seed: int = 42,
+                    total_steps: int = 1):
+    """Our jitted train step for ``stage`` on ``batch`` (numpy ``input_ids``/``attention_mask``
+    [B, L] and, for MNTP, HF-style ``labels``: -100 = not predicted; the target at position i
+    is predicted from the hidden state at i-1, as the reference's shifted CausalLM loss does).
+    Returns ``(step_fn, state, device_batch, root_key, trainable_params)``."""
     import jax
+
     import numpy as np
 
     from llm2vec_jax.checkpoints.hf import load_hf_checkpoint
-    from llm2vec_jax.host_memory import compile_now
     from llm2vec_jax.data.batches import ContrastiveBatch, Features, MNTPBatch
     from llm2vec_jax.data.mntp import predict_slots
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
@@ -81,7 +74,7 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     # The reference's HF Trainer defaults: AdamW, no weight decay, grad-norm clip 1.0; a
     # constant lr keeps both sides' update cost identical over a few steps.
     tx = OptimizerConfig(learning_rate=lr, schedule="constant", weight_decay=0.0,
-                         max_grad_norm=1.0).build(warmup + steps)
+                         max_grad_norm=1.0).build(total_steps)
     graphdef, state = S.init_state(model, tx, mesh)
     del model
 
@@ -106,7 +99,28 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     shardings = jax.tree.map(lambda v: batch_sharding(mesh, v.ndim), host)
     dev_batch = jax.device_put(host, shardings)
     step_fn = S.jit_train_step(S.make_train_step(graphdef, tx, objective), state, mesh, shardings)
-    root = jax.random.key(seed)
+    return step_fn, state, dev_batch, jax.random.key(seed), trainable
+
+
+def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmup: int, steps: int,
+              dtype: str = "float32", lr: float = 5e-5, seed: int = 42) -> dict:
+    """HOOK: one jitted llm2vec-jax train step per call, timed like the reference side.
+
+    Must return a dict with at least ``median_s``, ``times_s``, ``losses`` and
+    ``trainable_params``; the caller adds tokens/s and peak RSS.
+
+    Raises NotImplementedError("pending llm2vec_jax.train.steps") where that module is
+    absent; the driver then reports our side as pending and still measures the reference.
+    """
+    if importlib.util.find_spec("llm2vec_jax.train.steps") is None:
+        raise NotImplementedError("pending llm2vec_jax.train.steps")
+    import jax
+
+    from llm2vec_jax.host_memory import compile_now
+
+    step_fn, state, dev_batch, root, trainable = build_ours_step(
+        stage, model_dir, batch, grad_ckpt=grad_ckpt, dtype=dtype, lr=lr, seed=seed,
+        total_steps=warmup + steps)
     compile_t = time.perf_counter()
     compile_now(step_fn, state, dev_batch, root)  # as the training loop does
     compile_s = round(time.perf_counter() - compile_t, 3)

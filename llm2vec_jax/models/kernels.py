@@ -14,6 +14,9 @@ dropout            ``bernoulli`` | ``bits16``   keep masks from ``jax.random.ber
                                                 two 16-bit halves of each random word
 attention          ``xla`` | ``cudnn``          einsum + softmax, or cuDNN's fused kernel
                                                 (``models/attention.py``)
+residuals          ``native`` | ``bits``        the layer scan's 16-bit float activations saved
+                                                for the backward pass as themselves, or as
+                                                their raw uint16 bits
 =================  ===========================  ===============================================
 
 A ``Kernels`` value left ``None`` is the backend's choice: ``resolve_kernels`` fills it in when
@@ -40,6 +43,7 @@ CHOICES = {
     "lora_grad": ("autodiff", "narrow_first"),
     "dropout": ("bernoulli", "bits16"),
     "attention": ("xla", "cudnn"),
+    "residuals": ("native", "bits"),
 }
 
 
@@ -51,6 +55,7 @@ class Kernels:
     lora_grad: str | None = None
     dropout: str | None = None
     attention: str | None = None
+    residuals: str | None = None
 
     def __post_init__(self):
         for name, options in CHOICES.items():
@@ -64,11 +69,11 @@ class Kernels:
 
 
 PLAIN = Kernels(weight_indexing="native", lora_grad="autodiff", dropout="bernoulli",
-                attention="xla")
+                attention="xla", residuals="native")
 # Measured choices per backend (jax.default_backend() names); unlisted backends get PLAIN.
 BACKEND_KERNELS = {
     "cpu": Kernels(weight_indexing="bits", lora_grad="narrow_first", dropout="bits16",
-                   attention="xla"),
+                   attention="xla", residuals="bits"),
 }
 
 
@@ -174,3 +179,58 @@ def trainable_einsum(equation: str, x: jax.Array, w: jax.Array, kernels: Kernels
     if kernels.lora_grad == "narrow_first":
         return narrow_first_einsum(equation, x, w)
     return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+
+# -- residuals ----------------------------------------------------------------------------------
+# The same missing 16-bit float support, on the way back: the layer scan stacks each layer's
+# saved activations with a dynamic-update-slice, which XLA:CPU runs in float32, so a bf16
+# step kept float32 residuals as large as the float32 step's (``bench/step_memory.py``).
+# Saved as their uint16 bits, they stay 16-bit; the bitcasts are free.
+
+@jax.tree_util.register_pytree_node_class
+class _BitsResiduals:
+    """A ``jax.vjp`` pullback whose 16-bit float leaves are held as uint16 bits."""
+
+    def __init__(self, leaves, treedef, dtypes):
+        self.leaves, self.treedef, self.dtypes = leaves, treedef, dtypes
+
+    @classmethod
+    def pack(cls, pullback) -> "_BitsResiduals":
+        leaves, treedef = jax.tree.flatten(pullback)
+        dtypes = tuple(leaf.dtype if is_16bit_float(leaf.dtype) else None for leaf in leaves)
+        leaves = [leaf if dtype is None else jax.lax.bitcast_convert_type(leaf, jnp.uint16)
+                  for leaf, dtype in zip(leaves, dtypes)]
+        return cls(leaves, treedef, dtypes)
+
+    def unpack(self):
+        leaves = [leaf if dtype is None else jax.lax.bitcast_convert_type(leaf, dtype)
+                  for leaf, dtype in zip(self.leaves, self.dtypes)]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def tree_flatten(self):
+        return self.leaves, (self.treedef, self.dtypes)
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        return cls(list(leaves), *aux)
+
+
+def _residuals_as_bits(layer: Callable) -> Callable:
+    @jax.custom_vjp
+    def wrapped(*args):
+        return layer(*args)
+
+    def fwd(*args):
+        out, pullback = jax.vjp(layer, *args)
+        return out, _BitsResiduals.pack(pullback)
+
+    def bwd(residuals, grad):
+        return residuals.unpack()(grad)
+
+    wrapped.defvjp(fwd, bwd)
+    return wrapped
+
+
+def scan_body(layer: Callable, kernels: Kernels) -> Callable:
+    """``layer`` as the layer scan's body, its saved activations stored per ``kernels``."""
+    return _residuals_as_bits(layer) if kernels.residuals == "bits" else layer

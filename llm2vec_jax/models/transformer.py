@@ -162,8 +162,17 @@ class Transformer(nnx.Module):
         x = x.astype(dtype)
         act = ACTIVATIONS[config.hidden_act]
 
+        # The float32 elementwise islands (norms, the gated MLP product) are recomputed in the
+        # backward pass from their 16-bit inputs instead of saving their float32
+        # intermediates, F wide in the MLP, for every layer.
+        @jax.checkpoint
         def norm(h, weight):
             return rms_norm(h, weight, config.rms_norm_eps, config.gemma_scaling)
+
+        @jax.checkpoint
+        def gated_product(gate, up):
+            return (act(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(dtype)
+
         scanned, sliced = K.split_for_scan(self.layers.arrays(), kernels)
         lora = self.lora_config
         lora_rate = lora.dropout if lora is not None and lora_dropout else 0.0
@@ -200,9 +209,7 @@ class Transformer(nnx.Module):
                 attn = norm(attn, w["attn_post_norm"])
             x = x + attn
             h = norm(x, w["mlp_norm"])
-            gated = act(proj(h, "gate").astype(jnp.float32))
-            up = proj(h, "up").astype(jnp.float32)
-            mlp = proj((gated * up).astype(dtype), "down")
+            mlp = proj(gated_product(proj(h, "gate"), proj(h, "up")), "down")
             if config.post_norms:
                 mlp = norm(mlp, w["mlp_post_norm"])
             x = x + mlp
@@ -210,6 +217,7 @@ class Transformer(nnx.Module):
 
         if config.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat])
+        layer = K.scan_body(layer, kernels)
         keys = None
         if dropout_rng is not None:
             keys = split_keys(dropout_rng, config.num_layers)

@@ -232,3 +232,40 @@ def test_bf16_forward_has_no_float32_copy_of_the_weights():
     plain_hlo = plain_compiled.as_text()  # the check above can fail: plain indexing trips it
     assert any(f"f32[{','.join(map(str, shape))}]" in plain_hlo for shape in shapes)
     np.testing.assert_array_equal(fast, np.asarray(plain_compiled(state, ids, mask), np.float32))
+
+
+def test_bf16_backward_keeps_its_saved_activations_16_bit():
+    """XLA:CPU stacks the layer scan's saved activations through a float32
+    dynamic-update-slice: the compiled bf16 LoRA gradient must hold no float32 activation
+    stack [L, B, S, D or F] when residuals are kept as bits (and the float32 norm and MLP
+    islands are recomputed), while with native residuals it does (so the check can fail);
+    both give the same loss and gradients, as storage as bits is lossless."""
+    from llm2vec_jax.lora import LoRAConfig, attach_lora
+    from llm2vec_jax.train.steps import split_model
+    layers, batch, seq, hidden, mlp = 3, 2, 9, 32, 48
+    config = ModelConfig(vocab_size=96, hidden_size=hidden, intermediate_size=mlp,
+                         num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=8,
+                         dtype="bfloat16", param_dtype="bfloat16")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (batch, seq)), jnp.int32)
+    stacks = [f"f32[{layers},{batch},{seq},{width}]" for width in (hidden, mlp)]
+    results = {}
+    for residuals in ("bits", "native"):
+        kernels = dataclasses.replace(K.BACKEND_KERNELS["cpu"], residuals=residuals)
+        model = init_model(config.replace(kernels=kernels), seed=0)
+        attach_lora(model, LoRAConfig(r=4, alpha=8), seed=0)
+        graphdef, lora, frozen = split_model(model)
+        lora = jax.tree.map(lambda x: x + 0.05, lora)  # B != 0: A gets a gradient too
+
+        def loss(lora):
+            out = nnx.merge(graphdef, lora, frozen)(ids, causal=False)
+            return jnp.mean(out.astype(jnp.float32) ** 2)
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(lora).compile()
+        results[residuals] = (compiled.as_text(), compiled(lora))
+    bits_hlo, (bits_loss, bits_grads) = results["bits"]
+    native_hlo, (native_loss, native_grads) = results["native"]
+    assert not [s for s in stacks if s in bits_hlo]
+    assert f"u16[{layers},{batch},{seq},{mlp}]" in bits_hlo
+    assert [s for s in stacks if s in native_hlo]
+    assert float(bits_loss) == float(native_loss)
+    for a, b in zip(jax.tree.leaves(bits_grads), jax.tree.leaves(native_grads)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
