@@ -176,26 +176,33 @@ def test_one_resolver_picks_the_kernels_per_backend():
         Kernels(weight_indexing="fast")
 
 
+def _compiled_lora_gradient(config: ModelConfig, ids: jax.Array):
+    """(compiled value_and_grad, LoRA weights) of a hidden-state loss of ``config``'s model
+    with a rank-4 adapter whose B is nonzero, so A gets a gradient too."""
+    from llm2vec_jax.lora import LoRAConfig, attach_lora
+    from llm2vec_jax.train.steps import split_model
+    model = init_model(config, seed=0)
+    attach_lora(model, LoRAConfig(r=4, alpha=8), seed=0)
+    graphdef, lora, frozen = split_model(model)
+    lora = jax.tree.map(lambda x: x + 0.05, lora)
+
+    def loss(lora):
+        hidden = nnx.merge(graphdef, lora, frozen)(ids, causal=False)
+        return jnp.mean(hidden.astype(jnp.float32) ** 2)
+    return jax.jit(jax.value_and_grad(loss)).lower(lora).compile(), lora
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cpu_kernels_give_the_plain_kernels_loss_and_gradients(dtype):
     """The whole LoRA model (no dropout: the random streams differ by design) with the CPU
     backend's kernels against the plain ones."""
     config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2,
                          num_heads=4, num_kv_heads=2, head_dim=8, dtype=dtype, param_dtype=dtype)
-    from llm2vec_jax.lora import LoRAConfig, attach_lora
-    from llm2vec_jax.train.steps import split_model
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 9)), jnp.int32)
     results = []
     for kernels in (K.BACKEND_KERNELS["cpu"], K.PLAIN):
-        model = init_model(config.replace(kernels=kernels), seed=0)
-        attach_lora(model, LoRAConfig(r=4, alpha=8), seed=0)
-        graphdef, lora, frozen = split_model(model)
-        lora = jax.tree.map(lambda x: x + 0.05, lora)  # B != 0: A gets a gradient too
-
-        def loss(lora):
-            hidden = nnx.merge(graphdef, lora, frozen)(ids, causal=False)
-            return jnp.mean(hidden.astype(jnp.float32) ** 2)
-        results.append(jax.jit(jax.value_and_grad(loss))(lora))
+        compiled, lora = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
+        results.append(compiled(lora))
     (fast, fast_grads), (plain, plain_grads) = results
     # The two weight gradients contract the same terms in different orders: float32 rounding
     # of sums over B·S·D ≈ 600 terms (≤ 600 eps ≈ 7e-5 relative in the worst case).
@@ -240,8 +247,6 @@ def test_bf16_backward_keeps_its_saved_activations_16_bit():
     stack [L, B, S, D or F] when residuals are kept as bits (and the float32 norm and MLP
     islands are recomputed), while with native residuals it does (so the check can fail);
     both give the same loss and gradients, as storage as bits is lossless."""
-    from llm2vec_jax.lora import LoRAConfig, attach_lora
-    from llm2vec_jax.train.steps import split_model
     layers, batch, seq, hidden, mlp = 3, 2, 9, 32, 48
     config = ModelConfig(vocab_size=96, hidden_size=hidden, intermediate_size=mlp,
                          num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -251,15 +256,7 @@ def test_bf16_backward_keeps_its_saved_activations_16_bit():
     results = {}
     for residuals in ("bits", "native"):
         kernels = dataclasses.replace(K.BACKEND_KERNELS["cpu"], residuals=residuals)
-        model = init_model(config.replace(kernels=kernels), seed=0)
-        attach_lora(model, LoRAConfig(r=4, alpha=8), seed=0)
-        graphdef, lora, frozen = split_model(model)
-        lora = jax.tree.map(lambda x: x + 0.05, lora)  # B != 0: A gets a gradient too
-
-        def loss(lora):
-            out = nnx.merge(graphdef, lora, frozen)(ids, causal=False)
-            return jnp.mean(out.astype(jnp.float32) ** 2)
-        compiled = jax.jit(jax.value_and_grad(loss)).lower(lora).compile()
+        compiled, lora = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
         results[residuals] = (compiled.as_text(), compiled(lora))
     bits_hlo, (bits_loss, bits_grads) = results["bits"]
     native_hlo, (native_loss, native_grads) = results["native"]
