@@ -14,10 +14,13 @@ uniform distribution instead of NaN: masked logits are the dtype's finite minimu
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from .dropout import dropout
+from .kernels import rounding_einsum
 
 
 def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
@@ -52,7 +55,8 @@ def soft_cap(x: jnp.ndarray, cap: float | None) -> jnp.ndarray:
 def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
                             allowed: jnp.ndarray, *, dropout_rate: float = 0.0,
                             dropout_rng: jax.Array | None = None,
-                            dropout_impl: str = "bits16", scale: float | None = None,
+                            dropout_impl: str = "bits16", matmul_backward: str = "autodiff",
+                            scale: float | None = None,
                             softcap: float | None = None) -> jnp.ndarray:
     """softmax(q kᵀ · scale) v with GQA; q [B,S,N,H], k/v [B,T,K,H], allowed [B,1,S,T].
 
@@ -67,17 +71,27 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     q = q.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
     k = k.transpose(0, 2, 1, 3)
     v = v.transpose(0, 2, 1, 3)
-    logits = jnp.einsum("bkgsh,bkth->bkgst", q, k, preferred_element_type=jnp.float32)
     # The mask is added (0 or the finite minimum, as HF), not select()ed: XLA:CPU fuses a
     # select of the [B,K,G,S,T] logits into the softmax badly. Adding the minimum to a logit
     # gives the minimum exactly (a logit is far below the minimum's ulp), so a row with no
     # visible key is still uniform.
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, :, None]
-    logits = soft_cap(logits * (head_dim ** -0.5 if scale is None else scale), softcap)
-    probs = jax.nn.softmax(logits + bias, axis=-1)
-    probs = dropout(probs, dropout_rate, dropout_rng, dropout_impl)
-    out = jnp.einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
+    scale = head_dim ** -0.5 if scale is None else scale
+
+    # Recomputed in the backward pass from q, k, v (saved anyway), as flash attention does:
+    # saved, the float32 and 16-bit probabilities are [B,K,G,S,T] per layer, quadratic in
+    # the length. Only the dropout keep mask is saved (drawing it again costs more).
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(
+        "attention_keep_mask"))
+    def core(q, k, v, bias, dropout_rng):
+        logits = jnp.einsum("bkgsh,bkth->bkgst", q, k, preferred_element_type=jnp.float32)
+        logits = soft_cap(logits * scale, softcap)
+        probs = jax.nn.softmax(logits + bias, axis=-1)
+        probs = dropout(probs, dropout_rate, dropout_rng, dropout_impl,
+                        mask_name="attention_keep_mask")
+        return rounding_einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v, matmul_backward)
+
+    out = core(q, k, v, bias, dropout_rng)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, heads, head_dim).astype(q.dtype)
 
 
@@ -120,12 +134,13 @@ def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
            impl: str = "xla", dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-           dropout_impl: str = "bits16", scale: float | None = None,
-           softcap: float | None = None) -> jnp.ndarray:
+           dropout_impl: str = "bits16", matmul_backward: str = "autodiff",
+           scale: float | None = None, softcap: float | None = None) -> jnp.ndarray:
     """Dispatch on ``Kernels.attention``."""
     if impl == "cudnn":
         return cudnn_attention(q, k, v, allowed, dropout_rate=dropout_rate,
                                dropout_rng=dropout_rng, scale=scale, softcap=softcap)
     return grouped_query_attention(q, k, v, allowed, dropout_rate=dropout_rate,
                                    dropout_rng=dropout_rng, dropout_impl=dropout_impl,
-                                   scale=scale, softcap=softcap)
+                                   matmul_backward=matmul_backward, scale=scale,
+                                   softcap=softcap)

@@ -15,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 _LEVELS = 1 << 16
 
@@ -60,10 +61,14 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...],
     return (halves < keep_threshold(rate)).reshape(shape)
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None, impl: str = "bits16") -> jax.Array:
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, impl: str = "bits16",
+            mask_name: str | None = None) -> jax.Array:
     """Zero elements with probability ``rate`` and scale the rest by 1/(1-rate); identity when
-    ``key`` is None or ``rate`` is 0."""
+    ``key`` is None or ``rate`` is 0. ``mask_name`` names the keep mask for a
+    ``jax.checkpoint`` policy (``checkpoint_name``)."""
     if key is None or rate <= 0.0:
         return x
     keep = keep_mask(key, rate, x.shape, impl)
+    if mask_name is not None:
+        keep = checkpoint_name(keep, mask_name)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)

@@ -17,6 +17,10 @@ attention          ``xla`` | ``cudnn``          einsum + softmax, or cuDNN's fus
 residuals          ``native`` | ``bits``        the layer scan's 16-bit float activations saved
                                                 for the backward pass as themselves, or as
                                                 their raw uint16 bits
+matmul_backward    ``autodiff`` | ``operands``  the frozen projections' and the attention
+                                                output's backward matmuls: on a float32
+                                                cotangent (JAX's transpose rule), or on the
+                                                cotangent rounded to the 16-bit operands' dtype
 =================  ===========================  ===============================================
 
 A ``Kernels`` value left ``None`` is the backend's choice: ``resolve_kernels`` fills it in when
@@ -44,6 +48,7 @@ CHOICES = {
     "dropout": ("bernoulli", "bits16"),
     "attention": ("xla", "cudnn"),
     "residuals": ("native", "bits"),
+    "matmul_backward": ("autodiff", "operands"),
 }
 
 
@@ -56,6 +61,7 @@ class Kernels:
     dropout: str | None = None
     attention: str | None = None
     residuals: str | None = None
+    matmul_backward: str | None = None
 
     def __post_init__(self):
         for name, options in CHOICES.items():
@@ -69,11 +75,11 @@ class Kernels:
 
 
 PLAIN = Kernels(weight_indexing="native", lora_grad="autodiff", dropout="bernoulli",
-                attention="xla", residuals="native")
+                attention="xla", residuals="native", matmul_backward="autodiff")
 # Measured choices per backend (jax.default_backend() names); unlisted backends get PLAIN.
 BACKEND_KERNELS = {
     "cpu": Kernels(weight_indexing="bits", lora_grad="narrow_first", dropout="bits16",
-                   attention="xla", residuals="bits"),
+                   attention="xla", residuals="bits", matmul_backward="operands"),
 }
 
 
@@ -181,6 +187,61 @@ def trainable_einsum(equation: str, x: jax.Array, w: jax.Array, kernels: Kernels
     return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
 
 
+# -- matmul_backward ----------------------------------------------------------------------------
+# A float32-accumulated einsum of 16-bit operands has a float32 output, so autodiff hands its
+# backward a float32 cotangent, and XLA runs each transposed dot as a float32 GEMM on a
+# float32 copy of the 16-bit operand: half the speed of the forward's GEMMs on CPU. Where the
+# output is cast to the 16-bit dtype right after (every projection, the attention output),
+# that cotangent holds 16-bit values, so rounding it back is exact and the backward GEMMs
+# run on 16-bit operands with the same float32 accumulation.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def operands_dtype_einsum(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``einsum(equation, x, y)`` accumulated in float32, its backward's matmuls on the
+    cotangent rounded to the operands' (common, 16-bit) dtype."""
+    return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32)
+
+
+def _operands_dtype_fwd(equation, x, y):
+    # Each operand is kept only for the other's gradient: a frozen weight's projection does
+    # not save its input (what autodiff skips too, and a custom VJP must be told).
+    out = operands_dtype_einsum(equation, x.value, y.value)
+    return out, (x.value if y.perturbed else None, y.value if x.perturbed else None)
+
+
+def _operands_dtype_bwd(equation, residuals, grad):
+    x, y = residuals
+    if isinstance(grad, jax.custom_derivatives.SymbolicZero) or (x is None and y is None):
+        return None, None
+    e = Einsum.parse(equation)
+    grad = grad.astype((x if y is None else y).dtype)
+    dx = dy = None
+    if y is not None:
+        dx = jnp.einsum(f"{e.out},{e.w}->{e.x}", grad, y, preferred_element_type=jnp.float32)
+        dx = dx.astype(y.dtype)
+    if x is not None:
+        dy = jnp.einsum(f"{e.x},{e.out}->{e.w}", x, grad, preferred_element_type=jnp.float32)
+        dy = dy.astype(x.dtype)
+    return dx, dy
+
+
+operands_dtype_einsum.defvjp(_operands_dtype_fwd, _operands_dtype_bwd, symbolic_zeros=True)
+
+
+def rounding_einsum(equation: str, x: jax.Array, y: jax.Array,
+                    backward: str = "autodiff") -> jax.Array:
+    """``einsum`` accumulated in float32 whose output the caller casts to the operands' dtype
+    before any other use (so the cotangent is exact in that dtype); ``backward`` is a
+    ``matmul_backward`` choice."""
+    e = Einsum.parse(equation)
+    if set(e.x) - set(e.w + e.out) or set(e.w) - set(e.x + e.out):
+        raise ValueError(f"{equation!r}: every operand axis must be shared or kept")
+    if (backward == "operands" and x.dtype == y.dtype
+            and is_16bit_float(x.dtype)):
+        return operands_dtype_einsum(equation, x, y)
+    return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32)
+
+
 # -- residuals ----------------------------------------------------------------------------------
 # The same missing 16-bit float support, on the way back: the layer scan stacks each layer's
 # saved activations with a dynamic-update-slice, which XLA:CPU runs in float32, so a bf16
@@ -189,48 +250,107 @@ def trainable_einsum(equation: str, x: jax.Array, w: jax.Array, kernels: Kernels
 
 @jax.tree_util.register_pytree_node_class
 class _BitsResiduals:
-    """A ``jax.vjp`` pullback whose 16-bit float leaves are held as uint16 bits."""
+    """A ``jax.vjp`` pullback whose 16-bit float leaves are held as uint16 bits, less the
+    leaves that are the layer's weight slices (``names``: the slice each one is, else None),
+    which the backward slices again from the stacked weights. ``inputs``: the layer's input
+    tree and which of its leaves were differentiated (static)."""
 
-    def __init__(self, leaves, treedef, dtypes):
-        self.leaves, self.treedef, self.dtypes = leaves, treedef, dtypes
+    def __init__(self, leaves, treedef, dtypes, names, inputs):
+        self.leaves, self.treedef, self.dtypes, self.names = leaves, treedef, dtypes, names
+        self.inputs = inputs
 
     @classmethod
-    def pack(cls, pullback) -> "_BitsResiduals":
+    def pack(cls, pullback, slices: dict[str, jax.Array], inputs) -> "_BitsResiduals":
         leaves, treedef = jax.tree.flatten(pullback)
+        names = tuple(next((k for k, v in slices.items() if leaf is v), None) for leaf in leaves)
         dtypes = tuple(leaf.dtype if is_16bit_float(leaf.dtype) else None for leaf in leaves)
-        leaves = [leaf if dtype is None else jax.lax.bitcast_convert_type(leaf, jnp.uint16)
-                  for leaf, dtype in zip(leaves, dtypes)]
-        return cls(leaves, treedef, dtypes)
+        leaves = [None if name is not None else
+                  leaf if dtype is None else jax.lax.bitcast_convert_type(leaf, jnp.uint16)
+                  for leaf, dtype, name in zip(leaves, dtypes, names)]
+        return cls(leaves, treedef, dtypes, names, inputs)
 
-    def unpack(self):
-        leaves = [leaf if dtype is None else jax.lax.bitcast_convert_type(leaf, dtype)
-                  for leaf, dtype in zip(self.leaves, self.dtypes)]
+    def unpack(self, slices: dict[str, jax.Array]):
+        leaves = [slices[name] if name is not None else
+                  leaf if dtype is None else jax.lax.bitcast_convert_type(leaf, dtype)
+                  for leaf, dtype, name in zip(self.leaves, self.dtypes, self.names)]
         return jax.tree.unflatten(self.treedef, leaves)
 
     def tree_flatten(self):
-        return self.leaves, (self.treedef, self.dtypes)
+        return self.leaves, (self.treedef, self.dtypes, self.names, self.inputs)
 
     @classmethod
     def tree_unflatten(cls, aux, leaves):
         return cls(list(leaves), *aux)
 
 
-def _residuals_as_bits(layer: Callable) -> Callable:
-    @jax.custom_vjp
-    def wrapped(*args):
-        return layer(*args)
+def _slices(stacked: dict[str, jax.Array], index: jax.Array, kernels: Kernels):
+    return {k: layer_slice(v, index, kernels) for k, v in stacked.items()}
 
-    def fwd(*args):
-        out, pullback = jax.vjp(layer, *args)
-        return out, _BitsResiduals.pack(pullback)
+
+def _with_slices(inputs, slices):
+    w, key, index = inputs
+    return {**w, **slices}, key, index
+
+
+def _residuals_as_bits(layer: Callable, kernels: Kernels) -> Callable:
+    @jax.custom_vjp
+    def wrapped(x, inputs, stacked):
+        return layer(x, _with_slices(inputs, _slices(stacked, inputs[2], kernels)))
+
+    def fwd(x, inputs, stacked):
+        if any(leaf.perturbed for leaf in jax.tree.leaves(stacked)):
+            raise NotImplementedError(
+                "16-bit weights sliced per layer are not differentiable with "
+                "kernels.residuals='bits'; train them with kernels.residuals='native'")
+        leaves, treedef = jax.tree.flatten((x, inputs))
+        perturbed = tuple(leaf.perturbed for leaf in leaves)
+        values = [leaf.value for leaf in leaves]
+        index = inputs[2].value
+        slices = _slices(jax.tree.map(lambda p: p.value, stacked), index, kernels)
+
+        # Differentiated only where the caller differentiates (the LoRA weights, not the
+        # frozen ones), so nothing is saved for gradients nobody asked for.
+        def differentiable(*diff):
+            diff = iter(diff)
+            x, inputs = jax.tree.unflatten(
+                treedef, [next(diff) if p else v for v, p in zip(values, perturbed)])
+            return layer(x, _with_slices(inputs, slices))
+
+        out, pullback = jax.vjp(differentiable,
+                                *[v for v, p in zip(values, perturbed) if p])
+        # The weight slices are not saved per layer: the stacked weights they come from are
+        # the scan's inputs already, so the backward slices them again.
+        stacked = jax.tree.map(lambda p: p.value, stacked)
+        return out, (_BitsResiduals.pack(pullback, slices, (treedef, perturbed)), index,
+                     stacked)
 
     def bwd(residuals, grad):
-        return residuals.unpack()(grad)
+        packed, index, stacked = residuals
+        treedef, perturbed = packed.inputs
+        grad = jax.tree.map(lambda g: jnp.zeros(g.shape, g.dtype)
+                            if isinstance(g, jax.custom_derivatives.SymbolicZero) else g, grad,
+                            is_leaf=lambda g: isinstance(g, jax.custom_derivatives.SymbolicZero))
+        diff = iter(packed.unpack(_slices(stacked, index, kernels))(grad))
+        dx, dinputs = jax.tree.unflatten(treedef, [next(diff) if p else None for p in perturbed])
+        return dx, dinputs, None
 
-    wrapped.defvjp(fwd, bwd)
+    wrapped.defvjp(fwd, bwd, symbolic_zeros=True)
     return wrapped
 
 
-def scan_body(layer: Callable, kernels: Kernels) -> Callable:
-    """``layer`` as the layer scan's body, its saved activations stored per ``kernels``."""
-    return _residuals_as_bits(layer) if kernels.residuals == "bits" else layer
+def scan_body(layer: Callable, stacked: dict[str, jax.Array], kernels: Kernels,
+              remat: Callable | None = None) -> Callable:
+    """The layer scan's body ``(x, (w, key, index)) -> (x, None)`` around
+    ``layer(x, (weights, key, index))``: ``weights`` are ``w`` (this layer's slice of the
+    scanned weights) plus this layer's slice of each of ``stacked`` (``split_for_scan``'s
+    sliced weights); ``remat`` (a ``jax.checkpoint``) wraps the layer with its slicing. The
+    saved activations are stored per ``kernels.residuals``."""
+    if kernels.residuals == "bits":
+        wrapped = _residuals_as_bits(remat(layer) if remat else layer, kernels)
+        return lambda x, inputs: wrapped(x, inputs, stacked)
+
+    def sliced_layer(x, inputs, stacked):
+        return layer(x, _with_slices(inputs, _slices(stacked, inputs[2], kernels)))
+    if remat:
+        sliced_layer = remat(sliced_layer)
+    return lambda x, inputs: sliced_layer(x, inputs, stacked)

@@ -65,8 +65,8 @@ def project(x: jax.Array, weights: dict, name: str, dtype, kernels: K.Kernels, l
     Matmuls accumulate in float32 (fast bf16 on CPU needs preferred_element_type=float32).
     """
     einsum = projection_einsum(name)
-    y = jnp.einsum(einsum.equation, x, weights[name].astype(dtype),
-                   preferred_element_type=jnp.float32)
+    y = K.rounding_einsum(einsum.equation, x, weights[name].astype(dtype),
+                          kernels.matmul_backward)
     if f"{name}_bias" in weights:
         y = y + weights[f"{name}_bias"].astype(jnp.float32)
     if lora is not None and name in lora.targets:
@@ -180,7 +180,6 @@ class Transformer(nnx.Module):
         def layer(x, inputs):
             w, key, index = inputs
             x = constrain(x, ACTIVATION_AXES)
-            w = {**w, **{k: K.layer_slice(v, index, kernels) for k, v in sliced.items()}}
             attn_key = proj_key = None
             if key is not None:
                 attn_key, proj_key = split_keys(key, 2)
@@ -202,7 +201,8 @@ class Transformer(nnx.Module):
             v = proj(h, "v")
             attn = attend(q, k, v, mask, impl=kernels.attention,
                           dropout_rate=config.attention_dropout, dropout_rng=attn_key,
-                          dropout_impl=kernels.dropout, scale=config.attention_scale,
+                          dropout_impl=kernels.dropout,
+                          matmul_backward=kernels.matmul_backward, scale=config.attention_scale,
                           softcap=config.attn_logit_softcapping)
             attn = proj(attn, "o")
             if config.post_norms:
@@ -215,9 +215,10 @@ class Transformer(nnx.Module):
             x = x + mlp
             return x, None
 
+        remat = None
         if config.remat != "none":
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[config.remat])
-        layer = K.scan_body(layer, kernels)
+            remat = functools.partial(jax.checkpoint, policy=REMAT_POLICIES[config.remat])
+        layer = K.scan_body(layer, sliced, kernels, remat)
         keys = None
         if dropout_rng is not None:
             keys = split_keys(dropout_rng, config.num_layers)

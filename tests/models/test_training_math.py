@@ -18,6 +18,7 @@ from conftest import tiny_lora_model
 from llm2vec_jax.data.batches import ContrastiveBatch, Features
 from llm2vec_jax.models import Kernels, ModelConfig, init_model
 from llm2vec_jax.models import kernels as K
+from llm2vec_jax.models.einsum import Einsum
 from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
 from llm2vec_jax.models.specs import PROJECTIONS, projection_einsum
 from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views
@@ -80,6 +81,47 @@ def test_trainable_einsum_matches_autodiff(name, dtype):
             assert a.dtype == b.dtype and a.shape == b.shape
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             assert np.abs(a - b).max() <= tol * np.abs(b).max(), (equation, np.abs(a - b).max())
+
+
+EQUATIONS = [projection_einsum(name).equation for name in PROJECTIONS] + ["bkgst,bkth->bkgsh"]
+
+
+def _exact_bf16(key, shape, scale):
+    """Small multiples of ``scale`` (a power of two): every product and partial sum of these
+    is exact in float32, so any summation order gives the same result."""
+    return (jax.random.randint(key, shape, -8, 9) * scale).astype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("equation", EQUATIONS)
+def test_operands_dtype_einsum_matches_autodiff_on_a_16bit_cotangent(equation):
+    """With the cotangent exact in bfloat16 (as it is when the einsum's float32 output is cast
+    to bfloat16 right after), the backward on 16-bit operands gives exactly autodiff's
+    gradients, and a frozen operand (not differentiated) gets none and saves nothing."""
+    shapes = {"b": 2, "s": 5, "t": 5, "d": 12, "n": 3, "k": 2, "g": 2, "h": 4, "f": 20}
+    e = Einsum.parse(equation)
+    kx, kw, kg = jax.random.split(jax.random.key(len(equation)), 3)
+    x = _exact_bf16(kx, [shapes[c] for c in e.x], 2.0 ** -3)
+    w = _exact_bf16(kw, [shapes[c] for c in e.w], 2.0 ** -4)
+    g = _exact_bf16(kg, [shapes[c] for c in e.out], 2.0 ** -2).astype(jnp.float32)
+
+    def plain(x, w):
+        return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+    want, want_vjp = jax.vjp(plain, x, w)
+    got, got_vjp = jax.vjp(lambda x, w: K.rounding_einsum(equation, x, w, "operands"), x, w)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for a, b in zip(got_vjp(g), want_vjp(g)):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    # Frozen w: x's gradient alone, and x is not kept for it.
+    frozen = jax.vjp(lambda x: K.rounding_einsum(equation, x, w, "operands"), x)[1]
+    np.testing.assert_array_equal(np.asarray(frozen(g)[0], np.float32),
+                                  np.asarray(want_vjp(g)[0], np.float32))
+    assert [leaf.shape for leaf in jax.tree.leaves(frozen) if leaf.ndim] == [w.shape]
+    # float32 operands take the plain einsum.
+    x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x: K.rounding_einsum(equation, x, w32, "operands"))(x32)
+    assert [eqn.primitive.name for eqn in jaxpr.eqns] == ["dot_general"]
 
 
 def _model_and_batch(lengths):
@@ -177,8 +219,10 @@ def test_one_resolver_picks_the_kernels_per_backend():
 
 
 def _compiled_lora_gradient(config: ModelConfig, ids: jax.Array):
-    """(compiled value_and_grad, LoRA weights) of a hidden-state loss of ``config``'s model
-    with a rank-4 adapter whose B is nonzero, so A gets a gradient too."""
+    """(compiled value_and_grad, its arguments: LoRA weights, frozen weights) of a
+    hidden-state loss of ``config``'s model with a rank-4 adapter whose B is nonzero, so A
+    gets a gradient too. The frozen weights are an argument, as in a train step (closed
+    over, XLA would fold them into the program as constants)."""
     from llm2vec_jax.lora import LoRAConfig, attach_lora
     from llm2vec_jax.train.steps import split_model
     model = init_model(config, seed=0)
@@ -186,10 +230,10 @@ def _compiled_lora_gradient(config: ModelConfig, ids: jax.Array):
     graphdef, lora, frozen = split_model(model)
     lora = jax.tree.map(lambda x: x + 0.05, lora)
 
-    def loss(lora):
+    def loss(lora, frozen):
         hidden = nnx.merge(graphdef, lora, frozen)(ids, causal=False)
         return jnp.mean(hidden.astype(jnp.float32) ** 2)
-    return jax.jit(jax.value_and_grad(loss)).lower(lora).compile(), lora
+    return jax.jit(jax.value_and_grad(loss)).lower(lora, frozen).compile(), (lora, frozen)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -201,8 +245,8 @@ def test_cpu_kernels_give_the_plain_kernels_loss_and_gradients(dtype):
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 9)), jnp.int32)
     results = []
     for kernels in (K.BACKEND_KERNELS["cpu"], K.PLAIN):
-        compiled, lora = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
-        results.append(compiled(lora))
+        compiled, args = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
+        results.append(compiled(*args))
     (fast, fast_grads), (plain, plain_grads) = results
     # The two weight gradients contract the same terms in different orders: float32 rounding
     # of sums over B·S·D ≈ 600 terms (≤ 600 eps ≈ 7e-5 relative in the worst case).
@@ -256,8 +300,8 @@ def test_bf16_backward_keeps_its_saved_activations_16_bit():
     results = {}
     for residuals in ("bits", "native"):
         kernels = dataclasses.replace(K.BACKEND_KERNELS["cpu"], residuals=residuals)
-        compiled, lora = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
-        results[residuals] = (compiled.as_text(), compiled(lora))
+        compiled, args = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
+        results[residuals] = (compiled.as_text(), compiled(*args))
     bits_hlo, (bits_loss, bits_grads) = results["bits"]
     native_hlo, (native_loss, native_grads) = results["native"]
     assert not [s for s in stacks if s in bits_hlo]
@@ -266,3 +310,88 @@ def test_bf16_backward_keeps_its_saved_activations_16_bit():
     assert float(bits_loss) == float(native_loss)
     for a, b in zip(jax.tree.leaves(bits_grads), jax.tree.leaves(native_grads)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _while_tuples(hlo: str) -> list[str]:
+    return [line.split("= (", 1)[1].split(") while(", 1)[0]
+            for line in hlo.splitlines() if ") while(" in line]
+
+
+def test_bf16_backward_runs_16bit_matmuls_and_saves_no_weights_or_probabilities():
+    """The compiled bf16 LoRA gradient with the CPU kernels: (1) its backward matmuls take
+    the bf16 weights as they are (with ``matmul_backward='autodiff'`` XLA converts each
+    layer's weights to float32 for them); (2) the forward layer scan carries each stacked
+    weight once, as its input, and saves no per-layer copy (with native residuals it does);
+    (3) no [L, B, K, G, S, T] attention probabilities are saved (they are recomputed).
+    The numbers are checked elsewhere: the 16-bit backward against autodiff exactly
+    (``test_operands_dtype_einsum_matches_autodiff_on_a_16bit_cotangent``), the whole model
+    against the plain kernels (``test_cpu_kernels_give_the_plain_kernels_loss_and_gradients``)."""
+    layers, batch, seq, hidden, mlp = 3, 2, 9, 32, 48
+    config = ModelConfig(vocab_size=96, hidden_size=hidden, intermediate_size=mlp,
+                         num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=8,
+                         dtype="bfloat16", param_dtype="bfloat16")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (batch, seq)), jnp.int32)
+    cpu = K.BACKEND_KERNELS["cpu"]
+    variants = {"cpu": cpu,
+                "autodiff": dataclasses.replace(cpu, matmul_backward="autodiff"),
+                "native": dataclasses.replace(cpu, residuals="native")}
+    results = {}
+    for name, kernels in variants.items():
+        results[name] = _compiled_lora_gradient(config.replace(kernels=kernels), ids)[0].as_text()
+    weights_f32 = [f"f32[{hidden},{mlp}]", f"f32[{mlp},{hidden}]"]
+    assert not [s for s in weights_f32 if s in results["cpu"]]
+    assert [s for s in weights_f32 if s in results["autodiff"]]
+
+    def stacked_mlp_weights(hlo):
+        tuples = _while_tuples(hlo)
+        return max(sum(t.count(f"{dtype}[{layers},{a},{b}]") for dtype in ("u16", "bf16")
+                       for a, b in ((hidden, mlp), (mlp, hidden))) for t in tuples)
+    assert stacked_mlp_weights(results["cpu"]) == 3  # gate, up, down
+    assert stacked_mlp_weights(results["native"]) > 3
+    probabilities = f"[{layers},{batch},2,2,{seq},{seq}]"
+    for hlo in results.values():
+        assert not [t for t in _while_tuples(hlo) if probabilities in t]
+
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_recomputed_attention_gives_the_saved_attentions_output_and_gradients(dtype):
+    """The attention core is recomputed in the backward pass, its dropout mask saved: output
+    and q/k/v gradients equal those of the same formula written out without checkpointing,
+    with the same keep mask (drawn from the same key)."""
+    from llm2vec_jax.models.attention import attention_allowed, grouped_query_attention
+    b, s, n, kv, h, rate = 2, 7, 4, 2, 8, 0.3
+    kq, kk, kv_, kg, kd = jax.random.split(jax.random.key(3), 5)
+    q = jax.random.normal(kq, (b, s, n, h)).astype(dtype)
+    k = jax.random.normal(kk, (b, s, kv, h)).astype(dtype)
+    v = jax.random.normal(kv_, (b, s, kv, h)).astype(dtype)
+    g = jax.random.normal(kg, (b, s, n, h), jnp.float32).astype(dtype)
+    mask = jnp.ones((b, s), jnp.int32).at[1, :2].set(0)
+    allowed = attention_allowed(mask, causal=False)
+
+    def written_out(q, k, v):
+        qh = q.reshape(b, s, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
+        logits = jnp.einsum("bkgsh,bkth->bkgst", qh, k.transpose(0, 2, 1, 3),
+                            preferred_element_type=jnp.float32) * h ** -0.5
+        logits = logits + jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, :, None]
+        probs = jax.nn.softmax(logits, axis=-1)
+        keep = keep_mask(kd, rate, probs.shape)
+        probs = jnp.where(keep, probs / (1 - rate), 0.0)
+        out = jnp.einsum("bkgst,bkth->bkgsh", probs.astype(dtype), v.transpose(0, 2, 1, 3),
+                         preferred_element_type=jnp.float32)
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, s, n, h).astype(dtype)
+
+    def ours(q, k, v):
+        return grouped_query_attention(q, k, v, allowed, dropout_rate=rate, dropout_rng=kd,
+                                       matmul_backward="operands")
+
+    want, want_vjp = jax.vjp(written_out, q, k, v)
+    got, got_vjp = jax.vjp(ours, q, k, v)
+    # float32: the same ops, fused differently by XLA (a few float32 ulps). bf16: besides,
+    # the 16-bit backward matmuls sum in another order than autodiff's float32 ones (exact
+    # products, float32 sums) before rounding to bf16: one bf16 ulp (2^-8 relative) of the
+    # largest value.
+    tol = 1e-6 if dtype == jnp.float32 else 2.0 ** -8
+    for a, w in zip((got, *got_vjp(g)), (want, *want_vjp(g))):
+        a, w = np.asarray(a, np.float32), np.asarray(w, np.float32)
+        assert np.abs(a - w).max() <= tol * np.abs(w).max()
