@@ -33,9 +33,8 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, 
 def stacked_buffers(hlo_text: str, num_layers: int, batch_dims: set[int]) -> dict[str, dict]:
     """The layer scan's stacked residuals, per element type (count, bytes, shapes): the
     elements of a ``while`` loop's tuple with a leading ``num_layers`` axis and a batch-sized
-    axis after it (stacked weights have no batch axis), and the dropout keep masks saved as
-    packed bits (``u8[num_layers, n]``: no weight is uint8), from the loop that carries the
-    most such bytes: the forward scan, which writes the residuals for the backward."""
+    axis after it (stacked weights have no batch axis), from the loop that carries the most
+    such bytes: the forward scan, which writes the residuals for the backward."""
     best: dict[str, dict] = {}
     best_bytes = -1
     for line in hlo_text.splitlines():
@@ -46,9 +45,7 @@ def stacked_buffers(hlo_text: str, num_layers: int, batch_dims: set[int]) -> dic
         total = 0
         for etype, dims in _ARRAY.findall(tuple_type):
             shape = [int(d) for d in dims.split(",") if d]
-            packed_mask = etype == "u8" and len(shape) == 2 and shape[0] == num_layers
-            if not packed_mask and (len(shape) < 3 or shape[0] != num_layers
-                                    or shape[1] not in batch_dims):
+            if len(shape) < 3 or shape[0] != num_layers or shape[1] not in batch_dims:
                 continue
             size = _BYTES[etype]
             for d in shape:

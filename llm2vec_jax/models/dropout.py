@@ -11,7 +11,6 @@ noise of any run.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -62,35 +61,14 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...],
     return (halves < keep_threshold(rate)).reshape(shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _masked(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def _masked_fwd(x, keep, rate):
-    # The backward needs the mask only: saved as packed bits, it takes an eighth of a
-    # boolean array (the seven LoRA input masks per layer are [B, S, D or F] each).
-    return _masked(x, keep, rate), jnp.packbits(keep.reshape(-1))
-
-
-def _masked_bwd(rate, packed, grad):
-    keep = jnp.unpackbits(packed, count=grad.size).reshape(grad.shape).astype(bool)
-    return jnp.where(keep, grad / (1.0 - rate), 0).astype(grad.dtype), None
-
-
-_masked.defvjp(_masked_fwd, _masked_bwd)
-
-
 def dropout(x: jax.Array, rate: float, key: jax.Array | None, impl: str = "bits16",
             mask_name: str | None = None) -> jax.Array:
     """Zero elements with probability ``rate`` and scale the rest by 1/(1-rate); identity when
-    ``key`` is None or ``rate`` is 0. The backward pass keeps the mask as packed bits;
-    with ``mask_name`` it keeps it as a boolean array under that name instead, for a
-    ``jax.checkpoint`` policy that saves it (``checkpoint_name``)."""
+    ``key`` is None or ``rate`` is 0. ``mask_name`` names the keep mask for a
+    ``jax.checkpoint`` policy (``checkpoint_name``)."""
     if key is None or rate <= 0.0:
         return x
     keep = keep_mask(key, rate, x.shape, impl)
     if mask_name is not None:
         keep = checkpoint_name(keep, mask_name)
-        return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-    return _masked(x, keep, rate)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
