@@ -38,6 +38,8 @@ def overrides(batch: int, chunk: int | None, a, out_dir: Path) -> list[str]:
     """The ``--set`` values of one setting's training run."""
     values = {"model.adapter": "null", "model.dtype": a.dtype, "data.path": a.data,
               "data.max_texts": "null", "run.global_batch_size": batch,
+              # the held-out split must hold one batch (3,000 sample sentences × 0.05 = 150)
+              "data.eval_fraction": a.eval_fraction,
               "run.max_steps": a.steps, "run.log_every": 1,
               "run.eval_every": a.steps + 1, "run.save_every": a.steps,
               "run.output_dir": out_dir, "run.seed": a.seed,
@@ -78,6 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--skip", type=int, default=2, help="logged steps left out of the timing")
     p.add_argument("--data", default="sample:wiki1m")
+    p.add_argument("--eval-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="grad_cache")
     a = p.parse_args(argv)
