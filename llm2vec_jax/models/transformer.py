@@ -21,6 +21,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from flax import nnx
 
 from . import kernels as K
@@ -65,8 +66,8 @@ def project(x: jax.Array, weights: dict, name: str, dtype, kernels: K.Kernels, l
     Matmuls accumulate in float32 (fast bf16 on CPU needs preferred_element_type=float32).
     """
     einsum = projection_einsum(name)
-    y = K.rounding_einsum(einsum.equation, x, weights[name].astype(dtype),
-                          kernels.matmul_backward)
+    y = checkpoint_name(K.rounding_einsum(einsum.equation, x, weights[name].astype(dtype),
+                                          kernels.matmul_backward), "projection")
     if f"{name}_bias" in weights:
         y = y + weights[f"{name}_bias"].astype(jnp.float32)
     if lora is not None and name in lora.targets:
@@ -82,10 +83,15 @@ def project(x: jax.Array, weights: dict, name: str, dtype, kernels: K.Kernels, l
     return y.astype(dtype)
 
 
+# A projection whose backward is a custom VJP (``kernels.matmul_backward``) is no dot_general
+# to a policy, so the dot policies also save the outputs named "projection".
+_PROJECTIONS_SAVED = jax.checkpoint_policies.save_only_these_names("projection")
 REMAT_POLICIES: dict[str, Callable | None] = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots, _PROJECTIONS_SAVED),
+    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims, _PROJECTIONS_SAVED),
 }
 
 

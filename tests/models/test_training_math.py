@@ -395,3 +395,22 @@ def test_recomputed_attention_gives_the_saved_attentions_output_and_gradients(dt
     for a, w in zip((got, *got_vjp(g)), (want, *want_vjp(g))):
         a, w = np.asarray(a, np.float32), np.asarray(w, np.float32)
         assert np.abs(a - w).max() <= tol * np.abs(w).max()
+
+
+def test_dot_remat_policies_still_save_the_projections_with_a_16bit_backward():
+    """``remat: dots`` saves the projections' outputs; with ``matmul_backward='operands'``
+    those are custom-VJP calls, not dot_generals, and are saved by name instead: the same
+    number of stacked [L, B, S, ·] activations as with autodiff's plain dots (and more
+    than ``remat: full``, so the count can tell)."""
+    layers, batch, seq = 3, 2, 9
+    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                         num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=8,
+                         dtype="bfloat16", param_dtype="bfloat16")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (batch, seq)), jnp.int32)
+
+    def saved(remat, matmul_backward):
+        kernels = dataclasses.replace(K.BACKEND_KERNELS["cpu"], matmul_backward=matmul_backward)
+        compiled = _compiled_lora_gradient(config.replace(kernels=kernels, remat=remat), ids)[0]
+        loop = max(_while_tuples(compiled.as_text()), key=len)
+        return loop.count(f"[{layers},{batch},{seq},")
+    assert saved("dots", "operands") == saved("dots", "autodiff") > saved("full", "operands")
