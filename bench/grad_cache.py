@@ -9,7 +9,8 @@ A setting is ``batch`` (one pass, packed rows as shipped) or ``batch/chunk`` (Gr
 embeddings of all ``batch`` texts without gradients in chunks of ``chunk`` rows, the loss over
 the whole batch, then the gradient chunk by chunk; one text a row). Reported per setting:
 median real tokens/s over the logged steps after the first ``--skip`` (compilation of
-new row widths lands there), the process's peak RSS and wall time, and the final loss. Results: ``bench/results/<name>-<date>.json`` and a table on stdout.
+new row widths lands there), the process's peak RSS and wall time, and the final loss.
+Results: ``bench/results/<name>-<date>.json`` and a table on stdout.
 """
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ def run_setting(batch: int, chunk: int | None, a, out_dir: Path) -> dict:
     output = proc.stdout.read()
     # Reaped here, not by Popen: wait4 gives this child's own peak RSS.
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         return {"batch": batch, "chunk": chunk, "error": output[-2000:]}
     logged = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in logged if m.get("split") == "train"]

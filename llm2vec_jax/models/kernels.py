@@ -306,7 +306,8 @@ def _residuals_as_bits(layer: Callable, kernels: Kernels) -> Callable:
         perturbed = tuple(leaf.perturbed for leaf in leaves)
         values = [leaf.value for leaf in leaves]
         index = inputs[2].value
-        slices = _slices(jax.tree.map(lambda p: p.value, stacked), index, kernels)
+        stacked = jax.tree.map(lambda p: p.value, stacked)
+        slices = _slices(stacked, index, kernels)
 
         # Differentiated only where the caller differentiates (the LoRA weights, not the
         # frozen ones), so nothing is saved for gradients nobody asked for.
@@ -320,7 +321,6 @@ def _residuals_as_bits(layer: Callable, kernels: Kernels) -> Callable:
                                 *[v for v, p in zip(values, perturbed) if p])
         # The weight slices are not saved per layer: the stacked weights they come from are
         # the scan's inputs already, so the backward slices them again.
-        stacked = jax.tree.map(lambda p: p.value, stacked)
         return out, (_BitsResiduals.pack(pullback, slices, (treedef, perturbed)), index,
                      stacked)
 
