@@ -197,10 +197,24 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_side(cmd: list[str], timeout: float | None) -> dict:
+def hugepage_env(enabled: bool = True) -> dict:
+    """Environment additions for a measured subprocess: the transparent-huge-page tunable that
+    ``python -m llm2vec_jax.<command>`` restarts itself with (llm2vec_jax/host_memory.py), so
+    a worker launched as a script runs as the commands do; ``enabled=False``: glibc's
+    defaults, which also stop the worker's own restart."""
+    from llm2vec_jax.host_memory import HUGEPAGE_OPT_OUT, transparent_hugepage_environment
+    if not enabled:
+        tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
+        kept = ":".join(t for t in tunables if t and not t.startswith("glibc.malloc.hugetlb"))
+        return {HUGEPAGE_OPT_OUT: "0", "GLIBC_TUNABLES": kept}
+    environ = transparent_hugepage_environment()
+    return {} if environ is None else {"GLIBC_TUNABLES": environ["GLIBC_TUNABLES"]}
+
+
+def run_side(cmd: list[str], timeout: float | None, env_extra: dict | None = None) -> dict:
     """``run_json``, but a failing side becomes an error record instead of losing the run."""
     try:
-        return run_json(cmd, timeout=timeout)
+        return run_json(cmd, env_extra=env_extra, timeout=timeout)
     except Exception as e:  # one failing side must not lose the other side's numbers
         return {"error": f"{type(e).__name__}: {e}"[-1500:]}
 

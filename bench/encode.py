@@ -144,7 +144,7 @@ def main(argv=None) -> None:
                 emb = str(emb_dir / f"{side}-{dtype}.npy") if a.compare_embeddings else None
                 cmd = _ours_cmd(a, hf_dir, dtype, emb) if side == "ours" else _ref_cmd(a, ref_dir, dtype, emb)
                 print(f"[round {rnd + 1}/{a.rounds}] {side} {dtype} ...", file=sys.stderr, flush=True)
-                r = common.run_side(cmd, a.timeout)
+                r = common.run_side(cmd, a.timeout, common.hugepage_env(side == "ours"))
                 if "error" in r:
                     print(f"   {side} {dtype} failed: {r['error'][-400:]}", file=sys.stderr)
                 else:

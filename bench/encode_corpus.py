@@ -146,7 +146,7 @@ def main(argv=None) -> None:
                            "--shard-size", str(a.shard_size), "--batch-size", str(a.batch_size),
                            "--max-length", str(a.max_length)]
                 print(f"{mode} n={n} ...", file=sys.stderr, flush=True)
-                r = common.run_side(cmd, a.timeout)
+                r = common.run_side(cmd, a.timeout, common.hugepage_env(mode != "ref"))
                 if mode == "ref" and "error" not in r:
                     r = {"n": r["n_sentences"], "encode_s": r["median_s"],
                          "passages_per_s": r["sentences_per_s"], "peak_rss_mb": r["peak_rss_mb"],

@@ -213,6 +213,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sentences", default=str(common.SENTENCES_512))
     p.add_argument("--ref-venv", default=None)
+    p.add_argument("--hugepages", default="ours", choices=["ours", "both", "none"],
+                   help="which sides run with glibc's transparent-huge-page tunable (ours: as "
+                        "python -m llm2vec_jax.train does; the reference's default is without)")
     p.add_argument("--cache-dir", default=str(common.CACHE_DIR))
     p.add_argument("--timeout", type=float, default=7200, help="per subprocess, seconds")
     p.add_argument("--name", default="train_step")
@@ -242,8 +245,9 @@ def main(argv=None) -> None:
             for side in order:
                 print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} {dtype} ...",
                       file=sys.stderr, flush=True)
+                huge = a.hugepages == "both" or a.hugepages == side
                 r = common.run_side(_cmd(a, side, stage, ckpt, dtype, batches[stage], hf_dir,
-                                         ref_dir), a.timeout)
+                                         ref_dir), a.timeout, common.hugepage_env(huge))
                 if "error" in r:
                     print(f"   {side}: {r['error'][-300:]}", file=sys.stderr)
                 else:
