@@ -19,7 +19,7 @@ from llm2vec_jax.data.batches import ContrastiveBatch, Features
 from llm2vec_jax.models import Kernels, ModelConfig, init_model
 from llm2vec_jax.models import kernels as K
 from llm2vec_jax.models.einsum import Einsum
-from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold
+from llm2vec_jax.models.dropout import dropout, keep_mask, keep_threshold, threefry_bits
 from llm2vec_jax.models.specs import PROJECTIONS, projection_einsum
 from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views
 
@@ -45,6 +45,18 @@ def test_keep_mask_rate_and_independence(rate):
     sigma = np.sqrt(rate * (1 - rate) / n)
     assert abs(plain.mean() - (1 - rate)) < 5 * sigma
     assert abs(plain.mean() - keep.mean()) < 10 * sigma
+
+
+def test_unrolled_threefry_gives_jax_random_bits_word_for_word():
+    for seed, n in ((0, 1), (1, 7), (42, 1000), (7, 1 << 20)):
+        key = jax.random.fold_in(jax.random.key(seed), 3)
+        got = jax.jit(threefry_bits, static_argnums=1)(key, n)
+        np.testing.assert_array_equal(got, jax.random.bits(key, (n,), jnp.uint32))
+    keys = jax.random.split(jax.random.key(5), 4)  # per-row keys, as keep_mask vmaps them
+    np.testing.assert_array_equal(jax.vmap(lambda k: threefry_bits(k, 33))(keys),
+                                  jax.vmap(lambda k: jax.random.bits(k, (33,), jnp.uint32))(keys))
+    rbg = jax.random.key(0, impl="rbg")  # another PRNG: JAX's own bits
+    np.testing.assert_array_equal(threefry_bits(rbg, 10), jax.random.bits(rbg, (10,), jnp.uint32))
 
 
 def test_dropout_scales_kept_values_and_is_identity_without_key():
