@@ -17,10 +17,12 @@ attention          ``xla`` | ``cudnn``          einsum + softmax, or cuDNN's fus
 residuals          ``native`` | ``bits``        the layer scan's 16-bit float activations saved
                                                 for the backward pass as themselves, or as
                                                 their raw uint16 bits
-matmul_backward    ``autodiff`` | ``operands``  the frozen projections' and the attention
-                                                output's backward matmuls: on a float32
-                                                cotangent (JAX's transpose rule), or on the
-                                                cotangent rounded to the 16-bit operands' dtype
+matmul_backward    ``autodiff`` | ``operands``  the frozen projections', the attention
+                                                output's and the MNTP head's backward matmuls:
+                                                on a float32 cotangent (JAX's transpose rule),
+                                                or on the cotangent rounded to the 16-bit
+                                                operands' dtype (exact but for the head's,
+                                                ``train/losses.py``)
 =================  ===========================  ===============================================
 
 A ``Kernels`` value left ``None`` is the backend's choice: ``resolve_kernels`` fills it in when

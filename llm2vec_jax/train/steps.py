@@ -73,7 +73,8 @@ def mntp_objective(model, batch: MNTPBatch, rng, *, causal: bool = False):
     hidden = model(batch.input_ids, batch.attention_mask, causal=causal,
                    dropout_rng=rng, lora_dropout=True)
     return mntp_loss(hidden, lm_head_weight(model), batch.predict_positions,
-                     batch.predict_labels, softcap=model.config.final_logit_softcapping)
+                     batch.predict_labels, softcap=model.config.final_logit_softcapping,
+                     matmul_backward=model.config.kernels.matmul_backward)
 
 
 def encode_rows(model, input_ids, attention_mask, row_keys=None, *,

@@ -115,6 +115,64 @@ def test_mntp_loss_gradient_matches_full_form():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_mntp_accuracy_counts_a_tied_top_logit():
+    hidden = np.array([[[1.0, 1.0]]], np.float32)
+    head = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # logits [1, 1]
+    for label in (0, 1):  # argmax would say 0 for both
+        _, metrics = mntp_loss(hidden, head, np.zeros((1, 1), np.int32),
+                               np.array([[label]], np.int32))
+        assert float(metrics["accuracy"]) == 1.0
+
+
+def _bf16(x):
+    return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_mntp_head_backward_on_the_bf16_rounded_cotangent():
+    """matmul_backward="operands": the same loss, and the hidden states' gradient is the
+    float32 logits' cotangent rounded to bf16, times the head, rounded to bf16, written out
+    here in float64. Products of two bf16 values are exact in float32 and the float32 sum's
+    error (V * 2^-24 relative, here 2^-17) is far under bf16's half ulp (2^-9), so the two
+    agree to within the final rounding: one bf16 ulp."""
+    rng = np.random.default_rng(3)
+    B, S, D, V, P = 2, 12, 16, 128, 4
+    hidden = jnp.asarray(rng.standard_normal((B, S, D)), jnp.bfloat16)
+    head = jnp.asarray(rng.standard_normal((V, D)) / 4, jnp.bfloat16)
+    idx = np.stack([rng.permutation(S)[:P] for _ in range(B)]).astype(np.int32)  # distinct
+    lab = rng.integers(0, V, (B, P)).astype(np.int32)
+    lab[1, 3] = IGNORE_INDEX
+
+    def loss(h, backward):
+        return mntp_loss(h, head, idx, lab, matmul_backward=backward)[0]
+
+    autodiff, operands = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(hidden, b)
+                          for b in ("autodiff", "operands"))
+    assert float(operands[0]) == float(autodiff[0])
+    assert operands[1].dtype == jnp.bfloat16
+
+    rows = np.take_along_axis(np.asarray(hidden, np.float32), idx[..., None], axis=1)
+    logits_cotangent = np.asarray(jax.grad(lambda z: _nll_of_logits(z, lab))(
+        jnp.einsum("bpd,vd->bpv", rows, np.asarray(head, np.float32))))
+    expected = np.zeros((B, S, D))
+    d_rows = _bf16(logits_cotangent) @ np.asarray(head, np.float64)
+    for b in range(B):
+        for p in range(P):
+            expected[b, idx[b, p]] += d_rows[b, p]
+    expected = _bf16(expected)
+    got = np.asarray(operands[1], np.float64)
+    ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(expected), 1e-30))) - 7)
+    assert np.all(np.abs(got - expected) <= ulp), np.max(np.abs(got - expected) / ulp)
+    # autodiff's float32 cotangent gives a (slightly) different gradient: the test can tell.
+    assert not np.array_equal(np.asarray(autodiff[1]), np.asarray(operands[1]))
+
+
+def _nll_of_logits(logits, labels):
+    valid = labels != IGNORE_INDEX
+    target = jnp.where(valid, labels, 0)
+    nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, target[..., None], -1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum()
+
+
 @pytest.mark.slow
 def test_mntp_loss_reference_smollm2(fixtures, smollm2_dir):
     """The reference's MNTP loss on SmolLM2-135M, bidirectional, mask token "_"; the logits

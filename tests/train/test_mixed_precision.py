@@ -13,7 +13,11 @@ u/√3) that add up as a random walk, a quantity behind R roundings has a relati
 standard deviation u·√(R/3); the tests allow 4 of those standard deviations:
 
     forward (embeddings, loss terms):  tol = 4·u·√(R_LAYER·L / 3)
-    gradients:                         tol = 4·u·√(2·R_LAYER·L / 3)
+    gradients:                         tol = 4·u·√((2·R_LAYER·L + R_HEAD) / 3)
+
+R_HEAD = 1 for MNTP: on CPU (``kernels.matmul_backward=operands``) the LM head's backward
+rounds the float32 logits' cotangent to bf16, as the torch reference's bf16 logits do; 0 for
+the contrastive loss, which has no head.
 
 An operation computed in bf16 that should be float32 (the softmax, a pooling sum over the
 sequence, the loss) adds errors the model does not count and fails these, and the dtype
@@ -41,7 +45,9 @@ U_BF16 = 2.0 ** -8
 R_LAYER = 12
 LAYERS = 4
 FORWARD_TOL = 4 * U_BF16 * math.sqrt(R_LAYER * LAYERS / 3)
-GRAD_TOL = 4 * U_BF16 * math.sqrt(2 * R_LAYER * LAYERS / 3)
+R_HEAD = {"simcse": 0, "mntp": 1}
+GRAD_TOL = {objective: 4 * U_BF16 * math.sqrt((2 * R_LAYER * LAYERS + r) / 3)
+            for objective, r in R_HEAD.items()}
 B, SEQ, VOCAB = 16, 24, 256
 
 
@@ -111,7 +117,7 @@ def test_bf16_loss_and_lora_gradients_match_float32(objective):
     assert {x.dtype for x in jax.tree.leaves(grads16)} == {jnp.dtype(jnp.float32)}
     # A loss is a mean of per-row terms, each within FORWARD_TOL of its own size.
     assert abs(float(loss16) - float(loss32)) <= FORWARD_TOL * abs(float(loss32))
-    assert relative(grads16, grads32) <= GRAD_TOL
+    assert relative(grads16, grads32) <= GRAD_TOL[objective]
     # The two runs do differ (the bf16 path really computes in bf16).
     assert relative(grads16, grads32) > U_BF16 / 16
 
@@ -157,4 +163,4 @@ def test_bf16_training_tracks_float32():
             if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.bfloat16)}
     f32, bf16 = curves["float32"], curves["bfloat16"]
     assert f32[-5:].mean() < 0.8 * f32[:5].mean()  # it learns, so "tracks" means something
-    assert np.all(np.abs(bf16 - f32) <= (FORWARD_TOL + GRAD_TOL) * np.abs(f32))
+    assert np.all(np.abs(bf16 - f32) <= (FORWARD_TOL + GRAD_TOL["simcse"]) * np.abs(f32))
