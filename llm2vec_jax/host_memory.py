@@ -122,7 +122,8 @@ def restart_with_transparent_hugepages(execve=os.execve) -> None:
     environ = transparent_hugepage_environment()
     if environ is None:
         return
-    print(f"llm2vec_jax: restarting with GLIBC_TUNABLES={environ['GLIBC_TUNABLES']} (transparent "
-          f"huge pages for XLA's host buffers; {HUGEPAGE_OPT_OUT}=0 turns this off)",
-          file=sys.stderr, flush=True)
+    if "--debug" in sys.orig_argv:  # otherwise silent: an input error stays one stderr line
+        print(f"llm2vec_jax: restarting with GLIBC_TUNABLES={environ['GLIBC_TUNABLES']} "
+              f"(transparent huge pages for XLA's host buffers; {HUGEPAGE_OPT_OUT}=0 turns "
+              "this off)", file=sys.stderr, flush=True)
     execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
