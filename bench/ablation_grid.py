@@ -206,4 +206,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    common.run_as_the_commands_do()
     sys.exit(main())

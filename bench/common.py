@@ -84,6 +84,7 @@ def machine_state(max_other_cpu_per_core: float = 10.0) -> dict:
         "idle": bool(idle),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # this process's, not its workers'
     }
 
 
@@ -209,6 +210,14 @@ def hugepage_env(enabled: bool = True) -> dict:
         return {HUGEPAGE_OPT_OUT: "0", "GLIBC_TUNABLES": kept}
     environ = transparent_hugepage_environment()
     return {} if environ is None else {"GLIBC_TUNABLES": environ["GLIBC_TUNABLES"]}
+
+
+def run_as_the_commands_do() -> None:
+    """For a bench that trains in its own process: restart it once, as
+    ``python -m llm2vec_jax.<command>`` restarts itself, so its wall times are the commands'.
+    Call it in the script's ``__main__`` block only (it reruns the process)."""
+    from llm2vec_jax.host_memory import restart_with_transparent_hugepages
+    restart_with_transparent_hugepages()
 
 
 def run_side(cmd: list[str], timeout: float | None, env_extra: dict | None = None) -> dict:
