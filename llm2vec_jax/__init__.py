@@ -1,9 +1,9 @@
 """llm2vec-jax: LLM2Vec (arXiv 2404.05961) in JAX/Flax."""
 
-from .host_memory import running_as_command, restart_with_transparent_hugepages
+from . import host_memory as _host_memory
 
-if running_as_command():  # before JAX is imported, while a restart is cheap (host_memory.py)
-    restart_with_transparent_hugepages()
+if _host_memory.running_as_command():  # before JAX is imported: a restart is cheap there
+    _host_memory.restart_with_transparent_hugepages()
 
 from .checkpoints.hf import load_hf_checkpoint
 from .encoder import LLM2Vec

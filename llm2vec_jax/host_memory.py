@@ -115,7 +115,7 @@ def running_as_command() -> bool:
     return False
 
 
-def restart_with_transparent_hugepages(execve=os.execve) -> None:
+def restart_with_transparent_hugepages() -> None:
     """Replace this process by itself (same interpreter, flags and arguments, same pid) with
     ``transparent_hugepage_environment``; returns only where that is None. Call it first thing
     in a command-line entry point, never in a library import: the restart reruns the program."""
@@ -126,4 +126,4 @@ def restart_with_transparent_hugepages(execve=os.execve) -> None:
         print(f"llm2vec_jax: restarting with GLIBC_TUNABLES={environ['GLIBC_TUNABLES']} "
               f"(transparent huge pages for XLA's host buffers; {HUGEPAGE_OPT_OUT}=0 turns "
               "this off)", file=sys.stderr, flush=True)
-    execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
