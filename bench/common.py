@@ -69,7 +69,9 @@ def machine_state(max_other_cpu_per_core: float = 10.0) -> dict:
     """
     load1, load5, load15 = os.getloadavg()
     ncpu = os.cpu_count() or 1
+    stolen = _cpu_ticks()
     top = _top_cpu_processes(interval=3.0)
+    stolen = _steal_percent(stolen, _cpu_ticks())
     busy_pct = sum(r["cpu_percent"] for r in top)
     # The verdict is the /proc sample of *other* processes. The load average is recorded
     # but not judged: it decays over minutes and counts this harness's own measurement
@@ -85,7 +87,41 @@ def machine_state(max_other_cpu_per_core: float = 10.0) -> dict:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # this process's, not its workers'
+        # A VM's hypervisor takes CPU time from it ("steal"): timings drift with it.
+        "cpu_steal_percent": stolen,
+        "cpu": _cpu_description(),
     }
+
+
+def _cpu_ticks() -> list[int] | None:
+    """The aggregate ``cpu`` line of /proc/stat (user nice system idle iowait irq softirq
+    steal ...), None without /proc."""
+    try:
+        with open("/proc/stat") as fh:
+            return [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _steal_percent(before, after) -> float | None:
+    if not before or not after or len(before) < 8:
+        return None
+    total = sum(after) - sum(before)
+    return round(100.0 * (after[7] - before[7]) / total, 1) if total > 0 else None
+
+
+def _cpu_description() -> dict:
+    """The processor's model name and whether it has bf16 dot instructions (which decides the
+    CPU's ``kernels.matmul_operands``, ``llm2vec_jax.models.kernels``)."""
+    from llm2vec_jax.models.kernels import cpu_multiplies_bf16
+    model = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"model": model, "machine": platform.machine(), "bf16_dot": cpu_multiplies_bf16()}
 
 
 def warn_if_busy(state: dict) -> None:

@@ -65,8 +65,8 @@ def analyse(stage: str, dtype: str, model_dir: Path, batch_file: Path, grad_ckpt
 
     with np.load(batch_file) as z:
         batch = {k: z[k] for k in z.files}
-    step_fn, state, dev_batch, root, _ = build_ours_step(stage, str(model_dir), batch,
-                                                         grad_ckpt=grad_ckpt, dtype=dtype)
+    step_fn, state, dev_batch, root, _, _ = build_ours_step(stage, str(model_dir), batch,
+                                                            grad_ckpt=grad_ckpt, dtype=dtype)
     t = time.perf_counter()
     compiled = step_fn.lower(state, dev_batch, root).compile()
     compile_s = time.perf_counter() - t

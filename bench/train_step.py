@@ -25,6 +25,7 @@ and pooling in f32.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -46,10 +47,11 @@ def build_ours_step(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool,
                     dtype: str = "float32", lr: float = 5e-5, lora_r: int = 16,
                     lora_alpha: int = 32, lora_dropout: float = 0.05,
                     simcse_dropout: float = 0.3, loss_scale: float = 20.0, seed: int = 42,
-                    total_steps: int = 1):
+                    total_steps: int = 1, matmul_operands: str | None = None):
     """Our jitted train step for ``stage`` on ``batch`` (numpy ``input_ids``/``attention_mask``
     [B, L] and, for MNTP, HF-style ``labels``: -100 = not predicted; the target at position i
     is predicted from the hidden state at i-1, as the reference's shifted CausalLM loss does).
+    ``matmul_operands``: the ``Kernels`` choice (default: the resolver's, by the processor).
     Returns ``(step_fn, state, device_batch, root_key, trainable_params)``."""
     import jax
 
@@ -59,6 +61,7 @@ def build_ours_step(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool,
     from llm2vec_jax.data.batches import ContrastiveBatch, Features, MNTPBatch
     from llm2vec_jax.data.mntp import predict_slots
     from llm2vec_jax.lora import LoRAConfig, attach_lora, lora_parameter_count
+    from llm2vec_jax.models import Kernels
     from llm2vec_jax.sharding import batch_sharding, make_mesh, weight_sharding_fn
     from llm2vec_jax.train import steps as S
     from llm2vec_jax.train.optim import OptimizerConfig
@@ -67,7 +70,8 @@ def build_ours_step(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool,
     model = load_hf_checkpoint(
         model_dir, dtype=dtype, sharding_fn=weight_sharding_fn(mesh), causal=False,
         remat="full" if grad_ckpt else "none",
-        attention_dropout=simcse_dropout if stage == "simcse" else 0.0)
+        attention_dropout=simcse_dropout if stage == "simcse" else 0.0,
+        kernels=Kernels(matmul_operands=matmul_operands))
     attach_lora(model, LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout), seed=seed,
                 sharding_fn=weight_sharding_fn(mesh))
     trainable = lora_parameter_count(model)
@@ -76,6 +80,7 @@ def build_ours_step(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool,
     tx = OptimizerConfig(learning_rate=lr, schedule="constant", weight_decay=0.0,
                          max_grad_norm=1.0).build(total_steps)
     graphdef, state = S.init_state(model, tx, mesh)
+    kernels = model.config.kernels
     del model
 
     ids = batch["input_ids"].astype(np.int32)
@@ -99,11 +104,12 @@ def build_ours_step(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool,
     shardings = jax.tree.map(lambda v: batch_sharding(mesh, v.ndim), host)
     dev_batch = jax.device_put(host, shardings)
     step_fn = S.jit_train_step(S.make_train_step(graphdef, tx, objective), state, mesh, shardings)
-    return step_fn, state, dev_batch, jax.random.key(seed), trainable
+    return step_fn, state, dev_batch, jax.random.key(seed), trainable, kernels
 
 
 def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmup: int, steps: int,
-              dtype: str = "float32", lr: float = 5e-5, seed: int = 42) -> dict:
+              dtype: str = "float32", lr: float = 5e-5, seed: int = 42,
+              matmul_operands: str | None = None) -> dict:
     """HOOK: one jitted llm2vec-jax train step per call, timed like the reference side.
 
     Must return a dict with at least ``median_s``, ``times_s``, ``losses`` and
@@ -118,9 +124,9 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
 
     from llm2vec_jax.host_memory import compile_now
 
-    step_fn, state, dev_batch, root, trainable = build_ours_step(
+    step_fn, state, dev_batch, root, trainable, kernels = build_ours_step(
         stage, model_dir, batch, grad_ckpt=grad_ckpt, dtype=dtype, lr=lr, seed=seed,
-        total_steps=warmup + steps)
+        total_steps=warmup + steps, matmul_operands=matmul_operands)
     compile_t = time.perf_counter()
     compile_now(step_fn, state, dev_batch, root)  # as the training loop does
     compile_s = round(time.perf_counter() - compile_t, 3)
@@ -139,6 +145,7 @@ def ours_side(stage: str, model_dir: str, batch: dict, *, grad_ckpt: bool, warmu
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
             "times_s": [round(t, 4) for t in times], "compile_s": compile_s, "first_step_s": first_s,
             "losses": losses, "trainable_params": int(trainable), "warmup": warmup, "steps": steps,
+            "kernels": dataclasses.asdict(kernels),
             "versions": {"jax": jax.__version__, "backend": jax.default_backend(),
                          "devices": [str(d) for d in jax.devices()]}}
 
@@ -152,7 +159,8 @@ def _worker(a) -> None:
         batch = {k: z[k] for k in z.files}
     try:
         r = ours_side(a.stage, a.model_dir, batch, grad_ckpt=a.grad_ckpt == "on", warmup=a.warmup,
-                      steps=a.steps, dtype=a.dtype, lr=a.lr, seed=a.seed)
+                      steps=a.steps, dtype=a.dtype, lr=a.lr, seed=a.seed,
+                      matmul_operands=a.matmul_operands or None)
     except NotImplementedError as e:
         print(json.dumps({"side": "ours", "pending": True, "error": f"NotImplementedError: {e}"}), flush=True)
         return
@@ -188,12 +196,12 @@ def _batch_path(a, stage: str, model_dir: Path) -> Path:
     return out
 
 
-def _cmd(a, side, stage, ckpt, dtype, batch, hf_dir, ref_dir):
+def _cmd(a, side, stage, ckpt, dtype, batch, hf_dir, ref_dir, operands=""):
     if side == "ours":
         return [sys.executable, __file__, "--worker", "--stage", stage, "--model-dir", str(hf_dir),
                 "--batch", str(batch), "--grad-ckpt", ckpt, "--warmup", str(a.warmup),
                 "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed),
-                "--dtype", dtype]
+                "--dtype", dtype, "--matmul-operands", operands]
     cmd = [common.ref_python(a.ref_venv), str(common.BENCH_DIR / "reference_side.py"), f"{stage}_step",
            "--model-dir", str(ref_dir), "--batch", str(batch), "--warmup", str(a.warmup),
            "--steps", str(a.steps), "--lr", str(a.lr), "--seed", str(a.seed), "--dtype", dtype]
@@ -216,6 +224,10 @@ def main(argv=None) -> None:
     p.add_argument("--hugepages", default="ours", choices=["ours", "both", "none"],
                    help="which sides run with glibc's transparent-huge-page tunable (ours: as "
                         "python -m llm2vec_jax.train does; the reference's default is without)")
+    p.add_argument("--matmul-operands", default="",
+                   help="our side's kernels.matmul_operands, a comma list of native/float32 run "
+                        "as separate rows against the same reference runs (default: the "
+                        "resolver's choice for this processor)")
     p.add_argument("--cache-dir", default=str(common.CACHE_DIR))
     p.add_argument("--timeout", type=float, default=7200, help="per subprocess, seconds")
     p.add_argument("--name", default="train_step")
@@ -235,6 +247,8 @@ def main(argv=None) -> None:
     dtypes = common.split_list(a.dtype)
     batches = {s: _batch_path(a, s, ref_dir or hf_dir) for s in stages}
 
+    # Our side once per matmul_operands choice ("": the resolver's), the reference once.
+    operand_choices = common.split_list(a.matmul_operands) or [""]
     runs: dict[tuple, list[dict]] = {}
     k = 0
     for rnd in range(a.rounds):
@@ -242,27 +256,32 @@ def main(argv=None) -> None:
             stage, ckpt, dtype = config
             order = sides if k % 2 == 0 else sides[::-1]
             k += 1
-            for side in order:
-                print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} {dtype} ...",
+            for side, operands in [(s, op) for s in order
+                                   for op in (operand_choices if s == "ours" else [""])]:
+                print(f"[round {rnd + 1}/{a.rounds}] {side} {stage} grad_ckpt={ckpt} {dtype}"
+                      f"{' operands=' + operands if operands else ''} ...",
                       file=sys.stderr, flush=True)
                 huge = a.hugepages == "both" or a.hugepages == side
                 r = common.run_side(_cmd(a, side, stage, ckpt, dtype, batches[stage], hf_dir,
-                                         ref_dir), a.timeout, common.hugepage_env(huge))
+                                         ref_dir, operands), a.timeout,
+                                    common.hugepage_env(huge))
                 if "error" in r:
                     print(f"   {side}: {r['error'][-300:]}", file=sys.stderr)
                 else:
                     print(f"   {r['median_s']:.3f} s/step, {r['tokens_per_s']:.1f} tok/s, "
                           f"peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
-                runs.setdefault((*config, side), []).append(r)
+                runs.setdefault((*config, side, operands), []).append(r)
 
     rows = []
-    for stage, ckpt, dtype in itertools.product(stages, ckpts, dtypes):
+    for stage, ckpt, dtype, operands in itertools.product(stages, ckpts, dtypes,
+                                                          operand_choices):
         row = {"config": f"{stage} {'x'.join(map(str, STAGE_SHAPES[stage]))} ckpt={ckpt}"
-                         + ("" if dtype == "float32" else f" {dtype}")}
+                         + ("" if dtype == "float32" else f" {dtype}")
+                         + (f" operands={operands}" if operands else "")}
         for side in sides:
             row["ours" if side == "ours" else "ref"] = common.combine_runs(
-                runs.get((stage, ckpt, dtype, side), []), lambda r: r["real_tokens_per_step"],
-                lambda r: r["batch_shape"][0])
+                runs.get((stage, ckpt, dtype, side, operands if side == "ours" else ""), []),
+                lambda r: r["real_tokens_per_step"], lambda r: r["batch_shape"][0])
         rows.append(row)
 
     state_after = common.machine_state()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .dropout import dropout
-from .kernels import rounding_einsum
+from .kernels import matmul, rounding_einsum
 
 
 def attention_allowed(attention_mask: jnp.ndarray, *, causal: bool,
@@ -56,13 +56,15 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
                             allowed: jnp.ndarray, *, dropout_rate: float = 0.0,
                             dropout_rng: jax.Array | None = None,
                             dropout_impl: str = "bits16", matmul_backward: str = "autodiff",
-                            scale: float | None = None,
+                            matmul_operands: str = "native", scale: float | None = None,
                             softcap: float | None = None) -> jnp.ndarray:
     """softmax(q kᵀ · scale) v with GQA; q [B,S,N,H], k/v [B,T,K,H], allowed [B,1,S,T].
 
     ``scale`` defaults to 1/√H; ``softcap`` caps the scaled logits at ±softcap with tanh
-    before the mask (Gemma 2). Logits and softmax in float32. Dropout (on the attention
-    probabilities, as HF's ``attention_dropout``) only when ``dropout_rng`` is given.
+    before the mask (Gemma 2). Logits and softmax in float32; ``matmul_backward`` and
+    ``matmul_operands`` are the ``Kernels`` choices for the two matmuls. Dropout (on the
+    attention probabilities, as HF's ``attention_dropout``) only when ``dropout_rng`` is
+    given.
     """
     batch, seq, heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -84,12 +86,13 @@ def grouped_query_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray,
     @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(
         "attention_keep_mask"))
     def core(q, k, v, bias, dropout_rng):
-        logits = jnp.einsum("bkgsh,bkth->bkgst", q, k, preferred_element_type=jnp.float32)
+        logits = matmul("bkgsh,bkth->bkgst", q, k, matmul_operands)
         logits = soft_cap(logits * scale, softcap)
         probs = jax.nn.softmax(logits + bias, axis=-1)
         probs = dropout(probs, dropout_rate, dropout_rng, dropout_impl,
                         mask_name="attention_keep_mask")
-        return rounding_einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v, matmul_backward)
+        return rounding_einsum("bkgst,bkth->bkgsh", probs.astype(v.dtype), v, matmul_backward,
+                               matmul_operands)
 
     out = core(q, k, v, bias, dropout_rng)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, heads, head_dim).astype(q.dtype)
@@ -135,12 +138,14 @@ def cudnn_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, allowed: jnp.ndarray, *,
            impl: str = "xla", dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
            dropout_impl: str = "bits16", matmul_backward: str = "autodiff",
-           scale: float | None = None, softcap: float | None = None) -> jnp.ndarray:
+           matmul_operands: str = "native", scale: float | None = None,
+           softcap: float | None = None) -> jnp.ndarray:
     """Dispatch on ``Kernels.attention``."""
     if impl == "cudnn":
         return cudnn_attention(q, k, v, allowed, dropout_rate=dropout_rate,
                                dropout_rng=dropout_rng, scale=scale, softcap=softcap)
     return grouped_query_attention(q, k, v, allowed, dropout_rate=dropout_rate,
                                    dropout_rng=dropout_rng, dropout_impl=dropout_impl,
-                                   matmul_backward=matmul_backward, scale=scale,
+                                   matmul_backward=matmul_backward,
+                                   matmul_operands=matmul_operands, scale=scale,
                                    softcap=softcap)

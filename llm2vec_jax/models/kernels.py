@@ -20,13 +20,18 @@ residuals          ``native`` | ``bits``        the layer scan's 16-bit float ac
 matmul_backward    ``autodiff`` | ``operands``  the frozen projections', the attention
                                                 output's and the MNTP head's backward matmuls:
                                                 on a float32 cotangent (JAX's transpose rule),
-                                                or on the cotangent rounded to the 16-bit
-                                                operands' dtype (exact but for the head's,
-                                                ``train/losses.py``)
+                                                or on the cotangent in the dtype the operands
+                                                are multiplied in (16-bit: exact but for the
+                                                head's, ``train/losses.py``)
+matmul_operands    ``native`` | ``float32``     16-bit matmul operands multiplied as themselves
+                                                or converted to float32 first (float32
+                                                accumulation either way; a product of two
+                                                16-bit floats is exact in float32)
 =================  ===========================  ===============================================
 
 A ``Kernels`` value left ``None`` is the backend's choice: ``resolve_kernels`` fills it in when
-the model is built, and the model's config records the result. The non-plain implementations
+the model is built, and the model's config records the result. On CPU, ``matmul_operands``
+also depends on the processor (``cpu_multiplies_bf16``). The non-plain implementations
 were written for and measured on XLA:CPU (the reasons are below, the numbers in
 docs/performance.md); every other backend gets the plain ones until they are measured there.
 Each implementation is tested against the plain one.
@@ -51,6 +56,7 @@ CHOICES = {
     "attention": ("xla", "cudnn"),
     "residuals": ("native", "bits"),
     "matmul_backward": ("autodiff", "operands"),
+    "matmul_operands": ("native", "float32"),
 }
 
 
@@ -64,6 +70,7 @@ class Kernels:
     attention: str | None = None
     residuals: str | None = None
     matmul_backward: str | None = None
+    matmul_operands: str | None = None
 
     def __post_init__(self):
         for name, options in CHOICES.items():
@@ -77,23 +84,67 @@ class Kernels:
 
 
 PLAIN = Kernels(weight_indexing="native", lora_grad="autodiff", dropout="bernoulli",
-                attention="xla", residuals="native", matmul_backward="autodiff")
+                attention="xla", residuals="native", matmul_backward="autodiff",
+                matmul_operands="native")
 # Measured choices per backend (jax.default_backend() names); unlisted backends get PLAIN.
+# The CPU's matmul_operands is the processor's (None here: see resolve_kernels).
 BACKEND_KERNELS = {
     "cpu": Kernels(weight_indexing="bits", lora_grad="narrow_first", dropout="bits16",
                    attention="xla", residuals="bits", matmul_backward="operands"),
 }
 
+# /proc/cpuinfo flags of processors with bf16 dot-product instructions (x86: AVX-512 BF16,
+# AMX; Arm: FEAT_BF16), where XLA:CPU's bf16 matmuls run at least at float32's speed.
+BF16_DOT_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
-def resolve_kernels(requested: Kernels | None = None, backend: str | None = None) -> Kernels:
+
+def cpu_multiplies_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this host's processor has bf16 dot-product instructions (``cpuinfo``: the text
+    of /proc/cpuinfo, read when None); None where that cannot be told (no /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return not BF16_DOT_FLAGS.isdisjoint(value.split())
+    return None
+
+
+def resolve_kernels(requested: Kernels | None = None, backend: str | None = None,
+                    cpu_bf16: bool | None = None) -> Kernels:
     """``requested`` with every ``None`` replaced by ``backend``'s choice (default: the
-    backend JAX runs on)."""
+    backend JAX runs on). On CPU, 16-bit matmul operands are multiplied as float32 unless the
+    processor has bf16 dot instructions (``cpu_bf16``, default ``cpu_multiplies_bf16()``;
+    unknown: native): without them XLA:CPU's bf16 GEMMs ran ~1.5x slower than float32's
+    on an AVX2 EPYC (docs/performance.md)."""
     requested = requested or Kernels()
     if requested.resolved:
         return requested
-    defaults = BACKEND_KERNELS.get(backend or jax.default_backend(), PLAIN)
+    backend = backend or jax.default_backend()
+    defaults = BACKEND_KERNELS.get(backend, PLAIN)
+    if defaults.matmul_operands is None:
+        bf16 = cpu_multiplies_bf16() if cpu_bf16 is None else cpu_bf16
+        defaults = dataclasses.replace(
+            defaults, matmul_operands="float32" if bf16 is False else "native")
     return Kernels(**{name: getattr(requested, name) or getattr(defaults, name)
                       for name in CHOICES})
+
+
+def multiply_dtype(dtype, operands: str):
+    """The dtype ``operands`` (a ``matmul_operands`` choice) multiplies ``dtype`` values in."""
+    return jnp.float32 if operands == "float32" and is_16bit_float(dtype) else jnp.dtype(dtype)
+
+
+def matmul(equation: str, x: jax.Array, y: jax.Array, operands: str = "native") -> jax.Array:
+    """``einsum(equation, x, y)`` accumulated in float32, its operands multiplied per
+    ``operands`` (a ``matmul_operands`` choice)."""
+    return jnp.einsum(equation, x.astype(multiply_dtype(x.dtype, operands)),
+                      y.astype(multiply_dtype(y.dtype, operands)),
+                      preferred_element_type=jnp.float32)
 
 
 # -- weight_indexing ----------------------------------------------------------------------------
@@ -145,9 +196,10 @@ def split_for_scan(weights: dict[str, jax.Array], kernels: Kernels):
 
 # -- lora_grad ----------------------------------------------------------------------------------
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def narrow_first_einsum(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
-    """``einsum(equation, x, w)`` accumulated in float32, for the (LoRA) weights that train.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def narrow_first_einsum(equation: str, x: jax.Array, w: jax.Array,
+                        operands: str = "native") -> jax.Array:
+    """``matmul(equation, x, w, operands)``, for the (LoRA) weights that train.
 
     The custom VJP only changes how the weight gradient is laid out. JAX's transpose rule
     yields it as dot(grad, x) followed by a transpose, which XLA:CPU fuses into a strided
@@ -156,23 +208,23 @@ def narrow_first_einsum(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
     cheap orientation), and only that small result is transposed, behind an optimization
     barrier so XLA cannot fold the transpose back into the dot.
     """
-    return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+    return matmul(equation, x, w, operands)
 
 
-def _narrow_first_fwd(equation, x, w):
-    return narrow_first_einsum(equation, x, w), (x, w)
+def _narrow_first_fwd(equation, x, w, operands):
+    return narrow_first_einsum(equation, x, w, operands), (x, w)
 
 
-def _narrow_first_bwd(equation, residuals, grad):
+def _narrow_first_bwd(equation, operands, residuals, grad):
     x, w = residuals
     e = Einsum.parse(equation)
-    grad = grad.astype(x.dtype)
-    dx = jnp.einsum(f"{e.out},{e.w}->{e.x}", grad, w, preferred_element_type=jnp.float32)
+    grad = grad.astype(multiply_dtype(x.dtype, operands))
+    dx = matmul(f"{e.out},{e.w}->{e.x}", grad, w, operands)
     size = dict(zip(e.x, x.shape)) | dict(zip(e.out, grad.shape))
     from_x, from_out = e.weight_inputs, "".join(ch for ch in e.w if ch in e.out)
     narrow, wide = sorted((from_x, from_out), key=lambda axes: math.prod(size[a] for a in axes))
     order = narrow + wide
-    dw = jnp.einsum(f"{e.x},{e.out}->{order}", x, grad, preferred_element_type=jnp.float32)
+    dw = matmul(f"{e.x},{e.out}->{order}", x, grad, operands)
     if order != e.w:
         dw = jnp.transpose(jax.lax.optimization_barrier(dw), [order.index(a) for a in e.w])
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -182,11 +234,11 @@ narrow_first_einsum.defvjp(_narrow_first_fwd, _narrow_first_bwd)
 
 
 def trainable_einsum(equation: str, x: jax.Array, w: jax.Array, kernels: Kernels) -> jax.Array:
-    """``einsum`` with float32 accumulation for a weight that trains, with ``kernels``'s
-    weight-gradient layout."""
+    """``matmul`` for a weight that trains, with ``kernels``'s operands and weight-gradient
+    layout."""
     if kernels.lora_grad == "narrow_first":
-        return narrow_first_einsum(equation, x, w)
-    return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+        return narrow_first_einsum(equation, x, w, kernels.matmul_operands)
+    return matmul(equation, x, w, kernels.matmul_operands)
 
 
 # -- matmul_backward ----------------------------------------------------------------------------
@@ -197,33 +249,34 @@ def trainable_einsum(equation: str, x: jax.Array, w: jax.Array, kernels: Kernels
 # that cotangent holds 16-bit values, so rounding it back is exact and the backward GEMMs
 # run on 16-bit operands with the same float32 accumulation.
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def operands_dtype_einsum(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``einsum(equation, x, y)`` accumulated in float32, its backward's matmuls on the
-    cotangent rounded to the operands' (common, 16-bit) dtype."""
-    return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def operands_dtype_einsum(equation: str, x: jax.Array, y: jax.Array,
+                          operands: str = "native") -> jax.Array:
+    """``matmul(equation, x, y, operands)``, its backward's matmuls on the cotangent rounded
+    to the dtype the (common) operand dtype is multiplied in: the 16-bit dtype itself, or
+    float32 with ``operands="float32"`` (no rounding: JAX's transpose rule)."""
+    return matmul(equation, x, y, operands)
 
 
-def _operands_dtype_fwd(equation, x, y):
+def _operands_dtype_fwd(equation, x, y, operands):
     # Each operand is kept only for the other's gradient: a frozen weight's projection does
     # not save its input (what autodiff skips too, and a custom VJP must be told).
-    out = operands_dtype_einsum(equation, x.value, y.value)
+    out = operands_dtype_einsum(equation, x.value, y.value, operands)
     return out, (x.value if y.perturbed else None, y.value if x.perturbed else None)
 
 
-def _operands_dtype_bwd(equation, residuals, grad):
+def _operands_dtype_bwd(equation, operands, residuals, grad):
     x, y = residuals
     if isinstance(grad, jax.custom_derivatives.SymbolicZero) or (x is None and y is None):
         return None, None
     e = Einsum.parse(equation)
-    grad = grad.astype((x if y is None else y).dtype)
+    dtype = (x if y is None else y).dtype
+    grad = grad.astype(multiply_dtype(dtype, operands))
     dx = dy = None
     if y is not None:
-        dx = jnp.einsum(f"{e.out},{e.w}->{e.x}", grad, y, preferred_element_type=jnp.float32)
-        dx = dx.astype(y.dtype)
+        dx = matmul(f"{e.out},{e.w}->{e.x}", grad, y, operands).astype(y.dtype)
     if x is not None:
-        dy = jnp.einsum(f"{e.x},{e.out}->{e.w}", x, grad, preferred_element_type=jnp.float32)
-        dy = dy.astype(x.dtype)
+        dy = matmul(f"{e.x},{e.out}->{e.w}", x, grad, operands).astype(x.dtype)
     return dx, dy
 
 
@@ -231,17 +284,17 @@ operands_dtype_einsum.defvjp(_operands_dtype_fwd, _operands_dtype_bwd, symbolic_
 
 
 def rounding_einsum(equation: str, x: jax.Array, y: jax.Array,
-                    backward: str = "autodiff") -> jax.Array:
-    """``einsum`` accumulated in float32 whose output the caller casts to the operands' dtype
-    before any other use (so the cotangent is exact in that dtype); ``backward`` is a
-    ``matmul_backward`` choice."""
+                    backward: str = "autodiff", operands: str = "native") -> jax.Array:
+    """``matmul`` whose output the caller casts to the operands' dtype before any other use
+    (so the cotangent is exact in that dtype); ``backward`` is a ``matmul_backward`` choice,
+    ``operands`` a ``matmul_operands`` one."""
     e = Einsum.parse(equation)
     if set(e.x) - set(e.w + e.out) or set(e.w) - set(e.x + e.out):
         raise ValueError(f"{equation!r}: every operand axis must be shared or kept")
     if (backward == "operands" and x.dtype == y.dtype
             and is_16bit_float(x.dtype)):
-        return operands_dtype_einsum(equation, x, y)
-    return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32)
+        return operands_dtype_einsum(equation, x, y, operands)
+    return matmul(equation, x, y, operands)
 
 
 # -- residuals ----------------------------------------------------------------------------------

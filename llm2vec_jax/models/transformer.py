@@ -63,11 +63,13 @@ def project(x: jax.Array, weights: dict, name: str, dtype, kernels: K.Kernels, l
     """Apply projection ``name`` (plus its bias and, when ``lora`` targets it, the adapter
     ``scale · dropout(x)·A·B``).
 
-    Matmuls accumulate in float32 (fast bf16 on CPU needs preferred_element_type=float32).
+    Matmuls accumulate in float32 (fast bf16 on CPU needs preferred_element_type=float32),
+    their operands multiplied per ``kernels.matmul_operands``.
     """
     einsum = projection_einsum(name)
     y = checkpoint_name(K.rounding_einsum(einsum.equation, x, weights[name].astype(dtype),
-                                          kernels.matmul_backward), "projection")
+                                          kernels.matmul_backward, kernels.matmul_operands),
+                        "projection")
     if f"{name}_bias" in weights:
         y = y + weights[f"{name}_bias"].astype(jnp.float32)
     if lora is not None and name in lora.targets:
@@ -208,7 +210,8 @@ class Transformer(nnx.Module):
             attn = attend(q, k, v, mask, impl=kernels.attention,
                           dropout_rate=config.attention_dropout, dropout_rng=attn_key,
                           dropout_impl=kernels.dropout,
-                          matmul_backward=kernels.matmul_backward, scale=config.attention_scale,
+                          matmul_backward=kernels.matmul_backward,
+                          matmul_operands=kernels.matmul_operands, scale=config.attention_scale,
                           softcap=config.attn_logit_softcapping)
             attn = proj(attn, "o")
             if config.post_norms:
@@ -244,8 +247,8 @@ class Transformer(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head (tied to the embedding when the config says so); float32 logits,
         soft-capped when the config says so (Gemma 2)."""
-        logits = jnp.einsum("...d,vd->...v", hidden, self.lm_head_weight().astype(hidden.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = K.matmul("...d,vd->...v", hidden, self.lm_head_weight().astype(hidden.dtype),
+                          self.config.kernels.matmul_operands)
         return soft_cap(logits, self.config.final_logit_softcapping)
 
 

@@ -21,7 +21,8 @@ def lm_head_weight(model) -> jax.Array:
 def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,
               predict_labels: jax.Array, *, precision=None,
               softcap: float | None = None,
-              matmul_backward: str = "autodiff") -> tuple[jax.Array, dict]:
+              matmul_backward: str = "autodiff",
+              matmul_operands: str = "native") -> tuple[jax.Array, dict]:
     """Mean cross-entropy of the scored MNTP tokens; ``(loss, metrics)``.
 
     ``hidden`` [B, S, D] are the final hidden states, ``head`` [V, D] the LM head,
@@ -42,7 +43,8 @@ def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,
     the logits' cotangent rounded to the 16-bit hidden dtype. Unlike the projections' rounding
     this one is not exact (the logits stay float32), but it is the precision of the torch
     reference's bf16 step, whose logits and their gradient are bf16; autodiff instead runs a
-    float32 GEMM on a float32 copy of the [V, D] head.
+    float32 GEMM on a float32 copy of the [V, D] head. With ``matmul_operands="float32"``
+    (16-bit operands multiplied as float32) neither rounds: the head's backward is autodiff's.
 
     metrics: ``loss``, ``accuracy`` (the label's logit is the largest, over scored tokens; a
     tie counts, where argmax would take the first), ``count``.
@@ -50,7 +52,9 @@ def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,
     index = predict_positions.astype(jnp.int32)[..., None]
     rows = jnp.take_along_axis(hidden, index, axis=1)  # [B, P, D]
     head = head.astype(rows.dtype)
-    if matmul_backward == "operands" and K.is_16bit_float(rows.dtype) and precision is None:
+    if precision is None and matmul_operands == "float32":
+        logits = K.matmul("bpd,vd->bpv", rows, head, matmul_operands)
+    elif matmul_backward == "operands" and K.is_16bit_float(rows.dtype) and precision is None:
         logits = K.operands_dtype_einsum("bpd,vd->bpv", rows, head)
     else:
         logits = jnp.einsum("bpd,vd->bpv", rows, head, precision=precision,

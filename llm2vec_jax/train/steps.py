@@ -74,7 +74,8 @@ def mntp_objective(model, batch: MNTPBatch, rng, *, causal: bool = False):
                    dropout_rng=rng, lora_dropout=True)
     return mntp_loss(hidden, lm_head_weight(model), batch.predict_positions,
                      batch.predict_labels, softcap=model.config.final_logit_softcapping,
-                     matmul_backward=model.config.kernels.matmul_backward)
+                     matmul_backward=model.config.kernels.matmul_backward,
+                     matmul_operands=model.config.kernels.matmul_operands)
 
 
 def encode_rows(model, input_ids, attention_mask, row_keys=None, *,

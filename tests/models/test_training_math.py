@@ -24,6 +24,10 @@ from llm2vec_jax.models.specs import PROJECTIONS, projection_einsum
 from llm2vec_jax.train.steps import contrastive_objective, embed, embed_views
 
 BITS = dataclasses.replace(K.PLAIN, weight_indexing="bits")
+# The CPU backend's kernels with each matmul_operands choice (the resolver picks one by the
+# processor; the tests pin it so they check the same thing on every machine).
+CPU = {operands: dataclasses.replace(K.BACKEND_KERNELS["cpu"], matmul_operands=operands)
+       for operands in K.CHOICES["matmul_operands"]}
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.3, 0.5])
@@ -136,6 +140,80 @@ def test_operands_dtype_einsum_matches_autodiff_on_a_16bit_cotangent(equation):
     assert [eqn.primitive.name for eqn in jaxpr.eqns] == ["dot_general"]
 
 
+def _dot_operand_types(stablehlo: str) -> set[str]:
+    """The element types of every dot_general's operands in StableHLO text."""
+    types = set()
+    for line in stablehlo.splitlines():
+        if "stablehlo.dot_general" in line:
+            operands = line.rsplit(": (", 1)[1].split(") ->", 1)[0]
+            types |= {t.rsplit("x", 1)[-1].rstrip(">") for t in operands.split(", ")}
+    return types
+
+
+LORA_EQUATIONS = [eq for name in PROJECTIONS for eq in projection_einsum(name).lora()]
+
+
+@pytest.mark.parametrize("equation", EQUATIONS + LORA_EQUATIONS)
+def test_float32_operands_multiply_16bit_values_as_float32(equation):
+    """``matmul_operands='float32'``: 16-bit operands are converted to float32 for every
+    matmul, forward and backward, of each kernel (the frozen projections' custom VJP, the
+    LoRA one, the plain einsum): the lowered program multiplies no bf16, while the native
+    choice does (so the check can tell). On values whose products and sums are exact in
+    float32, values and gradients equal autodiff of the plain bf16 einsum exactly, and the
+    custom VJPs keep the 16-bit operands for the backward, not float32 copies."""
+    shapes = {"b": 2, "s": 5, "t": 5, "d": 12, "n": 3, "k": 2, "g": 2, "h": 4, "f": 20, "r": 6}
+    e = Einsum.parse(equation)
+    kx, kw, kg = jax.random.split(jax.random.key(len(equation) + 7), 3)
+    x = _exact_bf16(kx, [shapes[c] for c in e.x], 2.0 ** -3)
+    w = _exact_bf16(kw, [shapes[c] for c in e.w], 2.0 ** -4)
+    g = _exact_bf16(kg, [shapes[c] for c in e.out], 2.0 ** -2).astype(jnp.float32)
+
+    def plain(x, w):
+        return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
+
+    kernels = {
+        "frozen": lambda operands: lambda x, w: K.rounding_einsum(equation, x, w, "operands",
+                                                                  operands),
+        "lora": lambda operands: lambda x, w: K.narrow_first_einsum(equation, x, w, operands),
+        "plain": lambda operands: lambda x, w: K.matmul(equation, x, w, operands),
+    }
+    if "r" not in equation:
+        del kernels["lora"]
+    want, want_vjp = jax.vjp(plain, x, w)
+    for name, kernel in kernels.items():
+        got, got_vjp = jax.vjp(kernel("float32"), x, w)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        for a, b in zip(got_vjp(g), want_vjp(g)):
+            assert a.dtype == b.dtype == jnp.bfloat16, name
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+        def gradient(operands):
+            def value_and_vjp(x, w, g):
+                out, vjp = jax.vjp(kernel(operands), x, w)
+                return out, vjp(g)
+            return jax.jit(value_and_vjp)
+        assert _dot_operand_types(gradient("float32").lower(x, w, g).as_text()) == {"f32"}, name
+        assert "bf16" in _dot_operand_types(gradient("native").lower(x, w, g).as_text())
+        if name != "plain":
+            saved = jax.vjp(kernel("float32"), x, w)[1]
+            assert sorted(str(leaf.dtype) for leaf in jax.tree.leaves(saved)
+                          if leaf.ndim) == ["bfloat16", "bfloat16"], name
+
+
+def test_cpu_multiplies_bf16_reads_the_processor_flags():
+    """x86 ``flags`` and Arm ``Features`` lines; a processor without bf16 dot instructions
+    (AVX2 only), one with them, and text that tells neither."""
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c\n"
+    avx512 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 avx512_vnni\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+    arm_old = "processor\t: 0\nFeatures\t: fp asimd evtstrm\n"
+    assert K.cpu_multiplies_bf16(avx2) is False and K.cpu_multiplies_bf16(arm_old) is False
+    assert K.cpu_multiplies_bf16(avx512) is True and K.cpu_multiplies_bf16(arm) is True
+    assert K.cpu_multiplies_bf16("processor\t: 0\n") is None
+    # A flag only contains the name ("avx512_bf16_x" is no flag of ours): whole words only.
+    assert K.cpu_multiplies_bf16("flags : avx2 notbf16\n") is False
+
+
 def _model_and_batch(lengths):
     graphdef, lora, frozen = tiny_lora_model(vocab_size=96, hidden_size=32,
                                              intermediate_size=48, head_dim=8)
@@ -212,12 +290,21 @@ def test_indexing_as_bits_is_exact_and_differentiable(dtype):
 
 
 def test_one_resolver_picks_the_kernels_per_backend():
-    cpu = K.resolve_kernels(None, "cpu")
-    assert cpu == K.BACKEND_KERNELS["cpu"] and cpu.weight_indexing == "bits"
+    cpu = K.resolve_kernels(None, "cpu", cpu_bf16=True)
+    assert cpu == CPU["native"] and cpu.weight_indexing == "bits"
+    # A processor without bf16 dot instructions multiplies 16-bit operands as float32; one
+    # that cannot be told keeps them native.
+    assert K.resolve_kernels(None, "cpu", cpu_bf16=False) == CPU["float32"]
+    assert K.resolve_kernels(None, "cpu", cpu_bf16=None).matmul_operands in K.CHOICES[
+        "matmul_operands"]
     assert K.resolve_kernels(None, "gpu") == K.PLAIN == K.resolve_kernels(None, "tpu")
+    assert K.resolve_kernels(None, "gpu", cpu_bf16=False) == K.PLAIN
     # An explicit choice wins; the rest is the backend's.
-    chosen = K.resolve_kernels(Kernels(attention="cudnn", lora_grad="autodiff"), "cpu")
+    chosen = K.resolve_kernels(Kernels(attention="cudnn", lora_grad="autodiff"), "cpu",
+                               cpu_bf16=True)
     assert chosen == dataclasses.replace(cpu, attention="cudnn", lora_grad="autodiff")
+    assert K.resolve_kernels(Kernels(matmul_operands="native"), "cpu",
+                             cpu_bf16=False) == CPU["native"]
     half = jnp.zeros((2, 3), jnp.bfloat16)
     assert K.indexed_as_bits(half, cpu) and not K.indexed_as_bits(half.astype(jnp.float32), cpu)
     assert not K.indexed_as_bits(half, K.PLAIN)
@@ -248,15 +335,16 @@ def _compiled_lora_gradient(config: ModelConfig, ids: jax.Array):
     return jax.jit(jax.value_and_grad(loss)).lower(lora, frozen).compile(), (lora, frozen)
 
 
+@pytest.mark.parametrize("operands", K.CHOICES["matmul_operands"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cpu_kernels_give_the_plain_kernels_loss_and_gradients(dtype):
+def test_cpu_kernels_give_the_plain_kernels_loss_and_gradients(dtype, operands):
     """The whole LoRA model (no dropout: the random streams differ by design) with the CPU
     backend's kernels against the plain ones."""
     config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=2,
                          num_heads=4, num_kv_heads=2, head_dim=8, dtype=dtype, param_dtype=dtype)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 9)), jnp.int32)
     results = []
-    for kernels in (K.BACKEND_KERNELS["cpu"], K.PLAIN):
+    for kernels in (CPU[operands], K.PLAIN):
         compiled, args = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
         results.append(compiled(*args))
     (fast, fast_grads), (plain, plain_grads) = results
@@ -297,12 +385,14 @@ def test_bf16_forward_has_no_float32_copy_of_the_weights():
     np.testing.assert_array_equal(fast, np.asarray(plain_compiled(state, ids, mask), np.float32))
 
 
-def test_bf16_backward_keeps_its_saved_activations_16_bit():
+@pytest.mark.parametrize("operands", K.CHOICES["matmul_operands"])
+def test_bf16_backward_keeps_its_saved_activations_16_bit(operands):
     """XLA:CPU stacks the layer scan's saved activations through a float32
     dynamic-update-slice: the compiled bf16 LoRA gradient must hold no float32 activation
     stack [L, B, S, D or F] when residuals are kept as bits (and the float32 norm and MLP
     islands are recomputed), while with native residuals it does (so the check can fail);
-    both give the same loss and gradients, as storage as bits is lossless."""
+    both give the same loss and gradients, as storage as bits is lossless. Operands
+    multiplied as float32 are converted where they are used, not saved converted."""
     layers, batch, seq, hidden, mlp = 3, 2, 9, 32, 48
     config = ModelConfig(vocab_size=96, hidden_size=hidden, intermediate_size=mlp,
                          num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -311,7 +401,7 @@ def test_bf16_backward_keeps_its_saved_activations_16_bit():
     stacks = [f"f32[{layers},{batch},{seq},{width}]" for width in (hidden, mlp)]
     results = {}
     for residuals in ("bits", "native"):
-        kernels = dataclasses.replace(K.BACKEND_KERNELS["cpu"], residuals=residuals)
+        kernels = dataclasses.replace(CPU[operands], residuals=residuals)
         compiled, args = _compiled_lora_gradient(config.replace(kernels=kernels), ids)
         results[residuals] = (compiled.as_text(), compiled(*args))
     bits_hlo, (bits_loss, bits_grads) = results["bits"]
@@ -330,11 +420,11 @@ def _while_tuples(hlo: str) -> list[str]:
 
 
 def test_bf16_backward_runs_16bit_matmuls_and_saves_no_weights_or_probabilities():
-    """The compiled bf16 LoRA gradient with the CPU kernels: (1) its backward matmuls take
-    the bf16 weights as they are (with ``matmul_backward='autodiff'`` XLA converts each
-    layer's weights to float32 for them); (2) the forward layer scan carries each stacked
-    weight once, as its input, and saves no per-layer copy (with native residuals it does);
-    (3) no [L, B, K, G, S, T] attention probabilities are saved (they are recomputed).
+    """The compiled bf16 LoRA gradient with the CPU kernels (native 16-bit operands): (1)
+    its backward matmuls take the bf16 weights as they are (with
+    ``matmul_backward='autodiff'`` XLA converts each layer's weights to float32 for them);
+    (2) the forward layer scan carries each stacked weight once, as its input, and saves no
+    per-layer copy (with native residuals it does); (3) no [L, B, K, G, S, T] attention probabilities are saved (they are recomputed).
     The numbers are checked elsewhere: the 16-bit backward against autodiff exactly
     (``test_operands_dtype_einsum_matches_autodiff_on_a_16bit_cotangent``), the whole model
     against the plain kernels (``test_cpu_kernels_give_the_plain_kernels_loss_and_gradients``)."""
@@ -343,7 +433,7 @@ def test_bf16_backward_runs_16bit_matmuls_and_saves_no_weights_or_probabilities(
                          num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=8,
                          dtype="bfloat16", param_dtype="bfloat16")
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (batch, seq)), jnp.int32)
-    cpu = K.BACKEND_KERNELS["cpu"]
+    cpu = CPU["native"]
     variants = {"cpu": cpu,
                 "autodiff": dataclasses.replace(cpu, matmul_backward="autodiff"),
                 "native": dataclasses.replace(cpu, residuals="native")}
@@ -421,7 +511,7 @@ def test_dot_remat_policies_still_save_the_projections_with_a_16bit_backward():
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 96, (batch, seq)), jnp.int32)
 
     def saved(remat, matmul_backward):
-        kernels = dataclasses.replace(K.BACKEND_KERNELS["cpu"], matmul_backward=matmul_backward)
+        kernels = dataclasses.replace(CPU["native"], matmul_backward=matmul_backward)
         compiled = _compiled_lora_gradient(config.replace(kernels=kernels, remat=remat), ids)[0]
         loop = max(_while_tuples(compiled.as_text()), key=len)
         return loop.count(f"[{layers},{batch},{seq},")

@@ -128,12 +128,7 @@ def _bf16(x):
     return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
 
 
-def test_mntp_head_backward_on_the_bf16_rounded_cotangent():
-    """matmul_backward="operands": the same loss, and the hidden states' gradient is the
-    float32 logits' cotangent rounded to bf16, times the head, rounded to bf16, written out
-    here in float64. Products of two bf16 values are exact in float32 and the float32 sum's
-    error (V * 2^-24 relative, here 2^-17) is far under bf16's half ulp (2^-9), so the two
-    agree to within the final rounding: one bf16 ulp."""
+def _head_case():
     rng = np.random.default_rng(3)
     B, S, D, V, P = 2, 12, 16, 128, 4
     hidden = jnp.asarray(rng.standard_normal((B, S, D)), jnp.bfloat16)
@@ -141,29 +136,69 @@ def test_mntp_head_backward_on_the_bf16_rounded_cotangent():
     idx = np.stack([rng.permutation(S)[:P] for _ in range(B)]).astype(np.int32)  # distinct
     lab = rng.integers(0, V, (B, P)).astype(np.int32)
     lab[1, 3] = IGNORE_INDEX
+    return hidden, head, idx, lab
 
-    def loss(h, backward):
-        return mntp_loss(h, head, idx, lab, matmul_backward=backward)[0]
 
-    autodiff, operands = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(hidden, b)
-                          for b in ("autodiff", "operands"))
-    assert float(operands[0]) == float(autodiff[0])
-    assert operands[1].dtype == jnp.bfloat16
-
+def _hidden_gradient_in_float64(hidden, head, idx, lab, *, round_cotangent: bool):
+    """The hidden states' gradient written out in float64 from the float32 logits'
+    cotangent (rounded to bf16 first if ``round_cotangent``), rounded to bf16 at the end."""
     rows = np.take_along_axis(np.asarray(hidden, np.float32), idx[..., None], axis=1)
     logits_cotangent = np.asarray(jax.grad(lambda z: _nll_of_logits(z, lab))(
-        jnp.einsum("bpd,vd->bpv", rows, np.asarray(head, np.float32))))
-    expected = np.zeros((B, S, D))
-    d_rows = _bf16(logits_cotangent) @ np.asarray(head, np.float64)
-    for b in range(B):
-        for p in range(P):
+        jnp.einsum("bpd,vd->bpv", rows, np.asarray(head, np.float32))), np.float64)
+    if round_cotangent:
+        logits_cotangent = _bf16(logits_cotangent)
+    expected = np.zeros(hidden.shape)
+    d_rows = logits_cotangent @ np.asarray(head, np.float64)
+    for b in range(idx.shape[0]):
+        for p in range(idx.shape[1]):
             expected[b, idx[b, p]] += d_rows[b, p]
-    expected = _bf16(expected)
-    got = np.asarray(operands[1], np.float64)
+    return _bf16(expected)
+
+
+def _within_one_bf16_ulp(got, expected):
+    got = np.asarray(got, np.float64)
     ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(expected), 1e-30))) - 7)
     assert np.all(np.abs(got - expected) <= ulp), np.max(np.abs(got - expected) / ulp)
+
+
+def _head_value_and_grad(hidden, head, idx, lab, backward, operands="native"):
+    def loss(h):
+        return mntp_loss(h, head, idx, lab, matmul_backward=backward,
+                         matmul_operands=operands)[0]
+    return jax.jit(jax.value_and_grad(loss))(hidden)
+
+
+def test_mntp_head_backward_on_the_bf16_rounded_cotangent():
+    """matmul_backward="operands": the same loss, and the hidden states' gradient is the
+    float32 logits' cotangent rounded to bf16, times the head, rounded to bf16, written out
+    here in float64. Products of two bf16 values are exact in float32 and the float32 sum's
+    error (V * 2^-24 relative, here 2^-17) is far under bf16's half ulp (2^-9), so the two
+    agree to within the final rounding: one bf16 ulp."""
+    hidden, head, idx, lab = _head_case()
+    autodiff = _head_value_and_grad(hidden, head, idx, lab, "autodiff")
+    operands = _head_value_and_grad(hidden, head, idx, lab, "operands")
+    assert float(operands[0]) == float(autodiff[0])
+    assert operands[1].dtype == jnp.bfloat16
+    _within_one_bf16_ulp(operands[1], _hidden_gradient_in_float64(hidden, head, idx, lab,
+                                                                  round_cotangent=True))
     # autodiff's float32 cotangent gives a (slightly) different gradient: the test can tell.
     assert not np.array_equal(np.asarray(autodiff[1]), np.asarray(operands[1]))
+
+
+def test_mntp_head_with_float32_operands_keeps_the_float32_cotangent():
+    """matmul_operands="float32" (bf16 rows and head multiplied as float32): nothing is
+    rounded before the head's backward matmul, whatever matmul_backward says; the gradient
+    is the float64 product of the unrounded cotangent to within the final bf16 rounding (one
+    ulp), and differs from the rounded-cotangent path's (so the test can tell)."""
+    hidden, head, idx, lab = _head_case()
+    rounded = _head_value_and_grad(hidden, head, idx, lab, "operands")
+    expected = _hidden_gradient_in_float64(hidden, head, idx, lab, round_cotangent=False)
+    for backward in ("operands", "autodiff"):
+        loss, grad = _head_value_and_grad(hidden, head, idx, lab, backward, "float32")
+        assert grad.dtype == jnp.bfloat16
+        assert math.isclose(float(loss), float(rounded[0]), rel_tol=1e-6)
+        _within_one_bf16_ulp(grad, expected)
+        assert not np.array_equal(np.asarray(grad), np.asarray(rounded[1]))
 
 
 def _nll_of_logits(logits, labels):
