@@ -20,6 +20,7 @@ and pooling in f32.
     python bench/train_step.py --steps 2 --warmup 1 --stages mntp --grad-ckpt off   # smoke
     python bench/train_step.py --sides ref                      # reference only
     python bench/train_step.py --dtype bfloat16 --grad-ckpt off  # bf16 vs bf16
+    python bench/train_step.py --dtype bfloat16 --matmul-operands native,float32  # both kernels
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ standard deviation u·√(R/3); the tests allow 4 of those standard deviations:
 
 R_HEAD = 1 for MNTP: on CPU (``kernels.matmul_backward=operands``) the LM head's backward
 rounds the float32 logits' cotangent to bf16, as the torch reference's bf16 logits do; 0 for
-the contrastive loss, which has no head.
+the contrastive loss, which has no head. (On a CPU without bf16 dot instructions,
+``matmul_operands=float32``, that rounding does not happen: the bound then has one rounding
+to spare.)
 
 An operation computed in bf16 that should be float32 (the softmax, a pooling sum over the
 sequence, the loss) adds errors the model does not count and fails these, and the dtype
