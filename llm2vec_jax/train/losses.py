@@ -52,13 +52,13 @@ def mntp_loss(hidden: jax.Array, head: jax.Array, predict_positions: jax.Array,
     index = predict_positions.astype(jnp.int32)[..., None]
     rows = jnp.take_along_axis(hidden, index, axis=1)  # [B, P, D]
     head = head.astype(rows.dtype)
-    if precision is None and matmul_operands == "float32":
-        logits = K.matmul("bpd,vd->bpv", rows, head, matmul_operands)
-    elif matmul_backward == "operands" and K.is_16bit_float(rows.dtype) and precision is None:
-        logits = K.operands_dtype_einsum("bpd,vd->bpv", rows, head)
-    else:
+    if precision is not None:
         logits = jnp.einsum("bpd,vd->bpv", rows, head, precision=precision,
                             preferred_element_type=jnp.float32)
+    elif matmul_backward == "operands" and K.is_16bit_float(rows.dtype):
+        logits = K.operands_dtype_einsum("bpd,vd->bpv", rows, head, matmul_operands)
+    else:
+        logits = K.matmul("bpd,vd->bpv", rows, head, matmul_operands)
     logits = logits.astype(jnp.float32)
     logits = soft_cap(logits, softcap)
     valid = predict_labels != IGNORE_INDEX
