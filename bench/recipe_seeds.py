@@ -8,7 +8,8 @@ Each hub dataset the recipe names (``data.path``/``eval.sts_dev``) is replaced b
 copy in ``../shared/data`` when one is known (``LOCAL_COPIES``); anything else runs as
 written. Seed s sets every stage's ``run.seed`` to s and writes to ``OUT_DIR/seed-s`` (a
 rerun resumes and skips finished stages). ``--set`` takes the recipe's own dotted overrides
-(``stages.simcse.run.max_steps=10``) for quick looks. Results:
+(``stages.simcse.run.max_steps=10``) for quick looks; ``--stages simcse`` runs only the named
+stages (the unsupervised half of a recipe, say). Results:
 ``bench/results/<name>-<date>.json``. Tune on STS-B dev only.
 """
 
@@ -70,6 +71,22 @@ def _stage_data_path(stage: dict) -> str | None:
         return ((yaml.safe_load(f) or {}).get("data") or {}).get("path")
 
 
+def keep_stages(raw: dict, names: list[str]) -> dict:
+    """The recipe cut to the named stages (a stage's ``after`` must be kept too): the
+    unsupervised half of a recipe, say, without its supervised stage."""
+    known = [stage.get("name") for stage in raw["stages"]]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SystemExit(f"--stages: no stage named {', '.join(unknown)} in this recipe "
+                         f"(it has {', '.join(map(str, known))})")
+    kept = [stage for stage in raw["stages"] if stage.get("name") in names]
+    for stage in kept:
+        if stage.get("after") and stage["after"] not in names:
+            raise SystemExit(f"--stages: {stage['name']} trains after {stage['after']}; "
+                             f"keep {stage['after']} too")
+    return {**raw, "stages": kept}
+
+
 def for_seed(raw: dict, seed: int, out_dir: Path) -> dict:
     raw = copy.deepcopy(raw)
     raw["output_dir"] = str(out_dir)
@@ -101,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--out-dir", default=None, help="default: outputs/<recipe name>-seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--stages", default=None, metavar="A,B",
+                   help="run only these stages (default: all)")
     p.add_argument("--name", default=None, help="results file prefix (default: recipe name)")
     a = p.parse_args(argv)
     from llm2vec_jax.recipe import load_recipe, run_recipe
@@ -110,6 +129,8 @@ def main(argv=None) -> int:
     out_root = Path(a.out_dir or f"outputs/{name}-seeds")
     out_root.mkdir(parents=True, exist_ok=True)
     raw, replaced = localise(yaml.safe_load(recipe_path.read_text()), recipe_path.parent)
+    if a.stages:
+        raw = keep_stages(raw, a.stages.split(","))
     for line in replaced:
         print(f"[recipe_seeds] local copy: {line}", flush=True)
     per_seed, walls, started = {}, {}, time.time()
