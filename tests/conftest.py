@@ -44,7 +44,8 @@ def pytest_xdist_auto_num_workers(config):
     its time single-threaded (XLA compiles, Python, subprocess start-up) or waiting on a
     subprocess, and a third worker on 2 cores fills that: 1,712 s against 1,798 s for the
     whole suite, both cores then busy 98 % of the run."""
-    return len(os.sched_getaffinity(0)) + 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) + 1
 
 
 def pytest_collection_modifyitems(config, items):
