@@ -128,9 +128,10 @@ def main(argv=None) -> int:
     name = a.name or recipe_path.stem
     out_root = Path(a.out_dir or f"outputs/{name}-seeds")
     out_root.mkdir(parents=True, exist_ok=True)
-    raw, replaced = localise(yaml.safe_load(recipe_path.read_text()), recipe_path.parent)
+    raw = yaml.safe_load(recipe_path.read_text())
     if a.stages:
         raw = keep_stages(raw, a.stages.split(","))
+    raw, replaced = localise(raw, recipe_path.parent)
     for line in replaced:
         print(f"[recipe_seeds] local copy: {line}", flush=True)
     per_seed, walls, started = {}, {}, time.time()

@@ -53,8 +53,9 @@ def pytest_collection_modifyitems(config, items):
     short), each file's tests in their own order: workers take whole files, so the run then
     ends on short files instead of one core running a long one alone."""
     import json
-    table = Path(__file__).resolve().parent / "file_seconds.json"
-    seconds = json.loads(table.read_text(encoding="utf-8")) if table.is_file() else {}
+
+    from file_seconds import TABLE
+    seconds = json.loads(TABLE.read_text(encoding="utf-8")) if TABLE.is_file() else {}
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
 
 
