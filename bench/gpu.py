@@ -16,7 +16,9 @@ and prints one marked JSON line per measurement; this parent re-prints them as p
 adds FLOPs/MFU, and rewrites the results file after every record, so a run cut short still
 leaves what it measured. Time guards: the JAX child must finish by ``budget - torch_reserve``,
 the torch child by ``budget``; each child skips a measurement that no longer fits, and the
-parent kills a child that overruns its deadline.
+parent kills a child that overruns its deadline (but never in its first ``START_S`` seconds:
+imports alone can take 15 s on a loaded machine, and a child killed before its own guard
+runs leaves no record of why it measured nothing).
 
     bench/gpu.sh                       # on the GPU machine (what the lead runs)
     python bench/gpu.py --dry-run      # tiny shapes on CPU, both sides, < 2 min
@@ -487,6 +489,9 @@ def _flops_fn(shape: dict):
     return flops
 
 
+START_S = 60.0
+
+
 def run_child(side: str, deadline: float, a, results: Results, grace: float = 15.0) -> None:
     cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--child", side,
            "--deadline", repr(deadline), "--jax-variants", a.jax_variants]
@@ -501,6 +506,7 @@ def run_child(side: str, deadline: float, a, results: Results, grace: float = 15
         env["JAX_PLATFORMS"] = "cpu"
     print(f"[gpu.py] {side} child: {max(0.0, deadline - time.time()):.0f} s until its deadline",
           file=sys.stderr, flush=True)
+    started = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=env, cwd=REPO)
 
     def read():
@@ -515,12 +521,12 @@ def run_child(side: str, deadline: float, a, results: Results, grace: float = 15
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        rc = proc.wait(timeout=max(1.0, deadline + grace - time.time()))
+        rc = proc.wait(timeout=max(started + START_S, deadline + grace) - time.time())
     except subprocess.TimeoutExpired:
         proc.kill()
         rc = proc.wait()
         results.add({"record": "error", "side": side,
-                     "error": f"killed {grace:.0f} s past its deadline (time budget)"})
+                     "error": f"killed {time.time() - deadline:.0f} s past its deadline (time budget)"})
     reader.join(timeout=10)
     if rc:
         results.add({"record": "child_exit", "side": side, "returncode": rc})
