@@ -35,9 +35,11 @@ log = logging.getLogger("llm2vec_jax.train")
 
 
 def checkpoint_manager(config: TrainConfig) -> ocp.CheckpointManager:
+    # create=False: the directory appears with the first save, so a run refused before it
+    # trains (a bad model, say, found after the resume check) leaves nothing behind.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.run.keep_checkpoints,
-        enable_async_checkpointing=config.run.async_checkpointing)
+        enable_async_checkpointing=config.run.async_checkpointing, create=False)
     directory = join(config.run.output_dir, "checkpoints")
     if not is_remote(directory):
         directory = os.path.abspath(directory)
@@ -127,20 +129,21 @@ def _move_aside(manager: ocp.CheckpointManager, step: int, prefix: str) -> str:
     return os.fspath(target)
 
 
-def restore(manager: ocp.CheckpointManager, resume: str | int, record: dict, state: TrainState,
-            iterator) -> TrainState:
-    """``state`` and ``iterator`` set from the checkpoint ``resume`` (``run.resume``) picks
-    (auto: the newest readable one, unreadable newer ones moved aside to
-    ``unreadable-<step>``); ``record``: this run's, as ``save`` takes it.
+def resume_candidates(manager: ocp.CheckpointManager, resume: str | int,
+                      record: dict) -> list[int]:
+    """The checkpoints ``restore`` tries, newest first, as ``resume`` (``run.resume``) picks
+    them; called before the model is loaded, so a refused resume does not wait for it.
+    ``record``: this run's, as ``save`` takes it. Checkpoints after a chosen step are moved
+    aside to ``superseded-<step>``.
 
-    Raises ResumeError when no checkpoint can be read, or when the checkpoints were written
-    for another stage, base model or LoRA layout."""
+    Raises ResumeError for a chosen step that is not there, and when the newest checkpoint
+    whose metadata can be read was written for another stage, base model or LoRA layout."""
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         if isinstance(resume, int):
             raise ResumeError(f"run.resume={resume}, but {manager.directory} holds "
                               "no checkpoint; use run.resume: auto or none")
-        return state
+        return []
     if isinstance(resume, int):
         if resume not in steps:
             raise ResumeError(f"run.resume={resume}: no checkpoint of that step in "
@@ -150,9 +153,28 @@ def restore(manager: ocp.CheckpointManager, resume: str | int, record: dict, sta
         for later in [s for s in steps if s > resume]:
             log.warning("run.resume=%d: the later checkpoint %d moved aside to %s", resume,
                         later, _move_aside(manager, later, "superseded"))
-        candidates = [resume]
-    else:
-        candidates = steps
+        return [resume]
+    for step in steps:
+        try:
+            recorded = manager.metadata(step).custom_metadata or {}
+        except Exception:  # noqa: BLE001 - unreadable: restore sets it aside
+            continue
+        if "identity" in recorded:
+            _check_identity(recorded["identity"], record["identity"], manager.directory)
+        break
+    return steps
+
+
+def restore(manager: ocp.CheckpointManager, candidates: list[int], resume: str | int,
+            record: dict, state: TrainState, iterator) -> TrainState:
+    """``state`` and ``iterator`` set from the first readable checkpoint of ``candidates``
+    (``resume_candidates``); with run.resume auto (``resume``), unreadable newer ones are
+    moved aside to ``unreadable-<step>``.
+
+    Raises ResumeError when no checkpoint can be read, or when one was written for another
+    stage, base model or LoRA layout."""
+    if not candidates:
+        return state
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             trainable(state))
     for step in candidates:
@@ -238,8 +260,6 @@ class CheckpointWriteError(Exception):
     orbax writes into a temporary directory and renames it only when complete."""
 
 
-
-
 _ORBAX = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
 
 
@@ -266,7 +286,6 @@ class _WriteFailureEchoes(logging.Filter):
         return True
 
 
-_ORBAX = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
 _echoes = _WriteFailureEchoes()
 
 

@@ -8,8 +8,8 @@ and supervised training is ``stages.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -25,8 +25,11 @@ from ..lora import lora_parameter_count
 from ..text.reference import validate_pooling
 from ..text.tokenize import load_tokenizer
 from . import stages
+from ..checkpoints.default_model import resolve_model
+from ..checkpoints.hf import resolve_checkpoint_dir
+from ..models import ModelConfig
 from .checkpointing import (checkpoint_manager, data_fingerprint, finish, record_settings,
-                            restore, run_identity, save, start_over)
+                            restore, resume_candidates, run_identity, save, start_over)
 from .config import TrainConfig, TrainConfigError
 from .export import export_adapter
 from .flops import mfu, train_flops_per_step
@@ -56,24 +59,42 @@ def train(config: TrainConfig) -> dict:
             raise TrainConfigError(f"contrastive.grad_cache_chunk={chunk} must divide "
                                    f"run.global_batch_size={run.global_batch_size}")
         shd.check_batch(mesh, chunk)  # each chunk is spread over the data-parallel shards
-    path, model = prepare_model(config, mesh)
-    check_lengths(config, path)
+    # Whatever can refuse the run comes before the weights are read: a typo in a data path or
+    # the checkpoints of another run should not wait for a model load.
+    path = resolve_checkpoint_dir(resolve_model(config.model.path))
+    base = ModelConfig.from_hf(path)
+    check_lengths(config, base, path)
     dims = config.contrastive.matryoshka_dims
-    if run.stage != "mntp" and dims and dims[-1] > model.config.hidden_size:
+    if run.stage != "mntp" and dims and dims[-1] > base.hidden_size:
         raise TrainConfigError(f"contrastive.matryoshka_dims={list(dims)} goes past the model's "
-                               f"embedding width {model.config.hidden_size}")
+                               f"embedding width {base.hidden_size}")
     tokenizer = load_tokenizer(path)
     if run.stage != "mntp":
         validate_pooling(config.contrastive.pooling, tokenizer)
-    train_iter, eval_iter = stages.iterators(config, tokenizer, model.config.model_type)
+    train_iter, eval_iter = stages.iterators(config, tokenizer, base.model_type)
+    if run.resume == "none":
+        start_over(config)
+    record = {"identity": run_identity(config, path),
+              "data fingerprint": data_fingerprint(config, path)}
+    manager = checkpoint_manager(config)
+    resume = Resume(manager, resume_candidates(manager, run.resume, record), record)
+    model = prepare_model(config, path, mesh)
     return run_loop(config, mesh, model, path, tokenizer, train_iter, eval_iter,
-                    stages.objective(config))
+                    stages.objective(config), resume)
 
 
-def check_lengths(config: TrainConfig, model_path: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where the checkpoints go and which ones a resume tries (``resume_candidates``), and
+    this run's record (``run_identity``, ``data_fingerprint``) saved with each."""
+    manager: object
+    candidates: list[int]
+    record: dict
+
+
+def check_lengths(config: TrainConfig, base: ModelConfig, model_path: str) -> None:
     """Sequence lengths the model has positions for (else it fails later on a token count)."""
-    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
-        limit = json.load(f).get("max_position_embeddings")
+    limit = base.max_position_embeddings
     length, name = ((config.data.max_seq_length, "data.max_seq_length") if config.run.stage == "mntp"
                     else (config.contrastive.max_length, "contrastive.max_length"))
     if limit is not None and length > limit:
@@ -96,7 +117,7 @@ def evaluate(eval_step, state, iterator: ShardedBatches, mesh, batches: int) -> 
 
 
 def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train_iter, eval_iter,
-             objective) -> dict:
+             objective, resume: Resume) -> dict:
     """The stage-independent loop: jitted steps, logging, eval, checkpoints, export."""
     run = config.run
     tx = config.optimizer.build(run.max_steps)
@@ -109,13 +130,8 @@ def run_loop(config: TrainConfig, mesh, model, model_path: str, tokenizer, train
     batch_shardings = jax.tree.map(lambda x: x.sharding, sample)
     step_fn = jit_train_step(make_train_step(graphdef, tx, objective), state, mesh, batch_shardings)
     eval_fn = jit_eval_step(make_eval_step(graphdef, objective), state, mesh, batch_shardings)
-    # Before compiling: a refused resume should not wait for it.
-    if run.resume == "none":
-        start_over(config)
-    record = {"identity": run_identity(config, model_path),
-              "data fingerprint": data_fingerprint(config, model_path)}
-    manager = checkpoint_manager(config)
-    state = restore(manager, run.resume, record, state, train_iter)
+    manager, record = resume.manager, resume.record
+    state = restore(manager, resume.candidates, run.resume, record, state, train_iter)
     with jax.set_mesh(mesh):
         compile_now(step_fn, state, sample, jax.random.key(0))
 

@@ -16,14 +16,15 @@ def adapter_chain(config: TrainConfig) -> tuple[str, ...]:
     return (adapters,) if isinstance(adapters, str) else tuple(adapters)
 
 
-def prepare_model(config: TrainConfig, mesh):
-    """(checkpoint directory, model): ``model.path`` + ``model.adapter``(s) merged in order,
-    sharded by the rules table, attention dropout set for the contrastive stages, and a
-    fresh LoRA (``config.lora``) attached, or ``model.init_adapter`` loaded unmerged."""
+def prepare_model(config: TrainConfig, path: str, mesh):
+    """The model to train: ``path`` (``model.path``'s checkpoint directory) with
+    ``model.adapter``(s) merged in order, sharded by the rules table, attention dropout set
+    for the contrastive stages, and a fresh LoRA (``config.lora``) attached, or
+    ``model.init_adapter`` loaded unmerged."""
     sharding_fn = shd.weight_sharding_fn(mesh)
-    path, model = load_merged(config.model.path, adapter_chain(config),
-                              dtype=config.model.dtype, compute_dtype=config.model.compute_dtype,
-                              sharding_fn=sharding_fn, remat=config.model.remat)
+    _, model = load_merged(path, adapter_chain(config), dtype=config.model.dtype,
+                           compute_dtype=config.model.compute_dtype, sharding_fn=sharding_fn,
+                           remat=config.model.remat)
     if config.run.stage == "mntp" and not model.config.has_logits:
         raise ValueError(
             f"MNTP needs an LM head, but model.path={config.model.path!r} is a bare *Model "
@@ -35,7 +36,7 @@ def prepare_model(config: TrainConfig, mesh):
         continue_adapter(model, config, sharding_fn)
     else:
         attach_lora(model, config.lora, seed=config.run.seed, sharding_fn=sharding_fn)
-    return path, model
+    return model
 
 
 def continue_adapter(model, config: TrainConfig, sharding_fn) -> None:

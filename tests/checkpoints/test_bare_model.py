@@ -88,7 +88,7 @@ def test_mntp_is_refused_on_a_headless_checkpoint(tmp_path):
     src = save_bare(make_hf_model("llama"), tmp_path / "bare")
     config = load_config(None, [f"model.path={src}", "run.stage=mntp"])
     with pytest.raises(ValueError, match="MNTP needs an LM head.*bare \\*Model checkpoint"):
-        prepare_model(config, make_mesh())
+        prepare_model(config, src, make_mesh())
 
 
 @pytest.fixture(scope="module")

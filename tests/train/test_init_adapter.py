@@ -46,7 +46,7 @@ def config(checkpoint, adapter, lora):
 def test_the_stage_starts_from_the_adapter_unmerged(trained_adapter):
     checkpoint, adapter, writer = trained_adapter
     lora = LoRAConfig(r=4, alpha=8, dropout=0.1)
-    _, model = prepare_model(config(checkpoint, adapter, lora), make_mesh())
+    model = prepare_model(config(checkpoint, adapter, lora), checkpoint, make_mesh())
     started, written = get_adapter(model), get_adapter(writer)
     assert started.config == lora           # the adapter's shape, this stage's dropout
     assert set(started.arrays) == set(written.arrays)
@@ -70,7 +70,7 @@ def test_the_stage_starts_from_the_adapter_unmerged(trained_adapter):
 def test_an_adapter_of_another_shape_is_refused_naming_both(trained_adapter, lora, named):
     checkpoint, adapter, _ = trained_adapter
     with pytest.raises(TrainConfigError, match="init_adapter") as err:
-        prepare_model(config(checkpoint, adapter, lora), make_mesh())
+        prepare_model(config(checkpoint, adapter, lora), checkpoint, make_mesh())
     assert named in str(err.value) and "r=4, alpha=8" in str(err.value)
 
 
@@ -78,11 +78,12 @@ def test_a_missing_adapter_names_the_file(trained_adapter, tmp_path):
     checkpoint, _, _ = trained_adapter
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         prepare_model(config(checkpoint, str(tmp_path / "nothing"), LoRAConfig(r=4, alpha=8)),
-                      make_mesh())
+                      checkpoint, make_mesh())
 
 
 def test_without_it_the_lora_is_fresh(trained_adapter):
     checkpoint, _, _ = trained_adapter
-    _, model = prepare_model(config(checkpoint, None, LoRAConfig(r=4, alpha=8)), make_mesh())
+    model = prepare_model(config(checkpoint, None, LoRAConfig(r=4, alpha=8)), checkpoint,
+                          make_mesh())
     assert all(not np.asarray(b).any() for _, b in get_adapter(model).arrays.values())
     assert jax.tree.leaves(get_adapter(model).arrays)
