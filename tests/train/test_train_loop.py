@@ -17,7 +17,8 @@ import safetensors.numpy
 
 from conftest import REPO
 from hf_oracle import tiny_model_with_tokenizer
-from tiny_runs import cli, make_tiny_run, run_straight, signal_at_step, train_losses
+from tiny_runs import (cli, make_tiny_run, run_in_one_process, run_straight, signal_at_step,
+                       train_losses)
 from llm2vec_jax.train.config import TrainConfigError, load_config
 
 
@@ -47,20 +48,6 @@ def test_unknown_key_suggests_the_right_one():
         load_config(None, ["run.stage=pretrain"])
     with pytest.raises(TrainConfigError, match="config file 'nope.yaml' does not exist"):
         load_config("nope.yaml")
-
-
-def test_unreachable_hub_dataset_is_one_line(tiny_run):
-    """Offline with no cache (conftest), a named dataset stops the CLI with one line, exit 2."""
-    root, model, corpus = tiny_run
-    done = subprocess.run(cli(root, model, corpus, root / "offline", "--set", "data.kind=auto",
-                              "--set", "data.path=hf:Salesforce/wikitext",
-                              "--set", "data.config=wikitext-103-raw-v1"),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2, done.stderr[-2000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("data error: hub dataset hf:Salesforce/wikitext is not in the "
-                           "datasets cache"), done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
 
 
 def test_changed_settings_lists_every_differing_leaf():
@@ -194,26 +181,54 @@ def test_no_readable_checkpoint_is_one_line_and_keeps_them_all(tiny_run, straigh
     assert files_of(run / "adapter") == adapter
 
 
-@pytest.mark.parametrize("change", ["stage", "model", "lora"])
-def test_resume_of_another_run_is_refused(tiny_run, straight, tokenizer_dir, change):
-    """Checkpoints of another stage, base model or LoRA layout: one line naming the
-    difference and the fix, exit 2, nothing written."""
-    root, model, corpus = tiny_run
-    extra, expected = {
+def _other_runs(root, model, tokenizer_dir):
+    """change -> (extra CLI arguments, what the refusal names) for a resume of ``straight``'s
+    checkpoints by a run of another stage, base model or LoRA layout; makes the other model."""
+    other = root / "other-model"
+    if not other.exists():
+        tiny_model_with_tokenizer(other, tokenizer_dir, "llama_tied")
+    return {
         "stage": (["--stage", "simcse"], "another stage (stage: 'mntp' -> 'simcse')"),
-        "model": (["--set", f"model.path={root / 'other-model'}"],
-                  f"another base model (base model.path: '{model}' -> "
-                  f"'{root / 'other-model'}'; base model.weights.model.safetensors.sha256: "),
+        "model": (["--set", f"model.path={other}"],
+                  f"another base model (base model.path: '{model}' -> '{other}'; base "
+                  "model.weights.model.safetensors.sha256: "),
         "lora": (["--set", "lora.r=4"], "another lora layout (lora layout.r: 16 -> 4)"),
-    }[change]
-    if change == "model":
-        tiny_model_with_tokenizer(root / "other-model", tokenizer_dir, "llama_tied")
+        # Refused before the weights are read: this model's file is truncated.
+        "stage, a truncated model": (["--stage", "simcse", "--set",
+                                      f"model.path={root / 'bad-inputs' / 'truncated-model'}"],
+                                     "another stage (stage: 'mntp' -> 'simcse')"),
+    }
+
+
+@pytest.fixture(scope="module")
+def refusals(tiny_run, straight, tokenizer_dir):
+    """Every command that must stop before training (the bad inputs, writing to bad-run, and
+    the resumes of another run's checkpoints, naming ``straight``), run in one interpreter
+    (tests/cli_cases.py): (name -> {returncode, stderr}, the files of ``straight`` before)."""
+    root, model, corpus = tiny_run
+    commands = {case: cli(root, model, corpus, root / "bad-run", *extra)
+                for case, (extra, _) in _bad_inputs(root, model).items()}
+    commands.update({f"resume, {change}": cli(root, model, corpus, straight, *extra)
+                     for change, (extra, _) in _other_runs(root, model, tokenizer_dir).items()})
+    # Root reads any file; without the DAC-override capabilities it obeys permissions
+    # ("unreadable data").
+    prefix = (["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+              if os.geteuid() == 0 else [])
     before = files_of(straight)
-    done = subprocess.run(cli(root, model, corpus, straight, *extra), capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    return run_in_one_process(commands, root, prefix), before
+
+
+@pytest.mark.parametrize("change", ["stage", "model", "lora", "stage, a truncated model"])
+def test_resume_of_another_run_is_refused(tiny_run, straight, tokenizer_dir, refusals, change):
+    """Checkpoints of another stage, base model or LoRA layout: one line naming the
+    difference and the fix, exit 2, nothing written; before the weights are read."""
+    root, model, _ = tiny_run
+    results, before = refusals
+    done = results[f"resume, {change}"]
+    expected = _other_runs(root, model, tokenizer_dir)[change][1]
+    assert done["returncode"] == 2, done["stderr"][-3000:]
+    assert "Traceback" not in done["stderr"]
+    last = done["stderr"].strip().splitlines()[-1]
     assert last.startswith(f"resume error: the checkpoints in {straight / 'checkpoints'} were "
                            f"written with {expected}"), last
     assert last.endswith("Use a new run.output_dir, or run.resume: none to start over here "
@@ -372,31 +387,43 @@ def _bad_inputs(root, model):
         "output_dir a file": (["--set", f"run.output_dir={bad / 'a-file'}"],
                               f"config error: run.output_dir='{bad / 'a-file'}' is an existing "
                               "file; name a directory (it is created if missing)"),
+        # The data is read before the weights: this model's file is truncated.
+        "missing data, a truncated model": (["--set", f"model.path={bad / 'truncated-model'}",
+                                             *data(bad / "nope.txt")],
+                                            f"file error: text file not found: {bad / 'nope.txt'}"),
         "sequence too long": (["--set", "data.max_seq_length=4096"],
                               "config error: data.max_seq_length=4096 exceeds the model's "
                               f"max_position_embeddings=256 ({model}/config.json); use at most 256"),
+        "unreachable hub dataset": (["--set", "data.kind=auto", "--set",
+                                     "data.path=hf:Salesforce/wikitext", "--set",
+                                     "data.config=wikitext-103-raw-v1"], None),
     }
 
 
 BAD_INPUTS = ["truncated model", "no tokenizer", "missing data", "blank data", "unreadable data",
               "not utf-8", "no text files", "record without positive",
               "dataset without instruction", "chunk not dividing the batch", "too many devices",
-              "output_dir a file", "sequence too long"]
+              "output_dir a file", "sequence too long", "missing data, a truncated model"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_is_one_line_and_exit_2(tiny_run, case):
-    root, model, corpus = tiny_run
-    extra, expected = _bad_inputs(root, model)[case]
-    command = cli(root, model, corpus, root / "bad-run", *extra)
-    if case == "unreadable data" and os.geteuid() == 0:
-        # Root reads any file; without the DAC-override capabilities it obeys permissions.
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == expected
+def test_bad_input_is_one_line_and_exit_2(tiny_run, refusals, case):
+    root, model, _ = tiny_run
+    done = refusals[0][case]
+    assert done["returncode"] == 2, done["stderr"][-3000:]
+    assert "Traceback" not in done["stderr"]
+    assert done["stderr"].strip().splitlines()[-1] == _bad_inputs(root, model)[case][1]
     assert not (root / "bad-run" / "checkpoints").exists()
+
+
+def test_unreachable_hub_dataset_is_one_line(refusals):
+    """Offline with no cache (conftest), a named dataset stops the CLI with one line, exit 2."""
+    done = refusals[0]["unreachable hub dataset"]
+    assert done["returncode"] == 2, done["stderr"][-2000:]
+    last = done["stderr"].strip().splitlines()[-1]
+    assert last.startswith("data error: hub dataset hf:Salesforce/wikitext is not in the "
+                           "datasets cache"), done["stderr"][-2000:]
+    assert "Traceback" not in done["stderr"]
 
 
 def test_debug_keeps_the_traceback(tiny_run):

@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from conftest import WIKITEXT
+from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
+
+CLI_CASES = REPO / "tests" / "cli_cases.py"
 
 
 def make_tiny_run(root, tokenizer_dir):
@@ -30,6 +32,20 @@ def cli(root, model, corpus, out, *extra):
             "--set", "run.log_every=1", "--set", "run.eval_every=5", "--set", "run.save_every=2",
             "--set", "run.keep_checkpoints=10", "--set", "run.progress_bar=false",
             "--set", "optimizer.learning_rate=1e-3", "--set", f"run.output_dir={out}", *extra]
+
+
+def run_in_one_process(commands: dict, workdir, prefix=()) -> dict:
+    """name -> {"returncode", "stderr"} of each ``cli(...)`` command, all run by one
+    interpreter (tests/cli_cases.py) started with ``prefix`` (e.g. setpriv and its options)."""
+    module = {tuple(c[1:3]) for c in commands.values()}
+    assert len(module) == 1 and next(iter(module))[0] == "-m", module
+    spec, results = workdir / "cases.json", workdir / "results.json"
+    spec.write_text(json.dumps({"module": next(iter(module))[1],
+                                "cases": {k: c[3:] for k, c in commands.items()}}))
+    done = subprocess.run([*prefix, sys.executable, str(CLI_CASES), str(spec), str(results)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(results.read_text())
 
 
 def run_straight(tiny_run, name="straight"):
