@@ -17,17 +17,17 @@ import time
 import jax
 
 from .. import sharding as shd
+from ..checkpoints.default_model import resolve_model
+from ..checkpoints.hf import resolve_checkpoint_dir
 from ..data.batches import real_tokens
 from ..data.sharded import ShardedBatches
 from ..distributed import maybe_initialize_distributed
 from ..host_memory import compile_now
 from ..lora import lora_parameter_count
+from ..models import ModelConfig
 from ..text.reference import validate_pooling
 from ..text.tokenize import load_tokenizer
 from . import stages
-from ..checkpoints.default_model import resolve_model
-from ..checkpoints.hf import resolve_checkpoint_dir
-from ..models import ModelConfig
 from .checkpointing import (checkpoint_manager, data_fingerprint, finish, record_settings,
                             restore, resume_candidates, run_identity, save, start_over)
 from .config import TrainConfig, TrainConfigError
@@ -94,10 +94,10 @@ class Resume:
 
 def check_lengths(config: TrainConfig, base: ModelConfig, model_path: str) -> None:
     """Sequence lengths the model has positions for (else it fails later on a token count)."""
-    limit = base.max_position_embeddings
     length, name = ((config.data.max_seq_length, "data.max_seq_length") if config.run.stage == "mntp"
                     else (config.contrastive.max_length, "contrastive.max_length"))
-    if limit is not None and length > limit:
+    limit = base.max_position_embeddings
+    if length > limit:
         raise TrainConfigError(f"{name}={length} exceeds the model's max_position_embeddings="
                                f"{limit} ({model_path}/config.json); use at most {limit}")
 
