@@ -28,10 +28,11 @@ def run_case(main, argv: list[str]) -> tuple[int, str]:
         try:
             try:
                 code = main(argv)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                if e.code is not None and not isinstance(e.code, int):
-                    print(e.code, file=sys.stderr)
+            except SystemExit as e:  # a message in place of a status: printed, exit 1
+                code = e.code
+                if code is not None and not isinstance(code, int):
+                    print(code, file=sys.stderr)
+                    code = 1
             except Exception:  # noqa: BLE001 - what the interpreter does with it
                 traceback.print_exc()
                 code = 1

@@ -136,25 +136,21 @@ def resume_candidates(manager: ocp.CheckpointManager, resume: str | int,
     ``record``: this run's, as ``save`` takes it. Checkpoints after a chosen step are moved
     aside to ``superseded-<step>``.
 
-    Raises ResumeError for a chosen step that is not there, and when the newest checkpoint
-    whose metadata can be read was written for another stage, base model or LoRA layout."""
+    Raises ResumeError for a chosen step that is not there, and when the newest candidate
+    whose metadata can be read was written for another stage, base model or LoRA layout
+    (before anything is moved aside)."""
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         if isinstance(resume, int):
             raise ResumeError(f"run.resume={resume}, but {manager.directory} holds "
                               "no checkpoint; use run.resume: auto or none")
         return []
-    if isinstance(resume, int):
-        if resume not in steps:
-            raise ResumeError(f"run.resume={resume}: no checkpoint of that step in "
-                              f"{manager.directory} (it holds steps "
-                              f"{sorted(steps)}); pick one of those, or auto")
-        # Later checkpoints would be overwritten or count as newer than the resumed run's.
-        for later in [s for s in steps if s > resume]:
-            log.warning("run.resume=%d: the later checkpoint %d moved aside to %s", resume,
-                        later, _move_aside(manager, later, "superseded"))
-        return [resume]
-    for step in steps:
+    if isinstance(resume, int) and resume not in steps:
+        raise ResumeError(f"run.resume={resume}: no checkpoint of that step in "
+                          f"{manager.directory} (it holds steps "
+                          f"{sorted(steps)}); pick one of those, or auto")
+    candidates = [resume] if isinstance(resume, int) else steps
+    for step in candidates:
         try:
             recorded = manager.metadata(step).custom_metadata or {}
         except Exception:  # noqa: BLE001 - unreadable: restore sets it aside
@@ -162,7 +158,12 @@ def resume_candidates(manager: ocp.CheckpointManager, resume: str | int,
         if "identity" in recorded:
             _check_identity(recorded["identity"], record["identity"], manager.directory)
         break
-    return steps
+    if isinstance(resume, int):
+        # Later checkpoints would be overwritten or count as newer than the resumed run's.
+        for later in [s for s in steps if s > resume]:
+            log.warning("run.resume=%d: the later checkpoint %d moved aside to %s", resume,
+                        later, _move_aside(manager, later, "superseded"))
+    return candidates
 
 
 def restore(manager: ocp.CheckpointManager, candidates: list[int], resume: str | int,

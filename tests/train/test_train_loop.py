@@ -193,6 +193,9 @@ def _other_runs(root, model, tokenizer_dir):
                   f"another base model (base model.path: '{model}' -> '{other}'; base "
                   "model.weights.model.safetensors.sha256: "),
         "lora": (["--set", "lora.r=4"], "another lora layout (lora layout.r: 16 -> 4)"),
+        # A chosen step is checked too, before the later checkpoints are moved aside.
+        "stage, a chosen step": (["--stage", "simcse", "--set", "run.resume=4"],
+                                 "another stage (stage: 'mntp' -> 'simcse')"),
         # Refused before the weights are read: this model's file is truncated.
         "stage, a truncated model": (["--stage", "simcse", "--set",
                                       f"model.path={root / 'bad-inputs' / 'truncated-model'}"],
@@ -218,7 +221,8 @@ def refusals(tiny_run, straight, tokenizer_dir):
     return run_in_one_process(commands, root, prefix), before
 
 
-@pytest.mark.parametrize("change", ["stage", "model", "lora", "stage, a truncated model"])
+@pytest.mark.parametrize("change", ["stage", "model", "lora", "stage, a chosen step",
+                                    "stage, a truncated model"])
 def test_resume_of_another_run_is_refused(tiny_run, straight, tokenizer_dir, refusals, change):
     """Checkpoints of another stage, base model or LoRA layout: one line naming the
     difference and the fix, exit 2, nothing written; before the weights are read."""

@@ -37,10 +37,10 @@ def cli(root, model, corpus, out, *extra):
 def run_in_one_process(commands: dict, workdir, prefix=()) -> dict:
     """name -> {"returncode", "stderr"} of each ``cli(...)`` command, all run by one
     interpreter (tests/cli_cases.py) started with ``prefix`` (e.g. setpriv and its options)."""
-    module = {tuple(c[1:3]) for c in commands.values()}
-    assert len(module) == 1 and next(iter(module))[0] == "-m", module
+    [(flag, module)] = {tuple(c[1:3]) for c in commands.values()}  # ("-m", the one CLI)
+    assert flag == "-m", flag
     spec, results = workdir / "cases.json", workdir / "results.json"
-    spec.write_text(json.dumps({"module": next(iter(module))[1],
+    spec.write_text(json.dumps({"module": module,
                                 "cases": {k: c[3:] for k, c in commands.items()}}))
     done = subprocess.run([*prefix, sys.executable, str(CLI_CASES), str(spec), str(results)],
                           capture_output=True, text=True, timeout=900)
