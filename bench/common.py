@@ -249,11 +249,13 @@ def hugepage_env(enabled: bool = True) -> dict:
 
 
 def run_as_the_commands_do() -> None:
-    """For a bench that trains in its own process: restart it once, as
-    ``python -m llm2vec_jax.<command>`` restarts itself, so its wall times are the commands'.
+    """For a bench that trains in its own process: restart it once and keep compiled programs
+    on disk, as ``python -m llm2vec_jax.<command>`` does, so its wall times are the commands'.
     Call it in the script's ``__main__`` block only (it reruns the process)."""
+    from llm2vec_jax.compile_cache import enable_for_commands
     from llm2vec_jax.host_memory import restart_with_transparent_hugepages
     restart_with_transparent_hugepages()
+    enable_for_commands()
 
 
 def run_side(cmd: list[str], timeout: float | None, env_extra: dict | None = None) -> dict:

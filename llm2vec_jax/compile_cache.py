@@ -1,0 +1,84 @@
+"""XLA's persistent compilation cache for the commands.
+
+Every ``python -m llm2vec_jax.<command>`` starts with an empty in-memory cache, so a resumed
+run, a recipe's next seed or an evaluation of the next checkpoint compiles again what an
+earlier process compiled already: a supervised step compiles once per packed row count
+(6 s each for SmolLM2-135M on a 2-core CPU, minutes for a 7B model on an accelerator). JAX
+can keep the executables on disk; the commands switch that on, in a directory of the user's
+cache (``default_dir``), for programs that took at least a second to compile (JAX's own
+threshold, so tiny programs never touch the disk).
+
+XLA:CPU executables are machine code for the CPU that compiled them, and JAX's cache key
+names the platform but not the host's instruction set: a home directory shared between
+machines (NFS on a cluster) could hand an AVX-512 program to a CPU without it. The default
+directory is therefore one per host CPU model and feature set.
+
+``LLM2VEC_JAX_COMPILE_CACHE=DIR`` chooses the directory, ``=0`` switches the cache off; a
+``JAX_COMPILATION_CACHE_DIR`` the user set already wins over both. Importing the library
+changes nothing: in a notebook or your own script, set JAX's option yourself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+CACHE_CHOICE = "LLM2VEC_JAX_COMPILE_CACHE"  # a directory, or 0 for no cache
+JAX_OWN = "JAX_COMPILATION_CACHE_DIR"
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def host_cpu_fingerprint(cpuinfo: str | None = None) -> str:
+    """12 hex digits naming this host's CPU model and instruction-set extensions (the
+    first processor's ``model name`` and ``flags``/``Features`` lines of /proc/cpuinfo;
+    elsewhere, ``platform.processor()``), with the machine type in front."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = _CPUINFO.read_text(errors="replace")
+        except OSError:
+            cpuinfo = platform.processor()
+    wanted = ("model name", "flags", "features", "cpu part", "cpu implementer")
+    lines, seen = [], set()
+    for line in cpuinfo.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in wanted and key not in seen:
+            seen.add(key)
+            value = line.split(":", 1)[-1].split()
+            lines.append(f"{key}:{' '.join(sorted(value) if key in ('flags', 'features') else value)}")
+    digest = hashlib.sha256("\n".join(sorted(lines) or [cpuinfo]).encode()).hexdigest()[:12]
+    return f"{platform.machine() or 'unknown'}-{digest}"
+
+
+def default_dir(environ=None) -> Path:
+    """``$XDG_CACHE_HOME`` (else ``~/.cache``) ``/llm2vec-jax/xla/<host CPU fingerprint>``."""
+    environ = os.environ if environ is None else environ
+    root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "llm2vec-jax" / "xla" / host_cpu_fingerprint()
+
+
+def chosen_dir(environ=None) -> str | None:
+    """The directory the commands cache compiled programs in; None where there is none
+    (``LLM2VEC_JAX_COMPILE_CACHE=0``) or where the user's ``JAX_COMPILATION_CACHE_DIR``
+    already configures JAX itself."""
+    environ = os.environ if environ is None else environ
+    if environ.get(JAX_OWN):
+        return None
+    choice = environ.get(CACHE_CHOICE, "").strip()
+    if choice == "0":
+        return None
+    return str(Path(choice).expanduser()) if choice else str(default_dir(environ))
+
+
+def enable_for_commands() -> str | None:
+    """Point JAX's persistent compilation cache at ``chosen_dir()``; the directory, or None
+    where nothing changed. For command-line entry points only (a library import must not
+    change the caller's JAX configuration)."""
+    path = chosen_dir()
+    if path is None:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
