@@ -8,9 +8,10 @@ can keep the executables on disk; the commands switch that on, in a directory of
 cache (``default_dir``), for programs that took at least a second to compile (JAX's own
 threshold, so tiny programs never touch the disk).
 
-XLA:CPU executables are machine code for the CPU that compiled them, and JAX's cache key
-names the platform but not the host's instruction set: a home directory shared between
-machines (NFS on a cluster) could hand an AVX-512 program to a CPU without it. The default
+XLA:CPU executables are machine code for the CPU that compiled them. JAX's cache key hashes
+the program, the flags, the platform and its version and the devices' topology; nothing there
+is documented to name the host's instruction set, and a home directory shared between
+machines (NFS on a cluster) must not hand an AVX-512 program to a CPU without it. The default
 directory is therefore one per host CPU model and feature set.
 
 ``LLM2VEC_JAX_COMPILE_CACHE=DIR`` chooses the directory, ``=0`` switches the cache off; a
