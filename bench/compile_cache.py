@@ -4,7 +4,7 @@ the cache off, then on and empty (it fills), then on and filled (what a resumed 
 recipe's next seed or a rerun finds): wall time, compiles and cache hits of each, and the
 cache's size on disk.
 
-    python bench/compile_cache.py               # supervised NLI, causal, 12 steps (~9 min, 2 cores)
+    python bench/compile_cache.py               # supervised NLI, causal, 8 steps (~7 min, 2 cores)
     python bench/compile_cache.py --steps 2     # a smoke run
 
 The data is the bundled ``sample:nli`` (1,000 triplets), so it runs on a clean checkout.
@@ -65,7 +65,7 @@ def directory_size(path: Path) -> tuple[int, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=8)
     a = p.parse_args(argv)
     machine = common.machine_state()
     common.warn_if_busy(machine)

@@ -3,7 +3,7 @@
 Every ``python -m llm2vec_jax.<command>`` starts with an empty in-memory cache, so a resumed
 run, a recipe's next seed or an evaluation of the next checkpoint compiles again what an
 earlier process compiled already: a supervised step compiles once per packed row count
-(6 s each for SmolLM2-135M on a 2-core CPU, minutes for a 7B model on an accelerator). JAX
+(6 s each for SmolLM2-135M on a 2-core CPU; larger models compile for longer). JAX
 can keep the executables on disk; the commands switch that on, in a directory of the user's
 cache (``default_dir``), for programs that took at least a second to compile (JAX's own
 threshold, so tiny programs never touch the disk).
