@@ -113,15 +113,10 @@ def _steal_percent(before, after) -> float | None:
 def _cpu_description() -> dict:
     """The processor's model name and whether it has bf16 dot instructions (which decides the
     CPU's ``kernels.matmul_operands``, ``llm2vec_jax.models.kernels``)."""
+    from llm2vec_jax.cpuinfo import cpu_fields
     from llm2vec_jax.models.kernels import cpu_multiplies_bf16
-    model = None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh
-                          if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"model": model, "machine": platform.machine(), "bf16_dot": cpu_multiplies_bf16()}
+    return {"model": (cpu_fields() or {}).get("model name"), "machine": platform.machine(),
+            "bf16_dot": cpu_multiplies_bf16()}
 
 
 def warn_if_busy(state: dict) -> None:

@@ -26,30 +26,26 @@ import os
 import platform
 from pathlib import Path
 
+from .cpuinfo import cpu_fields
+
 CACHE_CHOICE = "LLM2VEC_JAX_COMPILE_CACHE"  # a directory, or 0 for no cache
 JAX_OWN = "JAX_COMPILATION_CACHE_DIR"
-_CPUINFO = Path("/proc/cpuinfo")
+# The /proc/cpuinfo fields that tell which machine code runs here (x86; Arm).
+IDENTITY_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
+_FLAG_FIELDS = ("flags", "Features")
 
 
 def host_cpu_fingerprint(cpuinfo: str | None = None) -> str:
-    """12 hex digits naming this host's CPU model and instruction-set extensions (the
-    first processor's ``model name`` and ``flags``/``Features`` lines of /proc/cpuinfo;
-    elsewhere, ``platform.processor()``), with the machine type in front."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = _CPUINFO.read_text(errors="replace")
-        except OSError:
-            cpuinfo = platform.processor()
-    wanted = ("model name", "flags", "features", "cpu part", "cpu implementer")
-    lines, seen = [], set()
-    for line in cpuinfo.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in wanted and key not in seen:
-            seen.add(key)
-            value = line.split(":", 1)[-1].split()
-            lines.append(f"{key}:{' '.join(sorted(value) if key in ('flags', 'features') else value)}")
-    digest = hashlib.sha256("\n".join(sorted(lines) or [cpuinfo]).encode()).hexdigest()[:12]
-    return f"{platform.machine() or 'unknown'}-{digest}"
+    """12 hex digits naming this host's CPU model and instruction-set extensions (the first
+    processor's ``IDENTITY_FIELDS`` in /proc/cpuinfo, flags in any order; without them,
+    ``platform.processor()``), with the machine type in front."""
+    fields = cpu_fields(cpuinfo) or {}
+    for key in _FLAG_FIELDS:
+        if key in fields:
+            fields[key] = " ".join(sorted(fields[key].split()))
+    identity = [f"{key}:{fields[key]}" for key in IDENTITY_FIELDS if key in fields]
+    digest = hashlib.sha256("\n".join(identity or [platform.processor()]).encode()).hexdigest()
+    return f"{platform.machine() or 'unknown'}-{digest[:12]}"
 
 
 def default_dir(environ=None) -> Path:

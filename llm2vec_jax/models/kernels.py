@@ -47,6 +47,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ..cpuinfo import cpu_fields
 from .einsum import Einsum
 
 CHOICES = {
@@ -101,17 +102,9 @@ BF16_DOT_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 def cpu_multiplies_bf16(cpuinfo: str | None = None) -> bool | None:
     """Whether this host's processor has bf16 dot-product instructions (``cpuinfo``: the text
     of /proc/cpuinfo, read when None); None where that cannot be told (no /proc/cpuinfo)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return None
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return not BF16_DOT_FLAGS.isdisjoint(value.split())
-    return None
+    fields = cpu_fields(cpuinfo) or {}
+    flags = fields.get("flags", fields.get("Features"))  # x86, Arm
+    return None if flags is None else not BF16_DOT_FLAGS.isdisjoint(flags.split())
 
 
 def resolve_kernels(requested: Kernels | None = None, backend: str | None = None,
