@@ -1,0 +1,86 @@
+"""Does glibc's transparent-huge-page tunable pay on this machine? A short SimCSE run of the
+one-hour recipe's first stage (SmolLM2-135M, float32, the bundled Wiki1M sample), as
+``python -m llm2vec_jax.train`` runs it, with its huge pages (the commands' default) and
+with ``LLM2VEC_JAX_HUGEPAGES=0``, interleaved over rounds. Ten steps hold five new packed
+shapes, so this is a short run's view; more ``--steps`` weigh the steady state more. Each run's wall, user and system time, minor page faults and peak
+RSS come from ``wait4``; its per-step real tokens/s from ``metrics.jsonl`` (the same batches
+in every run). One untimed run first fills a compile cache that all runs share, so the
+timed runs load their programs instead of compiling them.
+
+    python bench/hugepages.py [--rounds 2] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"glibc defaults (LLM2VEC_JAX_HUGEPAGES=0)": "0", "huge pages (the default)": "1"}
+
+
+def run(steps: int, choice: str, cache: str, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "llm2vec_jax.train", "--config", "configs/simcse/smollm2.yaml",
+           "--set", "model.adapter=null", "--set", "model.dtype=float32",
+           "--set", "data.path=sample:wiki1m", "--set", f"run.max_steps={steps}",
+           "--set", f"run.output_dir={out}", "--set", "run.eval_every=1000",
+           "--set", "run.save_every=1000", "--set", "run.log_every=1",
+           "--set", "run.progress_bar=false"]
+    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    environ.update(LLM2VEC_JAX_HUGEPAGES=choice, LLM2VEC_JAX_COMPILE_CACHE=cache)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    steps_tok_s = [json.loads(line)["tokens_per_s"] for line in
+                   (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+            "minor_faults": usage.ru_minflt, "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "tokens_per_s_per_step": steps_tok_s}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--name", default="hugepages")
+    a = p.parse_args()
+    machine = common.machine_state()
+    common.warn_if_busy(machine)
+    runs = {label: [] for label in SETTINGS}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = str(Path(tmp) / "xla")
+        run(a.steps, "0", cache, Path(tmp) / "warm-up")
+        for rnd in range(a.rounds):
+            order = list(SETTINGS.items())
+            for label, choice in (order if rnd % 2 == 0 else order[::-1]):
+                r = run(a.steps, choice, cache, Path(tmp) / f"{choice}-{rnd}")
+                runs[label].append(r)
+                print(f"[round {rnd + 1}] {label}: wall {r['wall_s']:.1f} s, "
+                      f"sys {r['sys_s']:.1f} s, {r['minor_faults']} faults, "
+                      f"peak {r['peak_rss_gb']:.2f} GB", flush=True)
+    summary = {label: {key: sum(r[key] for r in rs) / len(rs)
+                       for key in ("wall_s", "user_s", "sys_s", "minor_faults", "peak_rss_gb")}
+               for label, rs in runs.items()}
+    for label, s in summary.items():
+        print(f"| {label} | {s['wall_s']:.1f} s | {s['user_s']:.1f} s | {s['sys_s']:.1f} s | "
+              f"{s['minor_faults']:,.0f} | {s['peak_rss_gb']:.2f} GB |")
+    path = common.write_results(a.name, {"steps": a.steps, "rounds": a.rounds, "runs": runs,
+                                         "mean": summary, "machine": machine})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
