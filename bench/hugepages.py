@@ -2,10 +2,11 @@
 one-hour recipe's first stage (SmolLM2-135M, float32, the bundled Wiki1M sample), as
 ``python -m llm2vec_jax.train`` runs it, with its huge pages (the commands' default) and
 with ``LLM2VEC_JAX_HUGEPAGES=0``, interleaved over rounds. Ten steps hold five new packed
-shapes, so this is a short run's view; more ``--steps`` weigh the steady state more. Each run's wall, user and system time, minor page faults and peak
-RSS come from ``wait4``; its per-step real tokens/s from ``metrics.jsonl`` (the same batches
-in every run). One untimed run first fills a compile cache that all runs share, so the
-timed runs load their programs instead of compiling them.
+shapes, so this is a short run's view; more ``--steps`` weigh the steady state more. Each
+run's wall, user and system time, minor page faults and peak RSS come from ``wait4``; its
+per-step real tokens/s from ``metrics.jsonl`` (the same batches in every run). One untimed
+run first fills a compile cache that all runs share, so the timed runs load their programs
+instead of compiling them.
 
     python bench/hugepages.py [--rounds 2] [--steps 10]
 """
@@ -23,21 +24,26 @@ from pathlib import Path
 
 import common
 
-REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"glibc defaults (LLM2VEC_JAX_HUGEPAGES=0)": "0", "huge pages (the default)": "1"}
+from llm2vec_jax.compile_cache import CACHE_CHOICE
+from llm2vec_jax.host_memory import HUGEPAGE_OPT_OUT
+
+# Each setting's environment additions: the commands ask for huge pages unless told not to.
+SETTINGS = {f"glibc defaults ({HUGEPAGE_OPT_OUT}=0)": {HUGEPAGE_OPT_OUT: "0"},
+            "huge pages (the default)": {}}
 
 
-def run(steps: int, choice: str, cache: str, out: Path) -> dict:
+def run(steps: int, setting: dict, cache: str, out: Path) -> dict:
     cmd = [sys.executable, "-m", "llm2vec_jax.train", "--config", "configs/simcse/smollm2.yaml",
            "--set", "model.adapter=null", "--set", "model.dtype=float32",
            "--set", "data.path=sample:wiki1m", "--set", f"run.max_steps={steps}",
            "--set", f"run.output_dir={out}", "--set", "run.eval_every=1000",
            "--set", "run.save_every=1000", "--set", "run.log_every=1",
            "--set", "run.progress_bar=false"]
-    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    environ.update(LLM2VEC_JAX_HUGEPAGES=choice, LLM2VEC_JAX_COMPILE_CACHE=cache)
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("GLIBC_TUNABLES", HUGEPAGE_OPT_OUT)}
+    environ.update(setting, **{CACHE_CHOICE: cache})
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, env=environ, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -62,11 +68,11 @@ def main() -> None:
     runs = {label: [] for label in SETTINGS}
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "xla")
-        run(a.steps, "0", cache, Path(tmp) / "warm-up")
+        run(a.steps, {HUGEPAGE_OPT_OUT: "0"}, cache, Path(tmp) / "warm-up")
         for rnd in range(a.rounds):
             order = list(SETTINGS.items())
-            for label, choice in (order if rnd % 2 == 0 else order[::-1]):
-                r = run(a.steps, choice, cache, Path(tmp) / f"{choice}-{rnd}")
+            for i, (label, setting) in enumerate(order if rnd % 2 == 0 else order[::-1]):
+                r = run(a.steps, setting, cache, Path(tmp) / f"{rnd}-{i}")
                 runs[label].append(r)
                 print(f"[round {rnd + 1}] {label}: wall {r['wall_s']:.1f} s, "
                       f"sys {r['sys_s']:.1f} s, {r['minor_faults']} faults, "

@@ -26,13 +26,12 @@ import os
 import platform
 from pathlib import Path
 
-from .cpuinfo import cpu_fields
+from .cpuinfo import FLAG_FIELDS, cpu_fields
 
 CACHE_CHOICE = "LLM2VEC_JAX_COMPILE_CACHE"  # a directory, or 0 for no cache
 JAX_OWN = "JAX_COMPILATION_CACHE_DIR"
 # The /proc/cpuinfo fields that tell which machine code runs here (x86; Arm).
-IDENTITY_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
-_FLAG_FIELDS = ("flags", "Features")
+IDENTITY_FIELDS = ("model name", *FLAG_FIELDS, "CPU implementer", "CPU part")
 
 
 def host_cpu_fingerprint(cpuinfo: str | None = None) -> str:
@@ -40,7 +39,7 @@ def host_cpu_fingerprint(cpuinfo: str | None = None) -> str:
     processor's ``IDENTITY_FIELDS`` in /proc/cpuinfo, flags in any order; without them,
     ``platform.processor()``), with the machine type in front."""
     fields = cpu_fields(cpuinfo) or {}
-    for key in _FLAG_FIELDS:
+    for key in FLAG_FIELDS:
         if key in fields:
             fields[key] = " ".join(sorted(fields[key].split()))
     identity = [f"{key}:{fields[key]}" for key in IDENTITY_FIELDS if key in fields]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 _CPUINFO = Path("/proc/cpuinfo")
+FLAG_FIELDS = ("flags", "Features")  # the instruction-set extensions: x86, Arm
 
 
 def cpu_fields(cpuinfo: str | None = None) -> dict[str, str] | None:

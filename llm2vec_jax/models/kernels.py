@@ -47,7 +47,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ..cpuinfo import cpu_fields
+from ..cpuinfo import FLAG_FIELDS, cpu_fields
 from .einsum import Einsum
 
 CHOICES = {
@@ -103,7 +103,7 @@ def cpu_multiplies_bf16(cpuinfo: str | None = None) -> bool | None:
     """Whether this host's processor has bf16 dot-product instructions (``cpuinfo``: the text
     of /proc/cpuinfo, read when None); None where that cannot be told (no /proc/cpuinfo)."""
     fields = cpu_fields(cpuinfo) or {}
-    flags = fields.get("flags", fields.get("Features"))  # x86, Arm
+    flags = next((fields[key] for key in FLAG_FIELDS if key in fields), None)
     return None if flags is None else not BF16_DOT_FLAGS.isdisjoint(flags.split())
 
 
