@@ -171,6 +171,30 @@ def run_json(cmd: list[str], env_extra: dict | None = None, timeout: float | Non
     return out
 
 
+def run_train(config: str, sets: list[str], out_dir: Path, env: dict | None = None) -> dict:
+    """``python -m llm2vec_jax.train --config CONFIG --set ... --set run.output_dir=OUT_DIR`` in
+    its own process, reaped with
+    ``wait4`` so its peak RSS is the child's own: ``returncode``, ``output`` (stdout and stderr),
+    ``wall_s``, ``usage`` (the ``rusage``) and ``train`` (the train rows of its metrics.jsonl,
+    empty when it failed). ``env``: the whole environment (default: this process's)."""
+    cmd = [sys.executable, "-m", "llm2vec_jax.train", "--config", config]
+    for item in [*sets, f"run.output_dir={out_dir}"]:
+        cmd += ["--set", item]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    returncode = os.waitstatus_to_exitcode(status)
+    train = []
+    if returncode == 0:
+        logged = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        train = [m for m in logged if m.get("split") == "train"]
+    return {"cmd": cmd, "returncode": returncode, "output": output, "wall_s": wall,
+            "usage": usage, "train": train}
+
+
 # ---------------------------------------------------------------------------- reporting
 
 

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,34 +32,23 @@ def parse_setting(text: str) -> tuple[int, int | None]:
     return int(batch), int(chunk) if chunk else None
 
 
-def overrides(batch: int, chunk: int | None, a, out_dir: Path) -> list[str]:
+def overrides(batch: int, chunk: int | None, a) -> list[str]:
     """The ``--set`` values of one setting's training run."""
     values = {"model.adapter": "null", "model.dtype": a.dtype, "data.path": a.data,
               "data.max_texts": "null", "run.global_batch_size": batch,
               # the held-out split must hold one batch (3,000 sample sentences × 0.05 = 150)
               "data.eval_fraction": a.eval_fraction,
               "run.max_steps": a.steps, "run.log_every": 1,
-              "run.eval_every": a.steps + 1, "run.save_every": a.steps,
-              "run.output_dir": out_dir, "run.seed": a.seed,
+              "run.eval_every": a.steps + 1, "run.save_every": a.steps, "run.seed": a.seed,
               "contrastive.grad_cache_chunk": chunk or "null"}
     return [f"{key}={value}" for key, value in values.items()]
 
 
 def run_setting(batch: int, chunk: int | None, a, out_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", "llm2vec_jax.train", "--config", CONFIG]
-    for item in overrides(batch, chunk, a, out_dir):
-        cmd += ["--set", item]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    # Reaped here, not by Popen: wait4 gives this child's own peak RSS.
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {"batch": batch, "chunk": chunk, "error": output[-2000:]}
-    logged = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [m for m in logged if m.get("split") == "train"]
+    done = common.run_train(CONFIG, overrides(batch, chunk, a), out_dir)
+    if done["returncode"] != 0:
+        return {"batch": batch, "chunk": chunk, "error": done["output"][-2000:]}
+    train, usage, wall = done["train"], done["usage"], done["wall_s"]
     timed = train[a.skip:]
     tokens_s = statistics.median(m["tokens_per_s"] for m in timed)
     return {"batch": batch, "chunk": chunk, "steps": len(train), "timed_steps": len(timed),

@@ -14,12 +14,8 @@ instead of compiling them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import common
@@ -33,28 +29,19 @@ SETTINGS = {f"glibc defaults ({HUGEPAGE_OPT_OUT}=0)": {HUGEPAGE_OPT_OUT: "0"},
 
 
 def run(steps: int, setting: dict, cache: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "llm2vec_jax.train", "--config", "configs/simcse/smollm2.yaml",
-           "--set", "model.adapter=null", "--set", "model.dtype=float32",
-           "--set", "data.path=sample:wiki1m", "--set", f"run.max_steps={steps}",
-           "--set", f"run.output_dir={out}", "--set", "run.eval_every=1000",
-           "--set", "run.save_every=1000", "--set", "run.log_every=1",
-           "--set", "run.progress_bar=false"]
+    sets = ["model.adapter=null", "model.dtype=float32", "data.path=sample:wiki1m",
+            f"run.max_steps={steps}", "run.eval_every=1000", "run.save_every=1000",
+            "run.log_every=1", "run.progress_bar=false"]
     environ = {k: v for k, v in os.environ.items()
                if k not in ("GLIBC_TUNABLES", HUGEPAGE_OPT_OUT)}
     environ.update(setting, **{CACHE_CHOICE: cache})
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, env=environ, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
-    steps_tok_s = [json.loads(line)["tokens_per_s"] for line in
-                   (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
-    return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+    done = common.run_train("configs/simcse/smollm2.yaml", sets, out, env=environ)
+    if done["returncode"] != 0:
+        raise RuntimeError(f"{' '.join(done['cmd'])} failed:\n{done['output'][-2000:]}")
+    usage = done["usage"]
+    return {"wall_s": done["wall_s"], "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
             "minor_faults": usage.ru_minflt, "peak_rss_gb": usage.ru_maxrss / 2**20,
-            "tokens_per_s_per_step": steps_tok_s}
+            "tokens_per_s_per_step": [m["tokens_per_s"] for m in done["train"]]}
 
 
 def main() -> None:

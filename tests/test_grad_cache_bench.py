@@ -14,14 +14,14 @@ sys.path.insert(0, str(REPO / "bench"))
 import grad_cache  # noqa: E402
 
 
-def test_each_setting_runs_the_shipped_simcse_config_at_its_batch_and_chunk(tmp_path):
+def test_each_setting_runs_the_shipped_simcse_config_at_its_batch_and_chunk():
     assert grad_cache.parse_setting("32") == (32, None)
     assert grad_cache.parse_setting("128/16") == (128, 16)
     args = argparse.Namespace(dtype="bfloat16", data="sample:wiki1m", eval_fraction=0.05,
                               steps=6, seed=0)
     for batch, chunk in ((32, None), (128, 16)):
         config = load_config(REPO / grad_cache.CONFIG,
-                             grad_cache.overrides(batch, chunk, args, tmp_path))
+                             grad_cache.overrides(batch, chunk, args))
         assert config.run.stage == "simcse" and config.model.adapter is None
         assert config.model.dtype == "bfloat16" and config.data.path == "sample:wiki1m"
         assert config.run.global_batch_size == batch
