@@ -226,14 +226,21 @@ def _model_and_batch(lengths):
     return graphdef, lora, frozen, ContrastiveBatch(*views)
 
 
+def compiled(graphdef, fn):
+    """``fn(model, *args)`` as one jitted function of (LoRA state, frozen state, *args), as
+    the train step runs it. Run eagerly, dropout's bit generation dispatches op by op, which
+    took these tests about a minute each."""
+    return jax.jit(lambda lora, frozen, *args: fn(nnx.merge(graphdef, lora, frozen), *args))
+
+
 @pytest.mark.parametrize("rng", [jax.random.key(5), None], ids=["train", "eval"])
 def test_embed_views_equals_one_pass_per_view(rng):
     graphdef, lora, frozen, batch = _model_and_batch((7, 7, 7))
-    model = nnx.merge(graphdef, lora, frozen)
     keys = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
-    together = embed_views(model, batch.views, keys, "mean")
-    for view, key, emb in zip(batch.views, keys, together):
-        np.testing.assert_allclose(np.asarray(emb), np.asarray(embed(model, view, key, "mean")),
+    together = compiled(graphdef, lambda m, views, keys: embed_views(m, views, keys, "mean"))
+    one_view = compiled(graphdef, lambda m, view, key: embed(m, view, key, "mean"))
+    for view, key, emb in zip(batch.views, keys, together(lora, frozen, batch.views, keys)):
+        np.testing.assert_allclose(np.asarray(emb), np.asarray(one_view(lora, frozen, view, key)),
                                    rtol=2e-6, atol=2e-6)
 
 
@@ -243,10 +250,11 @@ def test_contrastive_loss_and_grads_same_with_unequal_view_lengths():
     from llm2vec_jax.train.losses import contrastive_loss
     graphdef, lora, frozen, batch = _model_and_batch((7, 9, 5))
     key = jax.random.key(2)
-    model = nnx.merge(graphdef, lora, frozen)
-    loss = contrastive_objective(model, batch, key, scale=20.0)[0]
+    loss = compiled(graphdef, lambda m, b, k: contrastive_objective(m, b, k, scale=20.0)[0])(
+        lora, frozen, batch, key)
     keys = jax.random.split(key, 3)
-    q, d, n = (embed(model, v, k, "mean") for v, k in zip(batch.views, keys))
+    one_view = compiled(graphdef, lambda m, view, key: embed(m, view, key, "mean"))
+    q, d, n = (one_view(lora, frozen, v, k) for v, k in zip(batch.views, keys))
     np.testing.assert_allclose(float(loss), float(contrastive_loss(q, d, n, scale=20.0)), rtol=1e-6)
 
 
@@ -254,15 +262,15 @@ def test_per_row_keys_give_each_row_the_masks_it_gets_alone():
     """dropout_rng [B]: row i of a batch forward equals row i run alone with key i (the
     property GradCache chunks rely on), and differs from a shared-key forward."""
     graphdef, lora, frozen, batch = _model_and_batch((7, 7, 7))
-    model = nnx.merge(graphdef, lora, frozen)
+    forward = compiled(graphdef, lambda m, ids, mask, keys: m(
+        ids, mask, causal=False, dropout_rng=keys, lora_dropout=True))
     ids, mask = batch.q.input_ids, batch.q.attention_mask
     keys = jax.random.split(jax.random.key(9), ids.shape[0])
-    together = np.asarray(model(ids, mask, causal=False, dropout_rng=keys, lora_dropout=True))
+    together = np.asarray(forward(lora, frozen, ids, mask, keys))
     for i in range(ids.shape[0]):
-        alone = model(ids[i:i + 1], mask[i:i + 1], causal=False, dropout_rng=keys[i],
-                      lora_dropout=True)
+        alone = forward(lora, frozen, ids[i:i + 1], mask[i:i + 1], keys[i])
         np.testing.assert_allclose(together[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)
-    shared = np.asarray(model(ids, mask, causal=False, dropout_rng=keys[0], lora_dropout=True))
+    shared = np.asarray(forward(lora, frozen, ids, mask, keys[0]))
     assert np.abs(shared[1:] - together[1:]).max() > 1e-3
     rows = np.asarray(keep_mask(keys, 0.3, (4, 5, 6)))
     for i in range(4):
