@@ -486,6 +486,38 @@ def test_train_simcse_end_to_end_resumes_and_exports(tiny_checkpoint, tmp_path):
     assert [s["step"] for s in steps if s["split"] == "train"] == [1, 2, 3, 4]
 
 
+def test_simcse_trajectory_bench_merges_each_checkpoint_and_their_mean(tiny_checkpoint, tmp_path):
+    """bench/simcse_trajectory.py: the last checkpoint merged is the exported adapter merged
+    (read back from its PEFT files), and two checkpoints give base + the mean of the deltas
+    each gives alone."""
+    import sys
+    sys.path.insert(0, str(REPO / "bench"))
+    import simcse_trajectory
+    from llm2vec_jax.checkpoints.merged import load_merged
+    from llm2vec_jax.train.loop import train
+
+    train(_config(tmp_path, tiny_checkpoint, "run"))
+    stage = simcse_trajectory.read_stage(tmp_path / "run")
+    assert stage["steps"] == [2, 4]
+    loras = [simcse_trajectory.checkpoint_lora(tmp_path / "run" / "checkpoints" / str(s))
+             for s in stage["steps"]]
+
+    def weights(model):
+        return {p: np.asarray(getattr(model.layers, p)[...]) for p in stage["lora_config"].targets}
+
+    base = weights(load_hf_checkpoint(tiny_checkpoint))
+    second, last = (weights(simcse_trajectory.merged_model(stage, [lora])[1]) for lora in loras)
+    exported = weights(load_merged(tiny_checkpoint, [tmp_path / "run" / "adapter"])[1])
+    mean = weights(simcse_trajectory.merged_model(stage, loras)[1])
+    for p in base:
+        np.testing.assert_array_equal(last[p], exported[p])  # the same arrays, merged alike
+        # float32: two rounded adds to weights under 0.1 in size err by ~1e-8; the two
+        # checkpoints' deltas differ by far more (asserted), so a wrong average fails.
+        want = base[p] + ((second[p] - base[p]) + (last[p] - base[p])) / 2
+        np.testing.assert_allclose(mean[p], want, rtol=0, atol=1e-7)
+        assert np.abs(second[p] - last[p]).max() > 1e-4, p
+
+
 def test_train_supervised_grad_cache_end_to_end(tiny_checkpoint, tmp_path):
     from llm2vec_jax.train.loop import train
     data = _nli_jsonl(tmp_path / "pairs.jsonl", n_per_dataset=16)
