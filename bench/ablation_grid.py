@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -147,9 +146,9 @@ def summarise(per_seed: dict[int, dict]) -> list[dict]:
         trained = stage != "base"
         if not trained:  # every seed's recipe scores the same untrained model
             values = values[:1]
+        mean, std = common.mean_std(values)  # untrained: one value, no std
         table.append({"row": label, "trained": trained, "spearman_x100": values,
-                      "mean": statistics.fmean(values),
-                      "std": statistics.stdev(values) if trained and len(values) > 1 else None})
+                      "mean": mean, "std": std})
     return table
 
 
@@ -157,9 +156,8 @@ def markdown(table: list[dict], seeds: int) -> str:
     lines = [f"| encoder | STS-B dev Spearman x100 (mean ± std over {seeds} seeds) | per seed |",
              "| --- | --- | --- |"]
     for r in table:
-        spread = f" ± {r['std']:.2f}" if r["std"] is not None else ""
         per_seed = ", ".join(f"{v:.2f}" for v in r["spearman_x100"]) if r["trained"] else "-"
-        lines.append(f"| {r['row']} | {r['mean']:.2f}{spread} | {per_seed} |")
+        lines.append(f"| {r['row']} | {common.mean_std_text(r['mean'], r['std'])} | {per_seed} |")
     return "\n".join(lines)
 
 

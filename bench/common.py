@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -231,6 +232,21 @@ def fmt(x, nd=1):
     return str(x)
 
 
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of per-seed scores: std None for a single value,
+    both None for none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def mean_std_text(mean: float | None, std: float | None) -> str:
+    """"49.31 ± 9.00"; "24.89" without a std; "-" without a mean."""
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
     """rows: {config, ours, ref} with ours/ref the side dicts (or an {"error": ...})."""
     head = (
@@ -290,7 +306,6 @@ def combine_runs(runs: list[dict], tokens, items) -> dict:
 
     ``tokens(record)`` / ``items(record)``: real tokens and sentences per timed unit.
     """
-    import statistics
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return runs[-1] if runs else {"error": "not run"}

@@ -143,12 +143,6 @@ def _spearman(result: dict, stage: str) -> float | None:
     return 100 * sts["bidirectional_mean"]["spearman"] if "bidirectional_mean" in sts else None
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def summarise(per_seed: dict[int, dict], names: list[str]) -> list[dict]:
     """Per variant: STS after MNTP and after MNTP + SimCSE (per seed, mean, std), the MNTP
     stage's final eval accuracy, and the SimCSE row's difference to the control's."""
@@ -164,11 +158,11 @@ def summarise(per_seed: dict[int, dict], names: list[str]) -> list[dict]:
             "mntp_eval_accuracy": [
                 r["rows"].get(mntp, {}).get("train", {}).get("eval_accuracy")
                 for r in per_seed.values()]})
-    control_mean, _ = _mean_std(control)
+    control_mean, _ = common.mean_std(control)
     for row in table:
         for key in ("after_mntp", "after_simcse"):
             row[key] = [v for v in row[key] if v is not None]
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(row[key])
+            row[f"{key}_mean"], row[f"{key}_std"] = common.mean_std(row[key])
         row["mntp_eval_accuracy"] = [v for v in row["mntp_eval_accuracy"] if v is not None]
         row["simcse_vs_control"] = (None if row["after_simcse_mean"] is None or control_mean is None
                                     else row["after_simcse_mean"] - control_mean)
@@ -176,11 +170,6 @@ def summarise(per_seed: dict[int, dict], names: list[str]) -> list[dict]:
 
 
 def markdown(table: list[dict], base: float | None, seeds: int) -> str:
-    def cell(mean, std):
-        if mean is None:
-            return "-"
-        return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-
     lines = [f"Bidirectional base, no training: {base:.2f}" if base is not None else "",
              f"| MNTP variant | STS after MNTP | MNTP eval accuracy | STS after + SimCSE "
              f"(mean ± std over {seeds} seeds) | vs SimCSE alone |",
@@ -190,8 +179,8 @@ def markdown(table: list[dict], base: float | None, seeds: int) -> str:
                if r["mntp_eval_accuracy"] else "-")
         delta = "-" if r["simcse_vs_control"] is None or not r["after_mntp"] else (
             f"{r['simcse_vs_control']:+.2f}")
-        lines.append(f"| {r['variant']} | {cell(r['after_mntp_mean'], r['after_mntp_std'])} | "
-                     f"{acc} | {cell(r['after_simcse_mean'], r['after_simcse_std'])} | {delta} |")
+        lines.append(f"| {r['variant']} | {common.mean_std_text(r['after_mntp_mean'], r['after_mntp_std'])} | "
+                     f"{acc} | {common.mean_std_text(r['after_simcse_mean'], r['after_simcse_std'])} | {delta} |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,10 +103,9 @@ def summarise(per_seed: dict[int, dict]) -> list[dict]:
             values = [100 * r["rows"][stage]["sts"][column]["spearman"]
                       for r in per_seed.values() if column in r["rows"].get(stage, {}).get("sts", {})]
             walls = [r["rows"][stage].get("train_wall_s") for r in per_seed.values()]
+            mean, std = common.mean_std(values)
             rows.append({"stage": stage, "column": column, "spearman_x100": values,
-                         "mean": statistics.fmean(values),
-                         "std": statistics.stdev(values) if len(values) > 1 else None,
-                         "train_wall_s": walls})
+                         "mean": mean, "std": std, "train_wall_s": walls})
     return rows
 
 
@@ -151,8 +149,7 @@ def main(argv=None) -> int:
         "machine": common.machine_state()})
     print("| stage | STS column | mean ± std | per seed | train wall s |\n| --- | --- | --- | --- | --- |")
     for r in table:
-        spread = f" ± {r['std']:.2f}" if r["std"] is not None else ""
-        print(f"| {r['stage']} | {r['column']} | {r['mean']:.2f}{spread} | "
+        print(f"| {r['stage']} | {r['column']} | {common.mean_std_text(r['mean'], r['std'])} | "
               f"{', '.join(f'{v:.2f}' for v in r['spearman_x100'])} | {r['train_wall_s']} |")
     print(f"results: {path}")
     return 0

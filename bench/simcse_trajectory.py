@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -104,16 +103,15 @@ def main(argv=None) -> int:
     table = []
     for label in labels:
         values = [100 * rows[label]["spearman"] for rows in runs.values() if label in rows]
-        table.append({"checkpoint": label, "spearman_x100": values, "mean": statistics.fmean(values),
-                      "std": statistics.stdev(values) if len(values) > 1 else None})
+        mean, std = common.mean_std(values)
+        table.append({"checkpoint": label, "spearman_x100": values, "mean": mean, "std": std})
     path = common.write_results(a.name, {
         "bench": "simcse_trajectory", "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(a),
         "wall_s": round(time.time() - started, 1), "table": table, "runs": runs,
         "machine": common.machine_state()})
     print("| checkpoint | STS-B dev, mean ± std | per run |\n| --- | --- | --- |")
     for r in table:
-        spread = f" ± {r['std']:.2f}" if r["std"] is not None else ""
-        print(f"| {r['checkpoint']} | {r['mean']:.2f}{spread} | "
+        print(f"| {r['checkpoint']} | {common.mean_std_text(r['mean'], r['std'])} | "
               f"{', '.join(f'{v:.2f}' for v in r['spearman_x100'])} |")
     print(f"results: {path}")
     return 0
