@@ -54,8 +54,9 @@ def _local_or(path: Path, fallback: str) -> str:
     return str(path) if path.is_file() else fallback
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_and_data_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The base model, STS set and stage corpora (the developers' shared copies where this
+    checkout has them, else the package's bundled samples): shared with mntp_study."""
     p.add_argument("--model", default="smollm2", help="base model (default: SmolLM2-135M)")
     p.add_argument("--sts", default=_local_or(SHARED / "stsb" / "dev.tsv", "sample:stsb-dev"))
     p.add_argument("--sts-limit", type=int, default=None, help="first N STS pairs only")
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--simcse-data",
                    default=_local_or(SHARED / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt",
                                      "sample:wiki1m"))
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = model_and_data_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--mntp-steps", type=int, default=60)
     p.add_argument("--mntp-batch", type=int, default=8)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from ablation_grid import SHARED, _local_or, _stage, run_seeds  # noqa: E402
+from ablation_grid import _stage, model_and_data_args, run_seeds  # noqa: E402
 
 CONTROL = "bi_simcse"
 
@@ -64,16 +64,7 @@ def variants(simcse_data: str, mntp_steps: int) -> dict[str, dict]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2", help="base model (default: SmolLM2-135M)")
-    p.add_argument("--sts", default=_local_or(SHARED / "stsb" / "dev.tsv", "sample:stsb-dev"))
-    p.add_argument("--sts-limit", type=int, default=None, help="first N STS pairs only")
-    p.add_argument("--mntp-data",
-                   default=_local_or(SHARED / "wikitext103" / "wiki.test.raw.txt",
-                                     "sample:wikitext"))
-    p.add_argument("--simcse-data",
-                   default=_local_or(SHARED / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt",
-                                     "sample:wiki1m"))
+    p = model_and_data_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--variants", default="all",
                    help="comma-separated variant names (default: all of them)")
     p.add_argument("--seeds", type=int, default=1)
