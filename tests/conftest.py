@@ -109,6 +109,7 @@ def tiny_lora_model(vocab_size: int, hidden_size: int, intermediate_size: int, h
     (r 4, alpha 8, dropout 0.1) whose A and B are random: PEFT's B = 0 would give A no
     gradient at all, and an identity adapter would hide a wrong LoRA path."""
     import jax
+    from hf_oracle import random_normal
 
     from llm2vec_jax.lora import LoRAConfig, attach_lora
     from llm2vec_jax.models import ModelConfig, init_model
@@ -122,6 +123,6 @@ def tiny_lora_model(vocab_size: int, hidden_size: int, intermediate_size: int, h
     graphdef, lora, frozen = split_model(model)
     leaves, treedef = jax.tree.flatten(lora)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    lora = jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, x.shape, x.dtype)
+    lora = jax.tree.unflatten(treedef, [0.05 * random_normal(k, x.shape, x.dtype)
                                         for k, x in zip(keys, leaves)])
     return graphdef, lora, frozen

@@ -5,6 +5,9 @@ torch and transformers' PyTorch models are test-only dependencies.
 
 from __future__ import annotations
 
+import math
+
+import jax
 import numpy as np
 import torch
 import transformers
@@ -13,6 +16,14 @@ TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_lay
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
             pad_token_id=2)
+
+
+def random_normal(key, shape, dtype=np.float32):
+    """``jax.random.normal(key, shape, dtype)``, drawn flat and reshaped: the same values, but
+    an eager multi-dimensional draw compiles several times slower on CPU (as in
+    ``models.specs.init_weight``), and tests perturb adapters of many shapes."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
 
 # name -> (model_type, overrides of TINY)
 TINY_CONFIGS = {

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REFERENCE
+from hf_oracle import random_normal
 
 from llm2vec_jax.models import pooling
 from llm2vec_jax.text import packing
@@ -427,7 +428,7 @@ def test_adapter_is_loaded_merged_and_its_config_read(encoder, smollm2_dir, tmp_
     attach_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0, targets=("q", "v", "down")))
     for i, p in enumerate(("q", "v", "down")):  # B starts at zero: make the adapter matter
         b = getattr(model.layers, f"{p}_lora_b")
-        b.set_value(0.02 * jax.random.normal(jax.random.key(i), b[...].shape))
+        b.set_value(0.02 * random_normal(jax.random.key(i), b[...].shape))
     adapter_dir = Path(save_peft_adapter(model, tmp_path / "adapter"))
     (adapter_dir / "llm2vec_config.json").write_text(json.dumps({"pooling_mode": "weighted_mean"}))
 

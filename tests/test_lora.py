@@ -13,11 +13,12 @@ import optax
 import pytest
 from flax import nnx
 
-from hf_oracle import TINY, TINY_CONFIGS, batch
+from hf_oracle import TINY, TINY_CONFIGS, batch, random_normal
 from llm2vec_jax.lora import (ALL_TARGETS, FROZEN_FILTER, LORA_FILTER, LoRAConfig, LoRAError,
                               LoRAWeight, attach_lora, has_lora, lora_parameter_count,
                               merge_and_reattach, merge_lora, remove_lora, unmerge_lora)
 from llm2vec_jax.models import ModelConfig, init_model, weight_specs
+from llm2vec_jax.models.specs import init_weight
 
 SEQ = 8
 
@@ -45,7 +46,7 @@ def randomize_adapter(model, seed=1, std=0.05):
     for i, p in enumerate(model.lora_config.targets):
         for j, suffix in enumerate("ab"):
             var = getattr(model.layers, f"{p}_lora_{suffix}")
-            var.set_value(std * jax.random.normal(jax.random.fold_in(key, 2 * i + j), var.shape))
+            var.set_value(std * random_normal(jax.random.fold_in(key, 2 * i + j), var.shape))
 
 
 def base_state(model):
@@ -113,6 +114,25 @@ def test_attach_shapes_axes_and_init():
     assert not np.allclose(q[0], q[1])
     assert not np.allclose(q, np.asarray(model.layers.k_lora_a[...]))
 
+
+
+def test_fresh_weights_are_jax_draws_of_their_full_shape():
+    """init_weight draws flat and reshapes (faster to compile on CPU); the values must be
+    exactly JAX's draw of the whole shape, so every recorded run's initialisation stands."""
+    model = tiny_model("llama")
+    attach_lora(model, LoRAConfig(r=4, alpha=8), seed=3)
+    for p in ("q", "down"):
+        a = np.asarray(getattr(model.layers, f"{p}_lora_a")[...])
+        bound = 1 / np.sqrt(np.prod(a.shape[1:-1]))
+        key = jax.random.fold_in(jax.random.key(3), ALL_TARGETS.index(p))
+        np.testing.assert_array_equal(
+            a, np.asarray(jax.random.uniform(key, a.shape, jnp.float32, -bound, bound)))
+    spec = weight_specs(model.config)["layers"]["gate"]
+    assert len(spec.shape) == 3 and spec.init not in ("ones", "zeros", "lora_a")
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(
+        np.asarray(init_weight(spec, key, jnp.float32, std=0.05)),
+        np.asarray(0.05 * jax.random.normal(key, spec.shape, jnp.float32)))
 
 def test_attach_twice_refused_and_remove():
     model = tiny_model("llama")

@@ -132,7 +132,14 @@ def init_weight(spec: WeightSpec, key: jax.Array, dtype, std: float = 0.02) -> j
         return jnp.ones(spec.shape, dtype)
     if spec.init == "zeros":
         return jnp.zeros(spec.shape, dtype)
+    # Drawn flat and reshaped: the same values as a draw of the full shape (threefry counts in
+    # row-major order), but XLA:CPU compiles a multi-dimensional draw several times slower
+    # (seven [2, 64, 4] draws: 4.6 s against 0.6 s flat), and eager model init compiles one
+    # per weight shape.
+    size = (math.prod(spec.shape),)
     if spec.init == "lora_a":
         bound = 1.0 / math.sqrt(math.prod(spec.shape[1:-1]))
-        return jax.random.uniform(key, spec.shape, jnp.float32, -bound, bound).astype(dtype)
-    return (std * jax.random.normal(key, spec.shape, jnp.float32)).astype(dtype)
+        drawn = jax.random.uniform(key, size, jnp.float32, -bound, bound)
+    else:
+        drawn = std * jax.random.normal(key, size, jnp.float32)
+    return drawn.reshape(spec.shape).astype(dtype)

@@ -12,7 +12,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from hf_oracle import batch, make_hf_model, save_hf_model
+from hf_oracle import batch, make_hf_model, random_normal, save_hf_model
 from llm2vec_jax.checkpoints.peft import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PeftFormatError,
                                           load_peft_adapter, save_peft_adapter)
 from llm2vec_jax.lora import (LORA_FILTER, LoRAConfig, LoRAError, attach_lora,
@@ -68,7 +68,7 @@ def randomize(model, seed=1, std=0.05):
     key = jax.random.key(seed)
     for i, name in enumerate(sorted(nnx.to_pure_dict(nnx.state(model, LORA_FILTER))["layers"])):
         var = getattr(model.layers, name)
-        var.set_value(std * jax.random.normal(jax.random.fold_in(key, i), var.shape))
+        var.set_value(std * random_normal(jax.random.fold_in(key, i), var.shape))
 
 
 def test_our_adapter_loads_into_peft(checkpoint, ours, tmp_path):

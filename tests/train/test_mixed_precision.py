@@ -37,6 +37,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hf_oracle import random_normal
 
 from llm2vec_jax.data.batches import ContrastiveBatch, Features, MNTPBatch
 from llm2vec_jax.lora import LoRAConfig, attach_lora
@@ -66,7 +67,7 @@ def model_pair(dropout: float = 0.0):
         graphdef, lora, frozen = S.split_model(model)
         leaves, treedef = jax.tree.flatten(lora)
         keys = jax.random.split(jax.random.key(1), len(leaves))
-        lora = jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, x.shape, x.dtype)
+        lora = jax.tree.unflatten(treedef, [0.05 * random_normal(k, x.shape, x.dtype)
                                             for k, x in zip(keys, leaves)])
         out[compute] = graphdef, lora, frozen
     return out
