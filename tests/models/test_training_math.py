@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_lora_model
+from hf_oracle import random_normal
 from llm2vec_jax.data.batches import ContrastiveBatch, Features
 from llm2vec_jax.models import Kernels, ModelConfig, init_model
 from llm2vec_jax.models import kernels as K
@@ -82,9 +83,9 @@ def test_trainable_einsum_matches_autodiff(name, dtype):
     for equation in projection_einsum(name).lora():
         (x_sub, w_sub), out = [t.split(",") for t in equation.split("->")[0:1]][0], equation.split("->")[1]
         kx, kw, kg = jax.random.split(jax.random.key(len(equation)), 3)
-        x = jax.random.normal(kx, [shapes[c] for c in x_sub]).astype(dtype)
-        w = jax.random.normal(kw, [shapes[c] for c in w_sub]).astype(dtype)
-        g = jax.random.normal(kg, [shapes[c] for c in out], jnp.float32)
+        x = random_normal(kx, [shapes[c] for c in x_sub]).astype(dtype)
+        w = random_normal(kw, [shapes[c] for c in w_sub]).astype(dtype)
+        g = random_normal(kg, [shapes[c] for c in out], jnp.float32)
 
         def plain(x, w):
             return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
@@ -281,15 +282,15 @@ def test_per_row_keys_give_each_row_the_masks_it_gets_alone():
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_indexing_as_bits_is_exact_and_differentiable(dtype):
-    stacked = jax.random.normal(jax.random.key(0), (5, 6, 7)).astype(dtype)
-    table = jax.random.normal(jax.random.key(1), (11, 6)).astype(dtype)
+    stacked = random_normal(jax.random.key(0), (5, 6, 7)).astype(dtype)
+    table = random_normal(jax.random.key(1), (11, 6)).astype(dtype)
     ids = jnp.array([[3, 0, 10], [3, 3, 1]])
     layer_slice = jax.jit(lambda w, i: K.layer_slice(w, i, BITS))
     embed_tokens = functools.partial(K.embed_tokens, kernels=BITS)
     np.testing.assert_array_equal(np.asarray(layer_slice(stacked, 2)), np.asarray(stacked[2]))
     np.testing.assert_array_equal(np.asarray(jax.jit(embed_tokens)(table, ids)), np.asarray(table[ids]))
     # Gradients equal autodiff of the plain indexing (repeated ids accumulate).
-    c = jax.random.normal(jax.random.key(2), (2, 3, 6)).astype(dtype)
+    c = random_normal(jax.random.key(2), (2, 3, 6)).astype(dtype)
     got = jax.grad(lambda t: (embed_tokens(t, ids) * c).astype(jnp.float32).sum())(table)
     want = jax.grad(lambda t: (t[ids] * c).astype(jnp.float32).sum())(table)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -472,10 +473,10 @@ def test_recomputed_attention_gives_the_saved_attentions_output_and_gradients(dt
     from llm2vec_jax.models.attention import attention_allowed, grouped_query_attention
     b, s, n, kv, h, rate = 2, 7, 4, 2, 8, 0.3
     kq, kk, kv_, kg, kd = jax.random.split(jax.random.key(3), 5)
-    q = jax.random.normal(kq, (b, s, n, h)).astype(dtype)
-    k = jax.random.normal(kk, (b, s, kv, h)).astype(dtype)
-    v = jax.random.normal(kv_, (b, s, kv, h)).astype(dtype)
-    g = jax.random.normal(kg, (b, s, n, h), jnp.float32).astype(dtype)
+    q = random_normal(kq, (b, s, n, h)).astype(dtype)
+    k = random_normal(kk, (b, s, kv, h)).astype(dtype)
+    v = random_normal(kv_, (b, s, kv, h)).astype(dtype)
+    g = random_normal(kg, (b, s, n, h), jnp.float32).astype(dtype)
     mask = jnp.ones((b, s), jnp.int32).at[1, :2].set(0)
     allowed = attention_allowed(mask, causal=False)
 
