@@ -170,8 +170,9 @@ def markdown(table: list[dict], base: float | None, seeds: int) -> str:
                if r["mntp_eval_accuracy"] else "-")
         delta = "-" if r["simcse_vs_control"] is None or not r["after_mntp"] else (
             f"{r['simcse_vs_control']:+.2f}")
-        lines.append(f"| {r['variant']} | {common.mean_std_text(r['after_mntp_mean'], r['after_mntp_std'])} | "
-                     f"{acc} | {common.mean_std_text(r['after_simcse_mean'], r['after_simcse_std'])} | {delta} |")
+        after_mntp = common.mean_std_text(r["after_mntp_mean"], r["after_mntp_std"])
+        after_simcse = common.mean_std_text(r["after_simcse_mean"], r["after_simcse_std"])
+        lines.append(f"| {r['variant']} | {after_mntp} | {acc} | {after_simcse} | {delta} |")
     return "\n".join(lines)
 
 

@@ -115,7 +115,6 @@ def test_attach_shapes_axes_and_init():
     assert not np.allclose(q, np.asarray(model.layers.k_lora_a[...]))
 
 
-
 def test_fresh_weights_are_jax_draws_of_their_full_shape():
     """init_weight draws flat and reshapes (faster to compile on CPU); the values must be
     exactly JAX's draw of the whole shape, so every recorded run's initialisation stands."""
@@ -133,6 +132,7 @@ def test_fresh_weights_are_jax_draws_of_their_full_shape():
     np.testing.assert_array_equal(
         np.asarray(init_weight(spec, key, jnp.float32, std=0.05)),
         np.asarray(0.05 * jax.random.normal(key, spec.shape, jnp.float32)))
+
 
 def test_attach_twice_refused_and_remove():
     model = tiny_model("llama")
