@@ -9,8 +9,8 @@ copy in ``../shared/data`` when one is known (``LOCAL_COPIES``); anything else r
 written. Seed s sets every stage's ``run.seed`` to s and writes to ``OUT_DIR/seed-s`` (a
 rerun resumes and skips finished stages). ``--set`` takes the recipe's own dotted overrides
 (``stages.simcse.run.max_steps=10``) for quick looks; ``--stages simcse`` runs only the named
-stages (the unsupervised half of a recipe, say). Results:
-``bench/results/<name>-<date>.json``. Tune on STS-B dev only.
+stages (the unsupervised half of a recipe, say), as the train command's ``--stages`` does.
+Results: ``bench/results/<name>-<date>.json``. Tune on STS-B dev only.
 """
 
 from __future__ import annotations
@@ -70,22 +70,6 @@ def _stage_data_path(stage: dict) -> str | None:
         return ((yaml.safe_load(f) or {}).get("data") or {}).get("path")
 
 
-def keep_stages(raw: dict, names: list[str]) -> dict:
-    """The recipe cut to the named stages (a stage's ``after`` must be kept too): the
-    unsupervised half of a recipe, say, without its supervised stage."""
-    known = [stage.get("name") for stage in raw["stages"]]
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise SystemExit(f"--stages: no stage named {', '.join(unknown)} in this recipe "
-                         f"(it has {', '.join(map(str, known))})")
-    kept = [stage for stage in raw["stages"] if stage.get("name") in names]
-    for stage in kept:
-        if stage.get("after") and stage["after"] not in names:
-            raise SystemExit(f"--stages: {stage['name']} trains after {stage['after']}; "
-                             f"keep {stage['after']} too")
-    return {**raw, "stages": kept}
-
-
 def for_seed(raw: dict, seed: int, out_dir: Path) -> dict:
     raw = copy.deepcopy(raw)
     raw["output_dir"] = str(out_dir)
@@ -127,8 +111,7 @@ def main(argv=None) -> int:
     out_root = Path(a.out_dir or f"outputs/{name}-seeds")
     out_root.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load(recipe_path.read_text())
-    if a.stages:
-        raw = keep_stages(raw, a.stages.split(","))
+    only = a.stages.split(",") if a.stages else None
     raw, replaced = localise(raw, recipe_path.parent)
     for line in replaced:
         print(f"[recipe_seeds] local copy: {line}", flush=True)
@@ -138,7 +121,7 @@ def main(argv=None) -> int:
         seed_file.write_text(yaml.safe_dump(for_seed(raw, seed, out_root / f"seed-{seed}"),
                                             sort_keys=False))
         t0 = time.time()
-        per_seed[seed] = run_recipe(load_recipe(seed_file, a.set))
+        per_seed[seed] = run_recipe(load_recipe(seed_file, a.set, only=only))
         walls[seed] = round(time.time() - t0, 1)
         print(f"[recipe_seeds] seed {seed} done in {walls[seed]:.0f} s", flush=True)
     table = summarise(per_seed)

@@ -1,47 +1,52 @@
-"""``bench/recipe_seeds.py`` without training: ``--stages`` cuts a shipped recipe to the named
-stages, keeps what each builds on and refuses a cut that leaves a stage without it; the
-cut recipe still loads as a recipe."""
+"""``bench/recipe_seeds.py`` without training: each seed's recipe is the shipped one with
+every stage's seed and the output directory set, cut by ``--stages`` as the train command
+cuts it; a cut that leaves a stage without the adapter it trains on is refused."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
-import yaml
 
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import recipe_seeds  # noqa: E402
 
-from llm2vec_jax.recipe.schema import load_recipe  # noqa: E402
+import llm2vec_jax.recipe  # noqa: E402
+from llm2vec_jax.typed_config import TrainConfigError  # noqa: E402
 
 RECIPE = REPO / "configs" / "recipes" / "smollm2-1h-causal.yaml"
 
 
-def shipped():
-    return yaml.safe_load(RECIPE.read_text())
+@pytest.fixture
+def captured(monkeypatch, tmp_path):
+    """run_recipe and the results file replaced: what each seed would have run."""
+    recipes = {}
+
+    def run(recipe):
+        seed = recipe.stages[0].config.run.seed
+        recipes[seed] = recipe
+        return {"rows": {"base": {"sts": {"bidirectional_mean": {"spearman": 0.1 * seed}}}}}
+
+    monkeypatch.setattr(llm2vec_jax.recipe, "run_recipe", run)
+    monkeypatch.setattr(recipe_seeds.common, "write_results", lambda name, data: tmp_path / name)
+    return recipes
 
 
-def test_stages_keeps_the_named_stages_and_loads(tmp_path):
-    raw = shipped()
-    assert [s["name"] for s in raw["stages"]] == ["simcse", "supervised"]
-    cut = recipe_seeds.keep_stages(raw, ["simcse"])
-    assert [s["name"] for s in cut["stages"]] == ["simcse"]
-    assert cut["stages"][0] == raw["stages"][0] and cut["eval"] == raw["eval"]
-    assert len(raw["stages"]) == 2  # the recipe it was cut from is unchanged
-    for stage in cut["stages"]:
-        stage["config"] = str((RECIPE.parent / stage["config"]).resolve())
-    path = tmp_path / "cut.yaml"
-    path.write_text(yaml.safe_dump(recipe_seeds.for_seed(cut, 2, tmp_path / "out")))
-    loaded = load_recipe(path)
-    assert [s.name for s in loaded.stages] == ["simcse"]
-    assert loaded.stages[0].config.run.seed == 2
+def test_each_seed_runs_the_cut_recipe(captured, tmp_path):
+    assert recipe_seeds.main([str(RECIPE), "--seeds", "2", "--first-seed", "1", "--stages",
+                              "simcse", "--out-dir", str(tmp_path / "out")]) == 0
+    assert sorted(captured) == [1, 2]
+    for seed, recipe in captured.items():
+        assert [s.name for s in recipe.stages] == ["simcse"]
+        assert recipe.output_dir == str(tmp_path / "out" / f"seed-{seed}")
+        simcse = recipe.stage("simcse").config
+        assert simcse.optimizer.learning_rate == 2e-3 and simcse.model.attention == "causal"
 
 
-def test_stages_refuses_unknown_names_and_a_missing_predecessor():
-    with pytest.raises(SystemExit, match="no stage named mntp in this recipe "
-                                         r"\(it has simcse, supervised\)"):
-        recipe_seeds.keep_stages(shipped(), ["simcse", "mntp"])
-    with pytest.raises(SystemExit, match="supervised trains after simcse; keep simcse too"):
-        recipe_seeds.keep_stages(shipped(), ["supervised"])
+def test_a_cut_without_a_stage_s_predecessor_is_refused(captured, tmp_path):
+    with pytest.raises(TrainConfigError, match="supervised trains on the adapter of simcse"):
+        recipe_seeds.main([str(RECIPE), "--seeds", "1", "--stages", "supervised",
+                           "--out-dir", str(tmp_path / "out")])
+    assert not captured

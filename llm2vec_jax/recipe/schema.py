@@ -201,10 +201,13 @@ def _entry_name(entry: dict) -> str | None:
     return None
 
 
-def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = (),
+                only: list[str] | None = None) -> Recipe:
     """Read and validate a recipe (default: the package's ``recipe/default.yaml``) and every
     stage config in it; nothing is run or loaded. A stage's ``config:`` is a path relative to
-    the recipe file."""
+    the recipe file. ``only``: run just these stages (the unsupervised half of a recipe, say);
+    each keeps the adapter chain it has in the whole recipe, so the stages it builds on must
+    be kept too, and the encoder defaults to the last one kept."""
     path = os.fspath(path) if path is not None else str(DEFAULT_RECIPE)
     raw = load_yaml(path, "recipe file")
     _include_stage_configs(raw, os.path.dirname(os.path.abspath(path)))
@@ -236,6 +239,13 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
 
     encoder_raw = raw.get("encoder") or {}
     _check_keys(encoder_raw, ENCODER_KEYS, "encoder")
+    if only:
+        stages = _keep_stages(stages, list(only))
+        if encoder_raw.get("stage") not in (None, *(s.name for s in stages)):
+            raise TrainConfigError(
+                f"encoder.stage={encoder_raw['stage']!r} is not among the stages to run "
+                f"({', '.join(s.name for s in stages)}); add --set encoder.stage=STAGE naming "
+                "one of them, or run it too")
     encoder_stage = encoder_raw.get("stage") or stages[-1].name
     if encoder_stage not in [s.name for s in stages]:
         raise TrainConfigError(f"encoder.stage={encoder_stage!r} is not a stage of the recipe")
@@ -243,6 +253,21 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
                   stages=tuple(stages), encoder_stage=encoder_stage,
                   encoder_max_length=int(encoder_raw.get("max_length") or 512),
                   encoder_dtype=encoder_raw.get("dtype") or stages[0].config.model.dtype)
+
+
+def _keep_stages(stages: list[Stage], names: list[str]) -> list[Stage]:
+    known = [s.name for s in stages]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise TrainConfigError(f"no stage named {', '.join(unknown)} in this recipe "
+                               f"(it has {', '.join(known)})")
+    kept = [s for s in stages if s.name in names]
+    for stage in kept:
+        missing = [n for n in stage.chain if n not in names]
+        if missing:
+            raise TrainConfigError(f"{stage.name} trains on the adapter of "
+                                   f"{' + '.join(stage.chain)}; run {', '.join(missing)} too")
+    return kept
 
 
 def _load_stage(entry, index: int, earlier: list[Stage], output_dir: str, model: dict) -> Stage:

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, e.g. --set run.max_steps=50 (repeatable)")
     parser.add_argument("--stage", choices=["mntp", "simcse", "supervised"],
                         help="shorthand for --set run.stage=STAGE")
+    parser.add_argument("--stages", metavar="A,B", type=lambda v: v.split(","),
+                        help="recipes: run only these stages (and export the last one's "
+                             "encoder), e.g. --stages simcse for a recipe's unsupervised half")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -58,7 +61,7 @@ def _run_config(args) -> int:
     from .. import recipe as recipes
     from .config import load_config
     if _wants_recipe(args):
-        recipe = recipes.load_recipe(args.config, args.set)
+        recipe = recipes.load_recipe(args.config, args.set, only=args.stages)
         if args.config is None:
             print("no --config given: running the default recipe (the whole LLM2Vec pipeline, "
                   "offline, a few minutes on a CPU); see --help for single stages", flush=True)
@@ -83,11 +86,16 @@ def _wants_recipe(args) -> bool:
     if args.config is not None:
         if is_recipe(args.config) and args.stage:
             raise SystemExit("--stage applies to a single-stage config, not to a recipe")
-        return is_recipe(args.config)
-    # Stage settings without a file keep meaning "one stage with the TrainConfig defaults".
-    stage_sections = ("data", "lora", "optimizer", "contrastive", "mesh", "run")
-    return not args.stage and not any(item.split("=", 1)[0].split(".")[0] in stage_sections
-                                      for item in args.set)
+        wants = is_recipe(args.config)
+    else:
+        # Stage settings without a file keep meaning "one stage with the TrainConfig defaults".
+        stage_sections = ("data", "lora", "optimizer", "contrastive", "mesh", "run")
+        wants = not args.stage and not any(item.split("=", 1)[0].split(".")[0] in stage_sections
+                                           for item in args.set)
+    if args.stages and not wants:
+        raise SystemExit("--stages picks stages of a recipe; this runs a single stage (use "
+                         "--config with a recipe file, or leave --stages out)")
+    return wants
 
 
 if __name__ == "__main__":

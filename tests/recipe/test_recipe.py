@@ -21,6 +21,7 @@ from conftest import REPO, WIKITEXT
 from hf_oracle import tiny_model_with_tokenizer
 from reference_oracle import needs_reference, reference_embeddings, run_reference
 from llm2vec_jax.recipe import load_recipe
+from llm2vec_jax.train.__main__ import main as train_main
 from llm2vec_jax.train.config import TrainConfigError, load_config
 
 RECIPES = REPO / "configs" / "recipes"
@@ -277,6 +278,43 @@ def test_one_hour_recipe_runs_end_to_end(recipe_run, tmp_path):
     assert causal.stage("simcse").config.optimizer.learning_rate == 2e-3
     assert shipped.stage("simcse").config.optimizer.learning_rate == load_config(
         REPO / "configs" / "simcse" / "smollm2.yaml").optimizer.learning_rate == 3e-4
+
+
+def test_stages_runs_part_of_a_recipe(recipe_run, tmp_path):
+    """``--stages mntp`` trains and scores MNTP only and exports base + MNTP."""
+    _, _, recipe, _ = recipe_run
+    out = tmp_path / "out"
+    done = _cli(recipe, "--stages", "mntp", "--set", f"output_dir={out}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["rows"]) == ["base", "mntp"]
+    assert results["encoder"]["adapters"] == ["mntp"]
+    assert not (out / "simcse").exists()
+
+
+def test_stages_keep_each_stage_s_chain():
+    cut = load_recipe(ONE_HOUR, only=["simcse"])
+    whole = load_recipe(ONE_HOUR)
+    assert [s.name for s in cut.stages] == ["simcse"] and cut.encoder_stage == "simcse"
+    assert cut.stage("simcse") == whole.stage("simcse")
+    paper = load_recipe(RECIPES / "llama3-8b.yaml", ["encoder.stage=simcse"],
+                        only=["mntp", "simcse"])
+    assert paper.stage("simcse").chain == ("mntp",)
+    with pytest.raises(TrainConfigError, match=r"no stage named mntp in this recipe "
+                                               r"\(it has simcse, supervised\)"):
+        load_recipe(ONE_HOUR, only=["simcse", "mntp"])
+    # A stage cut off from the adapter it trains on would silently train on the bare base.
+    with pytest.raises(TrainConfigError, match="supervised trains on the adapter of simcse; "
+                                               "run simcse too"):
+        load_recipe(ONE_HOUR, only=["supervised"])
+    with pytest.raises(TrainConfigError, match="simcse trains on the adapter of mntp"):
+        load_recipe(RECIPES / "smollm2.yaml", only=["simcse"])
+    with pytest.raises(TrainConfigError, match="encoder.stage='supervised' is not among the "
+                                               "stages to run"):
+        load_recipe(RECIPES / "llama3-8b.yaml", only=["mntp", "simcse"])
+    with pytest.raises(SystemExit, match="--stages picks stages of a recipe"):
+        train_main(["--config", str(REPO / "configs" / "simcse" / "smollm2.yaml"),
+                    "--stages", "simcse"])
 
 
 def test_rerun_skips_completed_stages(recipe_run):
