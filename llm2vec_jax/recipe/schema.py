@@ -239,16 +239,17 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
 
     encoder_raw = raw.get("encoder") or {}
     _check_keys(encoder_raw, ENCODER_KEYS, "encoder")
+    in_recipe = [s.name for s in stages]
     if only:
         stages = _keep_stages(stages, list(only))
-        if encoder_raw.get("stage") not in (None, *(s.name for s in stages)):
-            raise TrainConfigError(
-                f"encoder.stage={encoder_raw['stage']!r} is not among the stages to run "
-                f"({', '.join(s.name for s in stages)}); add --set encoder.stage=STAGE naming "
-                "one of them, or run it too")
     encoder_stage = encoder_raw.get("stage") or stages[-1].name
-    if encoder_stage not in [s.name for s in stages]:
+    if encoder_stage not in in_recipe:
         raise TrainConfigError(f"encoder.stage={encoder_stage!r} is not a stage of the recipe")
+    if encoder_stage not in [s.name for s in stages]:
+        raise TrainConfigError(
+            f"encoder.stage={encoder_stage!r} is not among the stages to run "
+            f"({', '.join(s.name for s in stages)}); add --set encoder.stage=STAGE naming "
+            "one of them, or run it too")
     return Recipe(path=path, output_dir=output_dir, model=model, eval=settings,
                   stages=tuple(stages), encoder_stage=encoder_stage,
                   encoder_max_length=int(encoder_raw.get("max_length") or 512),
